@@ -1,0 +1,142 @@
+"""The transformer's configuration: one dataclass whose fields choose every architectural variant.
+
+GPT-2 and Llama are not different classes, they are different values here: learned vs rotary
+positions, LayerNorm vs RMSNorm, GELU vs SwiGLU, multi-head vs grouped-query attention, biases or none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "post")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    context_length: int = 1024
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None  # None: same as n_heads (MHA); 1: MQA; in between: GQA
+    d_model: int = 768
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: 4 * d_model (GELU/ReLU) or the Llama rule (SwiGLU)
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    activation: str = "gelu_tanh"
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_placement: str = "pre"  # "post" is the original Transformer's Add & Norm
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            self.head_dim = self.d_model // self.n_heads
+        if self.d_ff is None:
+            if self.activation == "swiglu":
+                # Llama: 2/3 of 4d so that three matrices cost what two 4d ones would, rounded up to 256.
+                self.d_ff = 256 * math.ceil(int(8 * self.d_model / 3) / 256)
+            else:
+                self.d_ff = 4 * self.d_model
+        for name, allowed in (
+            ("positions", POSITIONS),
+            ("activation", ACTIVATIONS),
+            ("norm", NORMS),
+            ("norm_placement", NORM_PLACEMENTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "GPTConfig":
+        return replace(self, **changes)
+
+
+def _gpt2(n_layers: int, n_heads: int, d_model: int) -> GPTConfig:
+    return GPTConfig(vocab_size=50257, context_length=1024, n_layers=n_layers, n_heads=n_heads, d_model=d_model)
+
+
+def _llama(**kw: Any) -> GPTConfig:
+    base = dict(
+        positions="rope", activation="swiglu", norm="rmsnorm", bias=False, tie_embeddings=False, norm_eps=1e-5
+    )
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    "gpt2": _gpt2(12, 12, 768),
+    "gpt2-medium": _gpt2(24, 16, 1024),
+    "gpt2-large": _gpt2(36, 20, 1280),
+    "gpt2-xl": _gpt2(48, 25, 1600),
+    "smollm2-135m": _llama(
+        vocab_size=49152, context_length=8192, n_layers=30, n_heads=9, n_kv_heads=3, d_model=576,
+        d_ff=1536, rope_theta=100000.0, tie_embeddings=True,
+    ),
+    "llama-7b": _llama(vocab_size=32000, context_length=2048, n_layers=32, n_heads=32, d_model=4096, d_ff=11008),
+    "llama-small": _llama(vocab_size=32000, context_length=1024, n_layers=12, n_heads=12, n_kv_heads=4, d_model=768),
+    "tiny": GPTConfig(vocab_size=512, context_length=128, n_layers=2, n_heads=4, d_model=64),
+    "tiny-llama": _llama(vocab_size=512, context_length=128, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64),
+}
+
+
+def preset(name: str, **overrides: Any) -> GPTConfig:
+    """A named configuration, with any field overridden."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+def from_depth(depth: int, vocab_size: int, context_length: int = 512, family: str = "gpt2") -> GPTConfig:
+    """The single size dial: depth sets width (64 per layer), heads (64-wide) and everything else.
+
+    Aspect ratio d_model / n_layers = 64 follows nanochat's rule of thumb for small models.
+    """
+    if depth < 1:
+        raise ValueError("depth must be at least 1")
+    d_model = 64 * depth
+    n_heads = max(1, d_model // 64)
+    if family == "llama":
+        return _llama(
+            vocab_size=vocab_size, context_length=context_length, n_layers=depth, n_heads=n_heads,
+            n_kv_heads=max(1, n_heads // 2) if n_heads % 2 == 0 else n_heads, d_model=d_model,
+            tie_embeddings=True,
+        )
+    return GPTConfig(
+        vocab_size=vocab_size, context_length=context_length, n_layers=depth, n_heads=n_heads, d_model=d_model
+    )
+
+
+def suggested_lr(config: GPTConfig) -> float:
+    """A peak AdamW learning rate for from-scratch training that shrinks with width.
+
+    Scales as 1/sqrt(d_model) from 3e-3 at d_model=128 (a value that trains tiny models well on CPU) down
+    to 1.2e-3 at GPT-2 small's width; never above 3e-3.
+    """
+    return min(3e-3, 3e-3 * math.sqrt(128 / config.d_model))

@@ -1,0 +1,343 @@
+"""A decoder-only transformer, written the way the papers describe it.
+
+    tokens -> token embedding (+ learned/sinusoidal positions)
+           -> N x Block [ norm -> causal self-attention (RoPE, GQA) -> +residual
+                          norm -> MLP (GELU/ReLU or SwiGLU)          -> +residual ]
+           -> final norm -> linear head (tied to the embedding or not) -> logits
+
+Every variant is a field of `GPTConfig`. This file does no I/O; checkpoints live in `llmlab.model.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmlab.model.config import GPTConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich, 2019): LayerNorm without re-centring or bias."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 for stability under bf16 autocast, as Llama does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    """Fixed positions of "Attention Is All You Need": sin on even, cos on odd dims, wavelengths up to 10000*2pi."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv)[:, : dim // 2]
+    return table
+
+
+def rope_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of RoPE (Su et al., 2021) for each position, in the half-split layout Llama uses."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+d/2}) pair by its position's angle. x: (B, H, T, D); cos/sin: (B, 1, T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, preallocated for `max_len` positions.
+
+    The model writes each layer's new keys/values with `update` and advances `length` once per forward.
+    Inference code may `reorder` the batch (beam search) or `truncate` it (speculative decoding).
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were needed")
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (rejected draft tokens in speculative decoding)."""
+        self.length = min(self.length, length)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (with repeats), e.g. the surviving beams."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention where each position sees itself and the past; n_kv_heads < n_heads is GQA."""
+
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.use_rope = config.positions == "rope"
+        self.dropout = config.dropout
+        # Queries, keys and values from one fused matrix: (n_heads + 2 * n_kv_heads) * head_dim outputs.
+        self.qkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=config.bias)
+        self.proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
+        self.proj.residual_projection = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
+        )
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.use_rope:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)
+        # mask is None exactly when plain causal masking over these T positions is right.
+        is_causal = mask is None and T > 1
+        if return_weights:
+            y, weights = self._explicit_attention(q, k, v, mask)
+        else:
+            weights = None
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.proj(y), weights
+
+    def _explicit_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(QK^T / sqrt(d)) V written out, to return the weights for visualisation."""
+        groups = self.n_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        T, S = q.size(2), k.size(2)
+        if mask is None:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        return weights @ v, weights
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: down(act(up(x))), or down(silu(gate(x)) * up(x)) for SwiGLU."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.activation = config.activation
+        n_up = 2 * config.d_ff if config.activation == "swiglu" else config.d_ff
+        self.up = nn.Linear(config.d_model, n_up, bias=config.bias)  # SwiGLU: [gate; up] fused
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.down.residual_projection = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.activation == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.activation == "gelu_tanh":
+            h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
+        elif self.activation == "gelu":
+            h = F.gelu(h)
+        else:
+            h = F.relu(h)
+        return self.down(h)
+
+
+class Block(nn.Module):
+    """One transformer layer: attention then MLP, each wrapped in a residual connection and a norm."""
+
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_placement == "pre"
+        self.attn_norm = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer)
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, mask, kv_cache, return_weights=False):
+        if self.pre_norm:
+            a, w = self.attn(self.attn_norm(x), rope, mask, kv_cache, return_weights)
+            x = x + self.dropout(a)
+            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        else:  # post-norm: Add & Norm after each sub-layer, as in the original Transformer
+            a, w = self.attn(x, rope, mask, kv_cache, return_weights)
+            x = self.attn_norm(x + self.dropout(a))
+            x = self.mlp_norm(x + self.dropout(self.mlp(x)))
+        return x, w
+
+
+class GPT(nn.Module):
+    """The language model: token ids in, next-token logits out."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        if config.positions == "learned":
+            self.pos_emb = nn.Embedding(config.context_length, config.d_model)
+        elif config.positions == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(config.context_length, config.d_model), persistent=False)
+        elif config.positions == "rope":
+            cos, sin = rope_tables(config.context_length, config.head_dim, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.final_norm = make_norm(config) if config.norm_placement == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layers)."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                s = std / math.sqrt(2 * self.config.n_layers) if getattr(module, "residual_projection", False) else std
+                nn.init.normal_(module.weight, mean=0.0, std=s)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once (a tied head is the embedding); optionally without embedding tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.tok_emb.weight.numel()
+            if self.config.positions == "learned":
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token: 6N for the weights' matmuls (forward 2N, backward 4N) plus attention.
+
+        N counts every matrix a token passes through (embedding lookups are free, the head is not);
+        attention adds 6 * 2 * n_layers * n_heads * head_dim * seq_len (QK^T and AV, Kaplan et al. 2020 /
+        PaLM appendix B), with the full context as seq_len unless given.
+        """
+        c = self.config
+        T = c.context_length if seq_len is None else seq_len
+        n_matmul = self.num_params(exclude_embeddings=True) + c.vocab_size * c.d_model
+        return 6 * n_matmul + 12 * c.n_layers * c.n_heads * c.head_dim * T
+
+    def _mask(
+        self, T: int, offset: int, attention_mask: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor | None:
+        """Boolean (B|1, 1, T, S) mask of which keys each query may see; None when plain causal suffices."""
+        if attention_mask is None and offset == 0:
+            return None
+        S = offset + T
+        q_pos = torch.arange(offset, S, device=device)[:, None]
+        k_pos = torch.arange(S, device=device)[None, :]
+        allowed = k_pos <= q_pos  # (T, S)
+        if attention_mask is None:
+            return allowed[None, None]
+        key_ok = attention_mask[:, None, None, :S].bool()
+        # A padded query would see no key at all (NaN); let it see itself. Its output is never used.
+        return (allowed[None, None] & key_ok) | (k_pos == q_pos)[None, None]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ):
+        """Logits for every position of `idx` (B, T), and the mean cross-entropy when `targets` are given.
+
+        `targets` equal to -100 are ignored (prompt tokens in SFT, padding). With a `kv_cache`, `idx`
+        holds only the new tokens. `position_ids` (B, T) and a key `attention_mask` (B, S) of 1 for real
+        tokens and 0 for padding serve left-padded batches. With `return_attention`, returns
+        (logits, loss, weights) where weights is a list of (B, n_heads, T, S) tensors, one per layer.
+        """
+        B, T = idx.shape
+        offset = kv_cache.length if kv_cache is not None else 0
+        if offset + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of {offset + T} tokens exceeds the context window of {self.config.context_length}"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(offset, offset + T, device=idx.device)[None].expand(B, T)
+        x = self.tok_emb(idx)
+        if self.config.positions == "learned":
+            x = x + self.pos_emb(position_ids)
+        elif self.config.positions == "sinusoidal":
+            x = x + self.pos_table[position_ids].to(x.dtype)
+        rope = None
+        if self.config.positions == "rope":
+            rope = (self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None])
+        x = self.drop(x)
+        mask = self._mask(T, offset, attention_mask, idx.device)
+        weights = []
+        for block in self.blocks:
+            x, w = block(x, rope, mask, kv_cache, return_attention)
+            weights.append(w)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(self.final_norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        if return_attention:
+            return logits, loss, weights
+        return logits, loss
