@@ -1,0 +1,1 @@
+"""The data stage: crawl web pages and clean them into a table of documents."""
