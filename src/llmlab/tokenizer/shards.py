@@ -8,6 +8,8 @@ Layout of a shard directory (docs/design.md, "Token shards")::
     shard_00000.bin    raw little-endian token ids of `dtype`
     ...
 
+A copy of the tokenizer is saved beside them as `tokenizer.json` (its sha256 is in meta.json).
+
 Every document is *preceded* by `eos_id` (`<|endoftext|>`), so each shard starts with it and a model
 learns where documents begin. A document never straddles two shards. Ids are `uint16` when the
 vocabulary fits (vocab_size <= 65,536), else `uint32`. Documents are encoded with `encode_ordinary`:
@@ -257,6 +259,7 @@ def write_shards(
         "tokens": total_tokens,
         "shards": shards,
     }
+    tokenizer.save(out_dir / "tokenizer.json")  # the exact tokenizer travels with its shards
     write_json(out_dir / "meta.json", meta)
     return meta
 

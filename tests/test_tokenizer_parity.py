@@ -1,0 +1,99 @@
+"""llmlab's BPE encoders reproduce tiktoken's ids exactly for GPT-2, cl100k_base and o200k_base.
+
+tiktoken itself is the yardstick: `official_tiktoken` lets tiktoken load OpenAI's files (from the
+registry packages, hash-checked by tiktoken) without a download. Two llmlab encoders are checked: the
+`Tokenizer` built from llmlab's own loaders (encodes through tiktoken's Rust core) and the pure-Python
+`ReferenceEncoder`.
+"""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmlab.tokenizer import load_tokenizer
+from llmlab.tokenizer.bpe_encode import ReferenceEncoder
+from llmlab.tokenizer.corpus import pydoc_texts, shakespeare_texts, unicode_sample
+from llmlab.tokenizer.pretrained import official_tiktoken
+
+NAMES = ["gpt2", "cl100k_base", "o200k_base"]
+
+
+@pytest.fixture(scope="module")
+def real_text():
+    """About 2 MB of real text: Shakespeare, pydoc-rendered stdlib docs, and a multilingual sample."""
+    plays = shakespeare_texts()
+    docs = pydoc_texts()
+    return "\n".join(plays[::5]) + unicode_sample() + "\n".join(docs[::4]) + unicode_sample()
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def pair(request):
+    return load_tokenizer(request.param), official_tiktoken(request.param)
+
+
+def test_real_text_sample_is_multi_megabyte(real_text):
+    assert len(real_text.encode("utf-8")) > 2_000_000
+
+
+def test_tokenizer_matches_tiktoken_on_real_text(pair, real_text):
+    tok, official = pair
+    assert tok.vocab_size == official.n_vocab
+    assert tok.special_tokens == official._special_tokens
+    assert tok.encode(real_text, allowed_special="all") == official.encode(real_text, allowed_special="all")
+    assert tok.encode_ordinary(real_text) == official.encode_ordinary(real_text)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+def test_reference_encoder_matches_tiktoken_on_real_text(name, real_text):
+    tok, official = load_tokenizer(name), official_tiktoken(name)
+    reference = ReferenceEncoder(tok)
+    assert reference.encode(real_text, allowed_special="all") == official.encode(real_text, allowed_special="all")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_encoder_matches_tiktoken_on_full_corpus(name):
+    text = "\n".join(shakespeare_texts(folio=True)) + "\n".join(pydoc_texts()) + unicode_sample()
+    tok, official = load_tokenizer(name), official_tiktoken(name)
+    expected = official.encode(text, allowed_special="all")
+    assert ReferenceEncoder(tok).encode(text, allowed_special="all") == expected
+    assert tok.encode(text, allowed_special="all") == expected
+
+
+def test_known_ids():
+    assert load_tokenizer("gpt2").encode("Hello world") == [15496, 995]
+    assert load_tokenizer("cl100k_base").encode("hello world") == [15339, 1917]
+
+
+def test_whitespace_digits_and_emoji_edge_cases(pair):
+    tok, official = pair
+    reference = ReferenceEncoder(tok)
+    cases = [
+        "", " ", "  ", "\n", " \n", "\n\n\n ", "a  b", "a   \n  b", "x\t\t y", "trailing   ", "\r\n\r\n",
+        "1234567890", "12 345 6789", "v1.2.3", "٣٤٥ ١٢", "👨‍👩‍👧‍👦👨‍👩‍👧", "🏳️‍🌈x", "I'M you'RE It’s",
+        "<|endoftext|>x<|endoftext|>", "\u00a0\u3000 \u2009", "e\u0301\u0301", "\ufeffBOM",
+    ]
+    for text in cases:
+        expected = official.encode(text, allowed_special="all")
+        assert tok.encode(text, allowed_special="all") == expected, text
+        assert reference.encode(text, allowed_special="all") == expected, text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=60))
+def test_reference_encoder_matches_tiktoken_on_arbitrary_unicode(text):
+    for name in ("gpt2", "cl100k_base"):
+        tok, official = _cached(name)
+        expected = official.encode_ordinary(text)
+        assert ReferenceEncoder(tok).encode_ordinary(text) == expected
+        assert tok.encode_ordinary(text) == expected
+        assert tok.decode(expected) == text
+
+
+_CACHE: dict = {}
+
+
+def _cached(name):
+    if name not in _CACHE:
+        _CACHE[name] = (load_tokenizer(name), official_tiktoken(name))
+    return _CACHE[name]
