@@ -1,0 +1,176 @@
+"""From an API request to a running generation: prompt ids, checked sampling settings, one queued job.
+
+Every token comes from `llmlab.infer.Engine.stream`; this module only prepares its inputs, applies the
+server's limits and hands the work to the worker threads. A request's `n` choices run as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from llmlab.errors import LlmlabError
+from llmlab.infer import Engine, SamplingParams
+from llmlab.serve.api_errors import APIError, unknown_model
+from llmlab.serve.limits import Limits
+from llmlab.serve.registry import LoadedModel, ModelRegistry
+from llmlab.serve.worker import Busy, GenerationWorker, Job, events_of
+
+
+@dataclass
+class Sampling:
+    """The sampling fields a request may set (OpenAI's names plus top_k, min_p, repetition_penalty, ignore_eos)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    ignore_eos: bool = False
+
+
+@dataclass
+class ChoiceResult:
+    """One finished choice, gathered from its stream events."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    finish_reason: str | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+class Generator:
+    """Shared by the OpenAI routes, the playground's own routes and the benchmark."""
+
+    def __init__(self, registry: ModelRegistry, worker: GenerationWorker, limits: Limits) -> None:
+        self.registry = registry
+        self.worker = worker
+        self.limits = limits
+
+    async def load(self, model_id: str) -> LoadedModel:
+        """The model, loading it in a thread on first use; 404 for a model the server does not have."""
+        if model_id not in self.registry:
+            raise unknown_model(model_id, self.registry.ids())
+        entry = self.registry.entry(model_id)
+        if entry.loaded is not None:
+            return entry.loaded
+        try:
+            return await asyncio.to_thread(self.registry.get, model_id)
+        except LlmlabError as e:
+            raise APIError(500, f"model {model_id} could not be loaded: {e}", param="model") from e
+
+    def chat_prompt(self, loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
+        from llmlab.tokenizer.chat import render_chat
+
+        return list(render_chat(messages, loaded.tokenizer, add_generation_prompt=True).ids)
+
+    def text_prompt(self, loaded: LoadedModel, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            # Special tokens typed into a prompt (e.g. <|endoftext|>) are meant as those tokens.
+            return list(loaded.tokenizer.encode(prompt, allowed_special="all"))
+        vocab = loaded.tokenizer.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="prompt")
+        return list(prompt)
+
+    def params(self, loaded: LoadedModel, prompt_len: int, s: Sampling) -> SamplingParams:
+        """SamplingParams for a prompt of `prompt_len` tokens, within the server's limits and the context window."""
+        ctx = loaded.context_length
+        max_prompt = min(self.limits.max_prompt_tokens, ctx - 1)
+        if prompt_len == 0:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        if prompt_len > max_prompt:
+            raise APIError(400, f"the prompt has {prompt_len} tokens; this server accepts at most {max_prompt} for "
+                           f"{loaded.id} (context window {ctx})", param="messages", code="context_length_exceeded")
+        if s.max_tokens is not None and s.max_tokens > self.limits.max_output_tokens:
+            raise APIError(400, f"max_tokens={s.max_tokens} is above this server's limit of "
+                           f"{self.limits.max_output_tokens}", param="max_tokens")
+        wanted = self.limits.default_output_tokens if s.max_tokens is None else s.max_tokens
+        try:
+            return SamplingParams(
+                max_new_tokens=min(wanted, ctx - prompt_len),  # the rest of the context window at most
+                temperature=1.0 if s.temperature is None else s.temperature,  # OpenAI's default
+                top_k=s.top_k if s.top_k and s.top_k > 0 else None,
+                top_p=1.0 if s.top_p is None else s.top_p,
+                min_p=s.min_p or 0.0,
+                repetition_penalty=1.0 if s.repetition_penalty is None else s.repetition_penalty,
+                frequency_penalty=s.frequency_penalty or 0.0,
+                presence_penalty=s.presence_penalty or 0.0,
+                stop=list(s.stop),
+                seed=s.seed,
+                logprobs=s.logprobs or s.top_logprobs > 0,
+                top_logprobs=s.top_logprobs,
+                ignore_eos=s.ignore_eos,
+            )
+        except LlmlabError as e:
+            raise APIError(400, e.message, code="invalid_value") from e
+
+    def _reserve(self) -> None:
+        try:
+            self.worker.reserve()
+        except Busy as e:
+            raise APIError(429, f"{e}; retry shortly", code="server_busy") from e
+
+    def start(self, loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams, n: int = 1) -> Job:
+        """Queue the generation of `n` choices of one prompt (one batched job; event.index names the choice).
+
+        The engine gives choice j the seed seed + j, so each choice is reproducible and they differ.
+        """
+        if n > self.limits.max_n:
+            raise APIError(400, f"n={n} is above this server's limit of {self.limits.max_n}", param="n")
+        self._reserve()
+        job = Job()
+        params = params.replace(n=n)
+        self.worker.submit(job, lambda: Engine(loaded.model, loaded.tokenizer).stream(prompt_ids, params))
+        return job
+
+    async def compute(self, fn: Callable[[], Any]) -> Any:
+        """Run one model computation (scoring, a look inside) on a worker thread, within the same limits."""
+        self._reserve()
+        job = Job()
+        self.worker.submit(job, lambda: iter([fn()]))
+        async for value in events_of(job):
+            return value
+        raise APIError(500, "the computation was cancelled")
+
+    async def collect(self, job: Job, n: int) -> list[ChoiceResult]:
+        """Wait for every choice to finish and gather its text, tokens and logprobs."""
+        results = [ChoiceResult(i) for i in range(n)]
+        async for event in events_of(job):
+            add_event(results[event.index], event)
+        for r in results:
+            r.timings = job.timings()
+            r.finish_reason = r.finish_reason or "length"
+        return results
+
+
+def add_event(result: ChoiceResult, event: Any) -> None:
+    """Fold one StreamEvent into a choice's result."""
+    result.token_ids.append(event.token_id)
+    result.events.append(event)
+    result.text += event.text
+    if event.finish_reason is not None:
+        result.finish_reason = event.finish_reason
+
+
+async def until_disconnected(request: Any, work: asyncio.Future | Any) -> Any:
+    """Await `work`, but give up (raising CancelledError) when the client hangs up first."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise asyncio.CancelledError("client disconnected")

@@ -1,0 +1,388 @@
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions, /tokenize, /detokenize.
+
+Request and response fields follow OpenAI's API reference, so the `openai` SDK, LangChain and curl work
+unchanged. llmlab adds the sampling fields `top_k`, `min_p` and `repetition_penalty` (as vLLM does) and
+`ignore_eos`, and a `timings` object in each choice: queue wait, time to first token, total time and decode tokens/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llmlab.serve.api_errors import APIError, error_body, unknown_model
+from llmlab.serve.generation import (
+    ChoiceResult, Generator, Sampling, add_event, until_disconnected,
+)
+from llmlab.serve.lookinside import prompt_logprobs
+from llmlab.serve.registry import LoadedModel
+from llmlab.serve.worker import Job, events_of
+
+router = APIRouter()
+
+FINGERPRINT = "llmlab"
+
+
+# ---------------------------------------------------------------- request schemas
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def flat(self) -> dict[str, str]:
+        """The message with its content as one string; "developer" is the newer name for "system"."""
+        content = self.content
+        if isinstance(content, list):
+            for part in content:
+                if part.type != "text" or part.text is None:
+                    raise APIError(400, f"content parts of type '{part.type}' are not supported; llmlab models read text",
+                                   param="messages.content")
+            content = "".join(part.text for part in content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingRequest(BaseModel):
+    """Fields shared by chat and text completions. Unknown fields are ignored, as many clients send extras."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=0)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    top_k: int | None = Field(None, ge=-1)  # -1 or 0: no top-k (vLLM's convention)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool = False  # keep going past end tokens (vLLM's field; for benchmarks)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> Sampling:
+        return Sampling(
+            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            min_p=self.min_p, repetition_penalty=self.repetition_penalty, frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty, stop=self.stops(), seed=self.seed, logprobs=logprobs,
+            top_logprobs=top_logprobs, ignore_eos=self.ignore_eos,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)  # the legacy API's number of alternatives per token
+    max_tokens: int | None = Field(16, ge=0)  # the legacy API's default
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [p]
+        if not p:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        return list(p)
+
+
+class TokenizeRequest(BaseModel):
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model: str
+    tokens: list[int]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _generator(request: Request) -> Generator:
+    return request.app.state.generator
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _top_items(top: Any) -> list[tuple[int, str, float]]:
+    """An engine's top alternatives as (id, text, logprob) tuples."""
+    return [tuple(t) if not hasattr(t, "token_id") else (t.token_id, t.text, t.logprob) for t in (top or [])]
+
+
+def chat_logprob(tokenizer: Any, event: Any) -> dict[str, Any]:
+    """OpenAI's chat logprobs entry for one generated token."""
+    token = tokenizer.decode([event.token_id])
+    return {
+        "token": token, "logprob": event.logprob, "bytes": list(tokenizer.decode_bytes([event.token_id])),
+        "top_logprobs": [{"token": text, "logprob": lp, "bytes": list(tokenizer.decode_bytes([tid]))}
+                         for tid, text, lp in _top_items(event.top_logprobs)],
+    }
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _guarded(stream: AsyncIterator[str], job: Job) -> AsyncIterator[str]:
+    """Stream SSE lines; stop the generations when the client disconnects; end with [DONE] even after an error."""
+    try:
+        async for line in stream:
+            yield line
+    except APIError as e:
+        yield sse(e.body())
+    except Exception as e:  # a generation failed mid-stream: the status line is already sent
+        yield sse(error_body(500, f"generation failed: {e}"))
+    finally:
+        job.cancel.set()  # a no-op for a finished job; stops generating when the client went away
+    yield "data: [DONE]\n\n"
+
+
+async def _wait(request: Request, generator: Generator, job: Job, n: int) -> list[ChoiceResult]:
+    try:
+        return await until_disconnected(request, generator.collect(job, n))
+    except BaseException:
+        job.cancel.set()
+        raise
+
+
+# ---------------------------------------------------------------- routes
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": _generator(request).registry.cards()}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    registry = _generator(request).registry
+    entry = registry.entry(model_id)
+    if entry is None:
+        raise unknown_model(model_id, registry.ids())
+    return entry.card()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(req: ChatCompletionRequest, request: Request):
+    gen = _generator(request)
+    loaded = await gen.load(req.model)
+    prompt = gen.chat_prompt(loaded, [m.flat() for m in req.messages])
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    top = req.top_logprobs or 0
+    if top and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+    params = gen.params(loaded, len(prompt), req.sampling(max_tokens, req.logprobs, top))
+    job = gen.start(loaded, prompt, params, req.n)
+    cid, created = _new_id("chatcmpl"), int(time.time())
+    head = {"id": cid, "created": created, "model": req.model, "system_fingerprint": FINGERPRINT}
+    if req.stream:
+        lines = _chat_chunks(head, loaded, job, req.n, len(prompt), req.logprobs, req.include_usage)
+        return StreamingResponse(_guarded(lines, job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    results = await _wait(request, gen, job, req.n)
+    choices = []
+    for r in results:
+        logprobs = {"content": [chat_logprob(loaded.tokenizer, e) for e in r.events], "refusal": None} if req.logprobs else None
+        choices.append({"index": r.index, "message": {"role": "assistant", "content": r.text, "refusal": None},
+                        "logprobs": logprobs, "finish_reason": r.finish_reason, "timings": r.timings})
+    return {**head, "object": "chat.completion", "choices": choices,
+            "usage": _usage(len(prompt), sum(len(r.token_ids) for r in results))}
+
+
+async def _chat_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, prompt_tokens: int,
+                       logprobs: bool, include_usage: bool) -> AsyncIterator[str]:
+    chunk = {**head, "object": "chat.completion.chunk"}
+
+    def one(index: int, delta: dict, lp: Any = None, finish: str | None = None, **extra: Any) -> str:
+        return sse({**chunk, "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish, **extra}]})
+
+    for i in range(n):
+        yield one(i, {"role": "assistant", "content": ""})
+    completion_tokens = 0
+    finished = set()
+    async for event in events_of(job):
+        completion_tokens += 1
+        lp = {"content": [chat_logprob(loaded.tokenizer, event)], "refusal": None} if logprobs else None
+        yield one(event.index, {"content": event.text}, lp)
+        if event.finish_reason is not None:
+            finished.add(event.index)
+            yield one(event.index, {}, None, event.finish_reason, timings=job.timings())
+    for i in range(n):
+        if i not in finished:  # max_tokens=0 or a cancelled job: no event said why it ended
+            yield one(i, {}, None, "length", timings=job.timings())
+    if include_usage:
+        yield sse({**chunk, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(req: CompletionRequest, request: Request):
+    gen = _generator(request)
+    loaded = await gen.load(req.model)
+    prompts = [gen.text_prompt(loaded, p) for p in req.prompts()]
+    if req.stream and (len(prompts) > 1 or req.echo):
+        raise APIError(400, "streaming supports one prompt without echo", param="stream")
+    top = req.logprobs or 0
+    wants_logprobs = req.logprobs is not None
+    cid, created = _new_id("cmpl"), int(time.time())
+    head = {"id": cid, "created": created, "model": req.model, "system_fingerprint": FINGERPRINT}
+    params = [gen.params(loaded, len(p), req.sampling(req.max_tokens, wants_logprobs, top)) for p in prompts]
+    if req.stream:
+        job = gen.start(loaded, prompts[0], params[0], req.n)
+        lines = _completion_chunks(head, loaded, job, req.n, len(prompts[0]), wants_logprobs, req.include_usage)
+        return StreamingResponse(_guarded(lines, job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    choices, completion_tokens = [], 0
+    for p_index, (prompt, p) in enumerate(zip(prompts, params)):
+        scored = None
+        if req.echo and wants_logprobs:
+            scored = await gen.compute(lambda prompt=prompt: prompt_logprobs(loaded, prompt, top))
+        if p.max_new_tokens == 0:  # scoring the prompt only
+            results = [ChoiceResult(i, finish_reason="length") for i in range(req.n)]
+        else:
+            results = await _wait(request, gen, gen.start(loaded, prompt, p, req.n), req.n)
+        for r in results:
+            completion_tokens += len(r.token_ids)
+            text = (loaded.tokenizer.decode(prompt) if req.echo else "") + r.text
+            choice = {"index": p_index * req.n + r.index, "text": text, "finish_reason": r.finish_reason,
+                      "logprobs": _legacy_logprobs(loaded, prompt, r, scored, req.echo) if wants_logprobs else None}
+            if r.timings:
+                choice["timings"] = r.timings
+            choices.append(choice)
+    return {**head, "object": "text_completion", "choices": choices,
+            "usage": _usage(sum(len(p) for p in prompts), completion_tokens)}
+
+
+def _legacy_logprobs(loaded: LoadedModel, prompt: list[int], r: ChoiceResult, scored: list | None, echo: bool) -> dict:
+    """The legacy completions logprobs object: tokens, token_logprobs, top_logprobs, text_offset."""
+    tok = loaded.tokenizer
+    tokens, token_lps, tops = [], [], []
+    if echo:
+        for tid, (lp, top) in zip(prompt, scored or [(None, None)] * len(prompt)):
+            tokens.append(tok.decode([tid]))
+            token_lps.append(lp)
+            tops.append(None if top is None else {text: l for _, text, l in top})
+    for e in r.events:
+        tokens.append(tok.decode([e.token_id]))
+        token_lps.append(e.logprob)
+        tops.append({text: lp for _, text, lp in _top_items(e.top_logprobs)})
+    offsets, pos = [], 0
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+async def _completion_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, prompt_tokens: int,
+                             logprobs: bool, include_usage: bool) -> AsyncIterator[str]:
+    chunk = {**head, "object": "text_completion"}
+    completion_tokens = 0
+    finished = set()
+    async for event in events_of(job):
+        completion_tokens += 1
+        choice: dict[str, Any] = {"index": event.index, "text": event.text, "logprobs": None,
+                                  "finish_reason": event.finish_reason}
+        if logprobs:
+            r = ChoiceResult(event.index)
+            add_event(r, event)
+            choice["logprobs"] = _legacy_logprobs(loaded, [], r, None, False)
+        if event.finish_reason is not None:
+            finished.add(event.index)
+            choice["timings"] = job.timings()
+        yield sse({**chunk, "choices": [choice]})
+    for i in range(n):
+        if i not in finished:
+            yield sse({**chunk, "choices": [{"index": i, "text": "", "logprobs": None, "finish_reason": "length",
+                                              "timings": job.timings()}]})
+    if include_usage:
+        yield sse({**chunk, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+
+
+@router.post("/tokenize")
+async def tokenize(req: TokenizeRequest, request: Request) -> dict[str, Any]:
+    """Token ids of a prompt (or of a rendered chat) for a model; `model` may also name a reference
+    tokenizer (gpt2, cl100k_base, o200k_base) to compare tokenizations."""
+    gen = _generator(request)
+    if (req.prompt is None) == (req.messages is None):
+        raise APIError(400, "give either prompt or messages", param="prompt")
+    registry = gen.registry
+    if req.model not in registry and req.model in registry.reference_tokenizers():
+        if req.prompt is None:
+            raise APIError(400, "a reference tokenizer has no chat template; give prompt", param="messages")
+        tok = await asyncio.to_thread(registry.reference_tokenizer, req.model)
+        ids, context = list(tok.encode(req.prompt, allowed_special="all")), None
+    else:
+        loaded = await gen.load(req.model)
+        tok, context = loaded.tokenizer, loaded.context_length
+        if req.messages is not None:
+            ids = gen.chat_prompt(loaded, [m.flat() for m in req.messages])
+        else:
+            ids = gen.text_prompt(loaded, req.prompt)
+    return {"tokens": ids, "count": len(ids), "max_model_len": context, "token_strs": [tok.decode([t]) for t in ids],
+            "token_bytes": [list(tok.decode_bytes([t])) for t in ids]}
+
+
+@router.post("/detokenize")
+async def detokenize(req: DetokenizeRequest, request: Request) -> dict[str, Any]:
+    gen = _generator(request)
+    loaded = await gen.load(req.model)
+    if req.tokens:
+        gen.text_prompt(loaded, req.tokens)  # checks the ids are in the vocabulary
+    return {"prompt": loaded.tokenizer.decode(req.tokens)}

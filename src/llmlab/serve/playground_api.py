@@ -1,0 +1,92 @@
+"""The playground's own routes (beyond OpenAI's): server status and the "look inside" views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from llmlab.serve.api_errors import APIError
+from llmlab.serve.generation import Generator, Sampling
+from llmlab.serve.lookinside import attention_maps, next_token_distribution
+from llmlab.serve.openai_api import ChatMessage
+
+router = APIRouter(prefix="/api")
+
+
+class InspectRequest(BaseModel):
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
+class NextTokenRequest(InspectRequest):
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    k: int = Field(20, ge=1, le=100)
+
+
+class AttentionRequest(InspectRequest):
+    layer: int = Field(0, ge=0)
+
+
+def _generator(request: Request) -> Generator:
+    return request.app.state.generator
+
+
+async def _prompt(gen: Generator, req: InspectRequest, limit: int | None = None):
+    loaded = await gen.load(req.model)
+    if (req.prompt is None) == (req.messages is None):
+        raise APIError(400, "give either prompt or messages", param="prompt")
+    if req.messages is not None:
+        ids = gen.chat_prompt(loaded, [m.flat() for m in req.messages])
+    else:
+        ids = gen.text_prompt(loaded, req.prompt)
+    if not ids:
+        raise APIError(400, "the prompt is empty", param="prompt")
+    cap = min(limit or gen.limits.max_prompt_tokens, loaded.context_length)
+    if len(ids) > cap:
+        raise APIError(400, f"the prompt has {len(ids)} tokens; this view shows at most {cap}", param="prompt",
+                       code="context_length_exceeded")
+    return loaded, ids
+
+
+@router.get("/status")
+async def status(request: Request) -> dict[str, Any]:
+    gen = _generator(request)
+    return {"worker": gen.worker.stats(), "limits": vars(gen.limits), "models": gen.registry.cards(),
+            "auth": request.app.state.api_key is not None}
+
+
+@router.get("/tokenizers")
+async def tokenizers(request: Request) -> dict[str, Any]:
+    """Every tokenizer the tokenizer view can show: each model's, then reference ones."""
+    registry = _generator(request).registry
+    data = [{"id": m, "kind": "model"} for m in registry.ids()]
+    data += [{"id": t, "kind": "reference"} for t in registry.reference_tokenizers() if t not in registry]
+    return {"object": "list", "data": data}
+
+
+@router.post("/next_token")
+async def next_token(req: NextTokenRequest, request: Request) -> dict[str, Any]:
+    """The next-token distribution for a prompt, raw and as the sampling settings reshape it."""
+    gen = _generator(request)
+    loaded, ids = await _prompt(gen, req)
+    params = gen.params(loaded, len(ids), Sampling(
+        max_tokens=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty))
+    return await gen.compute(lambda: next_token_distribution(loaded, ids, params, req.k))
+
+
+@router.post("/attention")
+async def attention(req: AttentionRequest, request: Request) -> dict[str, Any]:
+    """One layer's attention weights, every head, for a short prompt."""
+    gen = _generator(request)
+    loaded, ids = await _prompt(gen, req, limit=gen.limits.max_inspect_tokens)
+    if req.layer >= loaded.config.n_layers:
+        raise APIError(400, f"layer must be below {loaded.config.n_layers}", param="layer")
+    return await gen.compute(lambda: attention_maps(loaded, ids, req.layer))

@@ -1,0 +1,646 @@
+// llmlab playground: plain JavaScript talking to the same server's OpenAI-compatible API.
+// Every request goes to this page's own origin; nothing is loaded from elsewhere.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const $$ = (sel) => Array.from(document.querySelectorAll(sel));
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+};
+
+const state = {
+  models: [],
+  conversation: { id: null, messages: [] },  // messages: {role, content, meta}
+  busy: false,
+};
+
+// ------------------------------------------------------------------ API helpers
+
+function apiHeaders() {
+  const h = { "Content-Type": "application/json" };
+  const key = localStorage.getItem("llmlab-api-key");
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: { ...apiHeaders(), ...(options.headers || {}) } });
+  if (res.status === 401) {
+    const key = prompt("This server needs an API key:");
+    if (key) { localStorage.setItem("llmlab-api-key", key); return api(path, options); }
+  }
+  if (!res.ok) {
+    let message = res.status + " " + res.statusText;
+    try { message = (await res.json()).error.message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return res;
+}
+
+const postJSON = async (path, body, options = {}) => (await api(path, { method: "POST", body: JSON.stringify(body), ...options })).json();
+
+// Read an OpenAI server-sent-events stream, calling onChunk for each JSON chunk.
+async function streamSSE(path, body, onChunk, signal) {
+  const res = await api(path, { method: "POST", body: JSON.stringify(body), signal });
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, cut).trim();
+      buffer = buffer.slice(cut + 2);
+      if (!line.startsWith("data:")) continue;
+      const data = line.slice(5).trim();
+      if (data === "[DONE]") return;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      onChunk(chunk);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ settings
+
+const SLIDERS = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_tokens"];
+const DEFAULTS = { temperature: 0.8, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, max_tokens: 96 };
+
+function showSliderValue(name) {
+  const v = Number($("#" + name).value);
+  let text = Number.isInteger(v) && name !== "temperature" ? String(v) : v.toFixed(2);
+  if (name === "top_k" && v === 0) text = "off";
+  if ((name === "top_p" && v === 1) || (name === "min_p" && v === 0) || (name === "repetition_penalty" && v === 1)) text += " (off)";
+  if (name === "temperature" && v === 0) text = "0 (greedy)";
+  $("#" + name + "-val").textContent = text;
+}
+
+function sampling() {
+  const s = {};
+  for (const name of SLIDERS) s[name] = Number($("#" + name).value);
+  const seed = $("#seed").value.trim();
+  if (seed !== "") s.seed = parseInt(seed, 10);
+  if (!s.top_k) delete s.top_k;
+  return s;
+}
+
+function saveSettings() {
+  const saved = { system: $("#system-prompt").value, seed: $("#seed").value, model: $("#model-select").value,
+                  probs: $("#show-probs").checked };
+  for (const name of SLIDERS) saved[name] = $("#" + name).value;
+  localStorage.setItem("llmlab-settings", JSON.stringify(saved));
+}
+
+function loadSettings() {
+  let saved = {};
+  try { saved = JSON.parse(localStorage.getItem("llmlab-settings") || "{}"); } catch (e) { saved = {}; }
+  for (const name of SLIDERS) if (saved[name] !== undefined) $("#" + name).value = saved[name];
+  if (saved.system) $("#system-prompt").value = saved.system;
+  if (saved.seed) $("#seed").value = saved.seed;
+  if (saved.probs !== undefined) $("#show-probs").checked = saved.probs;
+  return saved;
+}
+
+function currentModel() { return $("#model-select").value; }
+
+// ------------------------------------------------------------------ token colouring and tooltip
+
+const probColor = (p) => `hsl(${Math.round(130 * Math.sqrt(p))} 75% 82%)`;
+const fmtP = (p) => (p >= 0.995 ? "100" : (100 * p).toFixed(p < 0.01 ? 2 : 1)) + "%";
+const visible = (t) => t.replace(/\n/g, "↵").replace(/ /g, "␣").replace(/\t/g, "⇥") || "∅";
+
+// One generated token with its probability and alternatives, from an OpenAI logprobs entry.
+function tokenInfo(entry) {
+  return { text: entry.token, p: Math.exp(entry.logprob),
+           top: (entry.top_logprobs || []).map((t) => [t.token, Math.exp(t.logprob)]) };
+}
+
+function tokenSpan(text, info) {
+  const span = el("span", { class: "tok" }, text);
+  if (info) {
+    span._info = info;
+    if ($("#show-probs").checked) span.style.background = probColor(info.p);
+  }
+  return span;
+}
+
+function showTooltip(ev, info) {
+  const tt = $("#tooltip");
+  tt.innerHTML = "";
+  tt.append(el("div", { class: "tt-head" }, `“${visible(info.text)}”  p = ${fmtP(info.p)}`));
+  if (info.top.length) {
+    const table = el("table");
+    for (const [t, p] of info.top) {
+      const row = el("tr", { class: t === info.text ? "chosen" : "" },
+        el("td", {}, visible(t)), el("td", {}, fmtP(p)),
+        el("td", { style: "width:70px" }, el("div", { class: "bar", style: `width:${Math.max(2, 70 * p)}px` })));
+      table.append(row);
+    }
+    tt.append(el("div", { class: "muted" }, "the model's top alternatives:"), table);
+  }
+  tt.classList.remove("hidden");
+  const x = Math.min(ev.clientX + 14, window.innerWidth - tt.offsetWidth - 8);
+  const y = Math.min(ev.clientY + 16, window.innerHeight - tt.offsetHeight - 8);
+  tt.style.left = x + "px";
+  tt.style.top = y + "px";
+}
+
+document.addEventListener("mouseover", (ev) => {
+  const t = ev.target.closest && ev.target.closest(".tok");
+  if (t && t._info) showTooltip(ev, t._info); else $("#tooltip").classList.add("hidden");
+});
+
+function recolour() {
+  for (const span of $$(".tok")) if (span._info) span.style.background = $("#show-probs").checked ? probColor(span._info.p) : "";
+}
+
+function statsText(t, tokens, finish) {
+  if (!t) return "";
+  const parts = [];
+  if (t.ttft_ms != null) parts.push(`first token ${Math.round(t.ttft_ms)} ms`);
+  if (t.tokens_per_second != null) parts.push(`${t.tokens_per_second.toFixed(1)} tok/s`);
+  if (tokens != null) parts.push(`${tokens} tokens`);
+  if (t.queue_ms > 50) parts.push(`queued ${Math.round(t.queue_ms)} ms`);
+  if (finish) parts.push(finish === "length" ? "stopped: max tokens" : "stopped: end of answer");
+  return parts.join(" · ");
+}
+
+// Stream one chat or text completion into `body`, colouring tokens; returns {text, tokens, timings, finish}.
+async function streamInto(body, path, request, signal) {
+  const result = { text: "", tokens: [], timings: null, finish: null };
+  body.classList.add("streaming");
+  try {
+    await streamSSE(path, { ...request, stream: true, logprobs: path.endsWith("chat/completions") ? true : 5,
+                            ...(path.endsWith("chat/completions") ? { top_logprobs: 5 } : {}) }, (chunk) => {
+      for (const choice of chunk.choices || []) {
+        const text = choice.delta ? (choice.delta.content || "") : (choice.text || "");
+        let info = null;
+        if (choice.logprobs && choice.logprobs.content) info = tokenInfo(choice.logprobs.content[0]);
+        else if (choice.logprobs && choice.logprobs.tokens) {
+          const lp = choice.logprobs;
+          info = { text: lp.tokens[0], p: Math.exp(lp.token_logprobs[0]),
+                   top: Object.entries(lp.top_logprobs[0] || {}).map(([t, l]) => [t, Math.exp(l)]) };
+        }
+        if (text || info) {
+          result.text += text;
+          if (info) result.tokens.push({ ...info, shown: text });
+          if (text) body.append(tokenSpan(text, info));
+        }
+        if (choice.finish_reason) { result.finish = choice.finish_reason; result.timings = choice.timings || null; }
+      }
+    }, signal);
+  } finally {
+    body.classList.remove("streaming");
+  }
+  return result;
+}
+
+// ------------------------------------------------------------------ chat
+
+function renderMessage(msg) {
+  const body = el("div", { class: "body" });
+  if (msg.meta && msg.meta.tokens) for (const t of msg.meta.tokens) body.append(tokenSpan(t.shown, t));
+  else body.append(msg.content);
+  const node = el("div", { class: "msg " + msg.role }, el("div", { class: "role" }, msg.role === "user" ? "you" : (msg.meta && msg.meta.model) || msg.role), body);
+  if (msg.meta && msg.meta.timings) node.append(el("div", { class: "stats" }, statsText(msg.meta.timings, msg.meta.tokens ? msg.meta.tokens.length : null, msg.meta.finish)));
+  $("#messages").append(node);
+  return node;
+}
+
+function renderConversation() {
+  $("#messages").innerHTML = "";
+  if (!state.conversation.messages.length) $("#messages").append(emptyHint);
+  for (const m of state.conversation.messages) if (m.role !== "system") renderMessage(m);
+  $("#messages").scrollTop = $("#messages").scrollHeight;
+}
+
+let chatAbort = null;
+const emptyHint = $("#chat-empty");
+
+async function sendChat(ev) {
+  ev && ev.preventDefault();
+  const text = $("#chat-input").value.trim();
+  if (!text || state.busy) return;
+  $("#chat-input").value = "";
+  emptyHint.remove();
+  const user = { role: "user", content: text };
+  state.conversation.messages.push(user);
+  renderMessage(user);
+  const system = $("#system-prompt").value.trim();
+  const messages = [...(system ? [{ role: "system", content: system }] : []),
+                    ...state.conversation.messages.map((m) => ({ role: m.role, content: m.content }))];
+  const node = renderMessage({ role: "assistant", content: "", meta: { model: currentModel() } });
+  const body = node.querySelector(".body");
+  setBusy(true);
+  chatAbort = new AbortController();
+  try {
+    const r = await streamInto(body, "/v1/chat/completions", { model: currentModel(), messages, ...sampling() }, chatAbort.signal);
+    const meta = { model: currentModel(), timings: r.timings, finish: r.finish, tokens: r.tokens, settings: sampling() };
+    node.append(el("div", { class: "stats" }, statsText(r.timings, r.tokens.length, r.finish)));
+    state.conversation.messages.push({ role: "assistant", content: r.text, meta });
+    await saveConversation(system);
+  } catch (e) {
+    if (e.name === "AbortError") node.append(el("div", { class: "stats" }, "stopped"));
+    else node.append(el("div", { class: "error" }, e.message));
+  } finally {
+    setBusy(false);
+    chatAbort = null;
+  }
+  $("#messages").scrollTop = $("#messages").scrollHeight;
+}
+
+function setBusy(busy) {
+  state.busy = busy;
+  $("#chat-send").disabled = busy;
+  $("#chat-stop").classList.toggle("hidden", !busy);
+}
+
+// ------------------------------------------------------------------ history
+
+async function saveConversation(system) {
+  const body = { mode: "chat", model: currentModel(), settings: { ...sampling(), system },
+                 messages: state.conversation.messages };
+  const conv = state.conversation.id
+    ? await (await api("/api/conversations/" + state.conversation.id, { method: "PUT", body: JSON.stringify(body) })).json()
+    : await postJSON("/api/conversations", body);
+  state.conversation.id = conv.id;
+  await loadHistory();
+}
+
+async function loadHistory() {
+  const list = (await (await api("/api/conversations")).json()).data;
+  const ul = $("#history-list");
+  ul.innerHTML = "";
+  if (!list.length) ul.append(el("li", { class: "empty" }, "No saved chats yet"));
+  for (const c of list) {
+    const li = el("li", { class: c.id === state.conversation.id ? "active" : "", "data-id": c.id, title: c.title },
+      el("span", { class: "title" }, c.title),
+      el("button", { title: "Rename", class: "rename", onclick: (e) => { e.stopPropagation(); renameConversation(c); } }, "✎"),
+      el("button", { title: "Export JSON", class: "export", onclick: (e) => { e.stopPropagation(); exportConversation(c.id); } }, "⤓"),
+      el("button", { title: "Delete", class: "delete", onclick: (e) => { e.stopPropagation(); deleteConversation(c); } }, "✕"));
+    li.addEventListener("click", () => openConversation(c.id));
+    ul.append(li);
+  }
+}
+
+async function openConversation(id) {
+  const conv = await (await api("/api/conversations/" + id)).json();
+  state.conversation = { id: conv.id, messages: conv.messages };
+  if (conv.settings && conv.settings.system !== undefined) $("#system-prompt").value = conv.settings.system;
+  if (conv.model && state.models.some((m) => m.id === conv.model)) $("#model-select").value = conv.model;
+  switchTab("chat");
+  renderConversation();
+  await loadHistory();
+}
+
+async function renameConversation(c) {
+  const title = prompt("New name for this conversation:", c.title);
+  if (!title) return;
+  await api("/api/conversations/" + c.id, { method: "PATCH", body: JSON.stringify({ title }) });
+  await loadHistory();
+}
+
+async function deleteConversation(c) {
+  if (!confirm(`Delete “${c.title}”?`)) return;
+  await api("/api/conversations/" + c.id, { method: "DELETE" });
+  if (state.conversation.id === c.id) newChat();
+  await loadHistory();
+}
+
+// Fetch a JSON export (with the API key, if any) and hand it to the browser as a download.
+async function download(path, filename) {
+  const data = await (await api(path)).blob();
+  const a = el("a", { href: URL.createObjectURL(data), download: filename });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
+const exportConversation = (id) => download("/api/conversations/" + id + "/export", `conversation-${id.slice(0, 8)}.json`);
+
+function newChat() {
+  state.conversation = { id: null, messages: [] };
+  renderConversation();
+  loadHistory();
+}
+
+// ------------------------------------------------------------------ completion
+
+let completeAbort = null;
+async function runCompletion() {
+  const prompt = $("#complete-input").value;
+  if (!prompt) return;
+  const out = $("#complete-output");
+  out.querySelector(".prompt-echo").textContent = prompt;
+  const gen = out.querySelector(".gen");
+  gen.innerHTML = "";
+  $("#complete-stats").textContent = "";
+  $("#complete-run").disabled = true;
+  $("#complete-stop").classList.remove("hidden");
+  completeAbort = new AbortController();
+  try {
+    const r = await streamInto(gen, "/v1/completions", { model: currentModel(), prompt, ...sampling() }, completeAbort.signal);
+    $("#complete-stats").textContent = statsText(r.timings, r.tokens.length, r.finish);
+  } catch (e) {
+    $("#complete-stats").textContent = e.name === "AbortError" ? "stopped" : "error: " + e.message;
+  } finally {
+    $("#complete-run").disabled = false;
+    $("#complete-stop").classList.add("hidden");
+  }
+}
+
+// ------------------------------------------------------------------ compare
+
+function renderCompareChips() {
+  const box = $("#compare-models");
+  box.innerHTML = "";
+  state.models.forEach((m, i) => {
+    const input = el("input", { type: "checkbox", value: m.id });
+    input.checked = i < 4;
+    const chip = el("label", { class: "chip" + (input.checked ? " on" : "") }, input, m.id);
+    input.addEventListener("change", () => chip.classList.toggle("on", input.checked));
+    box.append(chip);
+  });
+}
+
+async function runCompare() {
+  const prompt = $("#compare-input").value.trim();
+  if (!prompt) return;
+  const byTemps = $("input[name=compare-mode]:checked").value === "temps";
+  const base = sampling();
+  if (base.seed === undefined) base.seed = Math.floor(Math.random() * 1e6);
+  let columns;
+  if (byTemps) {
+    const temps = $("#compare-temp-list").value.split(",").map((x) => Number(x.trim())).filter((x) => !Number.isNaN(x));
+    columns = temps.slice(0, 4).map((t) => ({ model: currentModel(), temperature: t, label: `${currentModel()} · T=${t}` }));
+  } else {
+    columns = $$("#compare-models input:checked").slice(0, 4).map((i) => ({ model: i.value, temperature: base.temperature, label: i.value }));
+  }
+  if (columns.length < 1) { $("#compare-note").textContent = "choose at least one model"; return; }
+  $("#compare-note").textContent = `shared seed ${base.seed}`;
+  const grid = $("#compare-grid");
+  grid.innerHTML = "";
+  const chat = $("#compare-chat").checked;
+  const system = $("#system-prompt").value.trim();
+  await Promise.all(columns.map(async (col) => {
+    const body = el("div", { class: "body" });
+    const stats = el("div", { class: "stats" }, "waiting…");
+    grid.append(el("div", { class: "compare-col" }, el("h3", {}, el("span", {}, col.label), el("span", { class: "muted" }, "")), body, stats));
+    const request = { ...base, model: col.model, temperature: col.temperature };
+    try {
+      const r = chat
+        ? await streamInto(body, "/v1/chat/completions", { ...request, messages: [...(system ? [{ role: "system", content: system }] : []), { role: "user", content: prompt }] })
+        : await streamInto(body, "/v1/completions", { ...request, prompt });
+      stats.textContent = statsText(r.timings, r.tokens.length, r.finish);
+    } catch (e) {
+      stats.textContent = "";
+      body.append(el("div", { class: "error" }, e.message));
+    }
+  }));
+}
+
+// ------------------------------------------------------------------ next token
+
+let ntTimer = null;
+async function runNextToken() {
+  const text = $("#nt-input").value;
+  if (!text) return;
+  const s = sampling();
+  const request = { model: currentModel(), temperature: Number($("#nt-temp").value), top_k: s.top_k || null,
+                    top_p: s.top_p, min_p: s.min_p, repetition_penalty: s.repetition_penalty, k: 20 };
+  if ($("#nt-chat").checked) request.messages = [{ role: "user", content: text }]; else request.prompt = text;
+  const chart = $("#nt-chart");
+  try {
+    const d = await postJSON("/api/next_token", request);
+    $("#nt-summary").innerHTML = "";
+    $("#nt-summary").append(
+      el("span", {}, "prompt tokens ", el("b", {}, String(d.prompt_tokens))),
+      el("span", { title: "How uncertain the model is, in bits; 2^entropy = effective number of choices" }, "entropy ", el("b", {}, d.entropy_bits.toFixed(2) + " bits"), ` (≈${d.effective_choices} choices)`),
+      el("span", {}, "after sampling settings ", el("b", {}, d.sampled_entropy_bits.toFixed(2) + " bits"), ` (${d.candidates} of ${d.vocab_size} tokens can be drawn)`));
+    chart.innerHTML = "";
+    chart.append(el("div", { class: "chart-legend" }, el("span", {}, el("i", { style: "background:#d9dce6" }), "model probability"),
+      el("span", {}, el("i", { style: "background:var(--accent)" }), "after temperature / top-k / top-p / min-p")));
+    const max = Math.max(...d.tokens.map((t) => Math.max(t.prob, t.sampled_prob)), 1e-9);
+    for (const t of d.tokens) {
+      const row = el("div", { class: "bar-row" + (t.sampled_prob === 0 ? " cut" : ""), title: `id ${t.id} · logit ${t.logit}` },
+        el("span", { class: "label" }, visible(t.text)),
+        el("div", { class: "bars" }, el("div", { class: "raw", style: `width:${(100 * t.prob) / max}%` }),
+                                     el("div", { class: "shaped", style: `width:${(100 * t.sampled_prob) / max}%` })),
+        el("span", { class: "nums" }, `${fmtP(t.prob)} → ${fmtP(t.sampled_prob)}`));
+      row.addEventListener("click", () => { $("#nt-input").value += t.text; runNextToken(); });
+      chart.append(row);
+    }
+  } catch (e) {
+    chart.innerHTML = "";
+    chart.append(el("div", { class: "error" }, e.message));
+  }
+}
+
+// ------------------------------------------------------------------ tokenizer view
+
+const PALETTE = ["#fde2e4", "#dbeafe", "#dcfce7", "#fef3c7", "#ede9fe", "#cffafe", "#fce7f3", "#e0e7ff", "#ffedd5", "#d1fae5"];
+let tokTimer = null;
+async function runTokenizer() {
+  const text = $("#tok-input").value;
+  const view = $("#tok-view");
+  try {
+    const d = await postJSON("/tokenize", { model: $("#tok-model").value, prompt: text });
+    view.innerHTML = "";
+    d.tokens.forEach((id, i) => {
+      // A token that is only part of a UTF-8 character (emoji, accents) is shown as its bytes.
+      const str = d.token_strs[i].includes("\ufffd") ? d.token_bytes[i].map((b) => "\\x" + b.toString(16).padStart(2, "0")).join("") : visible(d.token_strs[i]);
+      const chip = el("span", { class: "tok-chip", style: `background:${PALETTE[i % PALETTE.length]}`, title: `token ${i}: id ${id}` }, str);
+      if ($("#tok-ids").checked) chip.append(el("small", {}, String(id)));
+      view.append(chip);
+    });
+    const chars = [...text].length;
+    $("#tok-counts").innerHTML = "";
+    $("#tok-counts").append(el("div", {}, el("b", {}, String(d.count)), "tokens"), el("div", {}, el("b", {}, String(chars)), "characters"),
+      el("div", {}, el("b", {}, d.count ? (chars / d.count).toFixed(2) : "–"), "characters / token"),
+      el("div", {}, el("b", {}, String(d.max_model_len)), "context window"));
+    $("#tok-idlist").textContent = JSON.stringify(d.tokens);
+  } catch (e) {
+    view.innerHTML = "";
+    view.append(el("div", { class: "error" }, e.message));
+  }
+}
+
+// ------------------------------------------------------------------ attention
+
+let attData = null;
+async function runAttention() {
+  const layer = Number($("#att-layer").value);
+  $("#att-note").textContent = "computing…";
+  try {
+    attData = await postJSON("/api/attention", { model: currentModel(), prompt: $("#att-input").value, layer });
+    const layers = $("#att-layer");
+    if (layers.options.length !== attData.n_layers) {
+      layers.innerHTML = "";
+      for (let i = 0; i < attData.n_layers; i++) layers.append(el("option", { value: String(i) }, String(i)));
+      layers.value = String(layer);
+    }
+    const heads = $("#att-head");
+    if (heads.options.length !== attData.n_heads + 1) {
+      heads.innerHTML = "";
+      heads.append(el("option", { value: "mean" }, "mean of heads"));
+      for (let h = 0; h < attData.n_heads; h++) heads.append(el("option", { value: String(h) }, String(h)));
+    }
+    $("#att-note").textContent = `${attData.tokens.length} tokens · ${attData.n_layers} layers × ${attData.n_heads} heads`;
+    drawAttention();
+  } catch (e) {
+    $("#att-note").textContent = "error: " + e.message;
+  }
+}
+
+function attMatrix() {
+  const h = $("#att-head").value;
+  if (h !== "mean") return attData.weights[Number(h)];
+  const H = attData.weights.length;
+  return attData.weights[0].map((row, i) => row.map((_, j) => attData.weights.reduce((s, w) => s + w[i][j], 0) / H));
+}
+
+function drawAttention() {
+  if (!attData) return;
+  const m = attMatrix();
+  const labels = attData.tokens.map((t) => visible(t.text).slice(0, 10));
+  const T = labels.length;
+  const cell = Math.max(12, Math.min(34, Math.floor(560 / T)));
+  const margin = 90;
+  const canvas = $("#att-canvas");
+  canvas.width = margin + T * cell + 10;
+  canvas.height = margin + T * cell + 10;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.font = "11px ui-monospace, monospace";
+  for (let i = 0; i < T; i++) {
+    for (let j = 0; j < T; j++) {
+      const w = m[i][j];
+      ctx.fillStyle = j > i ? "#f3f4f6" : `rgba(79, 70, 229, ${Math.pow(w, 0.6)})`;
+      ctx.fillRect(margin + j * cell, margin + i * cell, cell - 1, cell - 1);
+    }
+    ctx.fillStyle = "#1f2330";
+    ctx.textAlign = "right";
+    ctx.fillText(labels[i], margin - 6, margin + i * cell + cell / 2 + 4);
+    ctx.save();
+    ctx.translate(margin + i * cell + cell / 2 + 4, margin - 6);
+    ctx.rotate(-Math.PI / 3);
+    ctx.textAlign = "left";
+    ctx.fillText(labels[i], 0, 0);
+    ctx.restore();
+  }
+  canvas._geom = { margin, cell, T, m };
+}
+
+$("#att-canvas").addEventListener("mousemove", (ev) => {
+  const g = ev.target._geom;
+  if (!g) return;
+  const r = ev.target.getBoundingClientRect();
+  const j = Math.floor((ev.clientX - r.left - g.margin) / g.cell);
+  const i = Math.floor((ev.clientY - r.top - g.margin) / g.cell);
+  if (i < 0 || j < 0 || i >= g.T || j >= g.T || j > i) { $("#tooltip").classList.add("hidden"); return; }
+  const q = attData.tokens[i].text, k = attData.tokens[j].text;
+  showTooltip(ev, { text: `${visible(q)} → ${visible(k)}`, p: g.m[i][j], top: [] });
+});
+$("#att-canvas").addEventListener("mouseleave", () => $("#tooltip").classList.add("hidden"));
+
+// ------------------------------------------------------------------ models, status, tabs
+
+async function loadModels(saved) {
+  state.models = (await (await api("/v1/models")).json()).data;
+  $("#model-select").innerHTML = "";
+  for (const m of state.models) $("#model-select").append(el("option", { value: m.id }, m.id));
+  if (saved.model && state.models.some((m) => m.id === saved.model)) $("#model-select").value = saved.model;
+  const tokenizers = (await (await api("/api/tokenizers")).json()).data;
+  $("#tok-model").innerHTML = "";
+  for (const t of tokenizers) $("#tok-model").append(el("option", { value: t.id }, t.kind === "model" ? t.id : `${t.id} (reference)`));
+  $("#tok-model").value = currentModel();
+  renderCompareChips();
+  showModelInfo();
+}
+
+function showModelInfo() {
+  const m = state.models.find((x) => x.id === currentModel());
+  if (!m) return;
+  const bits = [m.kind === "imported" ? "imported" : "llmlab checkpoint"];
+  if (m.context_length) bits.push(`context ${m.context_length}`);
+  if (m.parameters) bits.push(`${(m.parameters / 1e6).toFixed(m.parameters < 1e7 ? 2 : 0)}M params`);
+  if (!m.loaded) bits.push("loads on first use");
+  $("#model-info").textContent = bits.join(" · ");
+}
+
+async function refreshStatus() {
+  try {
+    const s = await (await api("/api/status")).json();
+    const w = s.worker;
+    $("#server-status").innerHTML = "";
+    $("#server-status").append(el("span", { class: "dot" }), `${w.running} running · ${w.queued} waiting · ${s.models.length} models`);
+    state.models = s.models.map((m) => ({ ...m }));
+    showModelInfo();
+  } catch (e) {
+    $("#server-status").textContent = "server unreachable";
+  }
+}
+
+function switchTab(name) {
+  for (const t of $$(".tab")) t.classList.toggle("active", t.dataset.tab === name);
+  for (const p of $$(".panel")) p.classList.toggle("active", p.id === "panel-" + name);
+  $("#history-panel").classList.toggle("hidden", name !== "chat");
+  $(".layout").style.gridTemplateColumns = name === "chat" ? "" : "minmax(0, 1fr) 270px";
+  if (name === "tokenizer") runTokenizer();
+}
+
+function init() {
+  const saved = loadSettings();
+  for (const name of SLIDERS) {
+    showSliderValue(name);
+    $("#" + name).addEventListener("input", () => { showSliderValue(name); saveSettings(); });
+  }
+  for (const id of ["#system-prompt", "#seed", "#model-select"]) $(id).addEventListener("change", saveSettings);
+  $("#model-select").addEventListener("change", () => { showModelInfo(); attData = null; });
+  $("#show-probs").addEventListener("change", () => { recolour(); saveSettings(); });
+  $("#reset-settings").addEventListener("click", () => {
+    for (const [k, v] of Object.entries(DEFAULTS)) { $("#" + k).value = v; showSliderValue(k); }
+    $("#seed").value = "";
+    saveSettings();
+  });
+  for (const t of $$(".tab")) t.addEventListener("click", () => switchTab(t.dataset.tab));
+  $("#chat-form").addEventListener("submit", sendChat);
+  $("#chat-input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) sendChat(e); });
+  $("#chat-stop").addEventListener("click", () => chatAbort && chatAbort.abort());
+  $("#new-chat").addEventListener("click", newChat);
+  $("#complete-run").addEventListener("click", runCompletion);
+  $("#complete-stop").addEventListener("click", () => completeAbort && completeAbort.abort());
+  $("#compare-run").addEventListener("click", runCompare);
+  for (const r of $$("input[name=compare-mode]")) r.addEventListener("change", () => {
+    const temps = $("input[name=compare-mode]:checked").value === "temps";
+    $("#compare-models").classList.toggle("hidden", temps);
+    $("#compare-temps").classList.toggle("hidden", !temps);
+  });
+  $("#nt-run").addEventListener("click", runNextToken);
+  $("#nt-temp").addEventListener("input", () => {
+    $("#nt-temp-val").textContent = Number($("#nt-temp").value).toFixed(2);
+    clearTimeout(ntTimer);
+    ntTimer = setTimeout(runNextToken, 150);
+  });
+  $("#tok-input").addEventListener("input", () => { clearTimeout(tokTimer); tokTimer = setTimeout(runTokenizer, 150); });
+  $("#tok-model").addEventListener("change", runTokenizer);
+  $("#tok-ids").addEventListener("change", runTokenizer);
+  $("#att-run").addEventListener("click", runAttention);
+  $("#att-layer").addEventListener("change", runAttention);
+  $("#att-head").addEventListener("change", drawAttention);
+  $("#export-all").addEventListener("click", (e) => { e.preventDefault(); download("/api/conversations/export", "llmlab-conversations.json"); });
+  loadModels(saved).then(() => { loadHistory(); refreshStatus(); });
+  setInterval(refreshStatus, 3000);
+}
+
+init();

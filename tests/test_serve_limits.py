@@ -1,0 +1,142 @@
+"""Limits and concurrency: 413 for big bodies, 429 when full, disconnects stop generation, no lost requests.
+
+A "slow" model (the tiny model with a sleep in each forward pass) makes a generation last long enough to
+observe, so these tests check behaviour rather than race the machine.
+"""
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+import torch
+
+openai = pytest.importorskip("openai")
+
+from llmlab.model import GPT, preset  # noqa: E402
+from llmlab.serve import BackgroundServer, Limits, ModelRegistry, create_app  # noqa: E402
+from llmlab.serve.tiny import tiny_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.network_local
+HI = [{"role": "user", "content": "hello"}]
+
+
+class SlowGPT(GPT):
+    """The tiny GPT, `delay` seconds slower per forward pass (one decoded token)."""
+
+    delay = 0.02
+
+    def forward(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return super().forward(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    registry = ModelRegistry(imported=False)
+    registry.add("fast", GPT(preset("tiny", vocab_size=tok.vocab_size, context_length=512)), tok)
+    registry.add("slow", SlowGPT(preset("tiny", vocab_size=tok.vocab_size, context_length=512)), tok)
+    return registry
+
+
+def serve(registry, **limits):
+    return BackgroundServer(create_app(registry, Limits(**limits)))
+
+
+def status(url):
+    return httpx.get(url + "/api/status").json()["worker"]
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_body_larger_than_the_limit_is_413(registry):
+    with serve(registry, max_body_bytes=2_000) as srv:
+        big = {"model": "fast", "messages": [{"role": "user", "content": "x" * 5_000}]}
+        r = httpx.post(srv.url + "/v1/chat/completions", json=big)
+        assert r.status_code == 413 and "2000 bytes" in r.json()["error"]["message"]
+
+        def chunked():  # no Content-Length: the server must count what arrives
+            yield json.dumps(big).encode()
+
+        r = httpx.post(srv.url + "/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        small = {"model": "fast", "messages": HI, "max_tokens": 2}
+        assert httpx.post(srv.url + "/v1/chat/completions", json=small).status_code == 200
+
+
+def test_full_server_answers_429_and_recovers(registry):
+    with serve(registry, max_concurrent=1, max_queued=0) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        stream = client.chat.completions.create(model="slow", messages=HI, max_tokens=60, stream=True,
+                                                extra_body={"ignore_eos": True})
+        next(iter(stream))  # the first generation is running
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(model="fast", messages=HI, max_tokens=2)
+        assert e.value.status_code == 429
+        stream.close()
+        assert wait_until(lambda: status(srv.url)["running"] == 0)
+        assert client.chat.completions.create(model="fast", messages=HI, max_tokens=2).choices
+        assert status(srv.url)["rejected"] == 1
+
+
+def test_client_disconnect_stops_its_generation(registry):
+    with serve(registry, max_concurrent=1) as srv:
+        body = {"model": "slow", "messages": HI, "max_tokens": 400, "stream": True, "temperature": 1.0}
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            for _ in range(6):
+                next(lines)
+        # 400 tokens take >= 8 s on the slow model; a stopped generation frees the worker at once.
+        assert wait_until(lambda: status(srv.url)["running"] == 0, timeout=3.0)
+        s = status(srv.url)
+        assert s["cancelled"] == 1 and s["tokens"] < 200
+
+
+def test_non_streaming_disconnect_also_stops(registry):
+    with serve(registry, max_concurrent=1) as srv:
+        body = {"model": "slow", "messages": HI, "max_tokens": 400}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=0.5)
+        assert wait_until(lambda: status(srv.url)["running"] == 0, timeout=3.0)
+        assert status(srv.url)["cancelled"] == 1
+
+
+def test_concurrent_requests_all_complete_with_their_own_output(registry):
+    with serve(registry, max_concurrent=2, max_queued=32) as srv:
+        async def one(client, seed):
+            r = await client.chat.completions.create(model="fast", messages=HI, max_tokens=12, seed=seed,
+                                                     temperature=1.0)
+            return r.choices[0].message.content
+
+        async def all_at_once():
+            client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+            return await asyncio.gather(*(one(client, seed) for seed in range(16)))
+
+        together = asyncio.run(all_at_once())
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        alone = [client.chat.completions.create(model="fast", messages=HI, max_tokens=12, seed=seed,
+                                                temperature=1.0).choices[0].message.content for seed in range(4)]
+        assert together[:4] == alone  # no cross-talk between concurrent generations
+        s = status(srv.url)
+        assert s["completed"] == 20 and s["failed"] == 0 and s["rejected"] == 0
+
+
+def test_server_limits_on_prompt_and_output_length(registry):
+    with serve(registry, max_prompt_tokens=20, max_output_tokens=10) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="at most 20"):
+            client.completions.create(model="fast", prompt="many words " * 30)
+        with pytest.raises(openai.BadRequestError, match="limit of 10"):
+            client.completions.create(model="fast", prompt="hi", max_tokens=11)
+        r = client.completions.create(model="fast", prompt="hi", max_tokens=10, extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 10
