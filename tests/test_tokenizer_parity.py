@@ -97,3 +97,35 @@ def _cached(name):
     if name not in _CACHE:
         _CACHE[name] = (load_tokenizer(name), official_tiktoken(name))
     return _CACHE[name]
+
+
+# ---- the fast-running pattern forms split exactly like tiktoken's -----------------------------------
+
+_TRICKY = st.text(alphabet=" \t\n\r\u00a0\u3000aZé1٣'’.,!?-_(){}😀\u0301", max_size=80)
+
+
+def _same_split(pattern, fast, text):
+    import regex
+
+    assert regex.findall(fast, text) == regex.findall(pattern, text)
+
+
+def test_fast_pattern_forms_split_real_text_identically(real_text):
+    from llmlab.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, fast_equivalent
+
+    for pattern in (GPT2_PATTERN, GPT4_PATTERN):
+        assert fast_equivalent(pattern) != pattern
+        _same_split(pattern, fast_equivalent(pattern), real_text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(_TRICKY, st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=60)))
+def test_fast_pattern_forms_split_arbitrary_text_identically(text):
+    from llmlab.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, fast_equivalent
+
+    for pattern in (GPT2_PATTERN, GPT4_PATTERN):
+        _same_split(pattern, fast_equivalent(pattern), text)
+    # and in tiktoken's Rust engine: llmlab's encoder runs the fast form, the official one tiktoken's
+    for name in ("gpt2", "cl100k_base"):
+        tok, official = _cached(name)
+        assert tok.encode_ordinary(text) == official.encode_ordinary(text)

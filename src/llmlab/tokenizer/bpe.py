@@ -21,7 +21,7 @@ import tiktoken
 from llmlab.errors import InputError
 from llmlab.tokenizer.base import BaseTokenizer, header
 from llmlab.tokenizer.bytelevel import bytes_to_text, text_to_bytes
-from llmlab.tokenizer.patterns import DEFAULT_PATTERN
+from llmlab.tokenizer.patterns import DEFAULT_PATTERN, fast_equivalent
 
 
 class Tokenizer(BaseTokenizer):
@@ -41,17 +41,22 @@ class Tokenizer(BaseTokenizer):
         pattern: str = DEFAULT_PATTERN,
         special_tokens: dict[str, int] | None = None,
         name: str = "llmlab",
+        missing_bytes: str = "error",
     ) -> None:
+        """`missing_bytes`: what to do if some of the 256 single bytes are not tokens (as in
+        vocabularies trained by Hugging Face on text that never held them): "error", or "drop" such
+        bytes from the encoding like Hugging Face does."""
         self.mergeable_ranks = dict(mergeable_ranks)
         self.pattern = pattern
         self.special_tokens = dict(special_tokens or {})
         self.name = name
-        missing = [b for b in range(256) if bytes([b]) not in self.mergeable_ranks]
-        if missing:
+        self.missing_bytes = [b for b in range(256) if bytes([b]) not in self.mergeable_ranks]
+        if self.missing_bytes and missing_bytes != "drop":
             raise InputError(
-                f"byte-level BPE vocabulary lacks {len(missing)} of the 256 single-byte tokens "
-                f"(e.g. byte {missing[0]:#04x}), so some text could not be encoded",
-                hint="a byte-level vocabulary must contain every byte as a token",
+                f"byte-level BPE vocabulary lacks {len(self.missing_bytes)} of the 256 single-byte tokens "
+                f"(e.g. byte {self.missing_bytes[0]:#04x}), so some text could not be encoded",
+                hint="a byte-level vocabulary must contain every byte as a token "
+                '(or pass missing_bytes="drop" to leave such bytes out, as Hugging Face does)',
             )
         self._decoder: dict[int, bytes] = {i: t for t, i in self.mergeable_ranks.items()}
         if len(self._decoder) != len(self.mergeable_ranks):
@@ -65,6 +70,8 @@ class Tokenizer(BaseTokenizer):
             self._decoder[i] = text.encode("utf-8")
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise InputError("two special tokens share one id")
+        # Characters whose UTF-8 holds a byte the vocabulary lacks: text with them takes `_encode_dropping`.
+        self._dropped_chars = _chars_with_bytes(self.missing_bytes) if self.missing_bytes else None
 
     # ---- construction from other representations ----------------------------------------------
     @classmethod
@@ -89,6 +96,7 @@ class Tokenizer(BaseTokenizer):
         special_tokens: dict[str, int] | None = None,
         pattern: str = DEFAULT_PATTERN,
         name: str = "imported",
+        missing_bytes: str = "error",
     ) -> "Tokenizer":
         """From a GPT-2-style byte-level vocabulary ("Ġthe" -> id), as in HF `tokenizer.json` or GGUF.
 
@@ -98,6 +106,12 @@ class Tokenizer(BaseTokenizer):
         order), it is checked against the ids: tiktoken-style encoding merges by id, so the id of each
         merge's result must grow with the merge's position, as it does for GPT-2 and models trained
         the usual way. A vocabulary where it does not cannot be encoded exactly by rank and is refused.
+        `missing_bytes="drop"` accepts vocabularies without some single bytes (see `__init__`).
+
+        This is the constructor for tokenizers stored elsewhere, e.g. SmolLM2's in its GGUF file:
+        `tokenizer.ggml.tokens` (id order) give `vocab`, `tokenizer.ggml.merges` the merges, tokens of
+        non-normal `token_type` the special tokens, and `llmlab.tokenizer.hf.GPT2_DIGITS_PATTERN` the
+        pattern for `tokenizer.ggml.pre == "smollm"`.
         """
         special_tokens = dict(special_tokens or {})
         ranks: dict[bytes, int] = {}
@@ -122,7 +136,7 @@ class Tokenizer(BaseTokenizer):
                         hint="llmlab encodes by rank (tiktoken's rule) and needs ids in merge order",
                     )
                 last = merged
-        return cls(ranks, pattern, special_tokens, name)
+        return cls(ranks, pattern, special_tokens, name, missing_bytes)
 
     # ---- the tokenizer interface ---------------------------------------------------------------
     @property
@@ -131,18 +145,25 @@ class Tokenizer(BaseTokenizer):
 
     @cached_property
     def encoding(self) -> tiktoken.Encoding:
-        """A `tiktoken.Encoding` with exactly these ranks, pattern and special tokens."""
+        """A `tiktoken.Encoding` with exactly these ranks, pattern and special tokens.
+
+        The pattern is handed over in its fastest equivalent form (see `patterns.fast_equivalent`).
+        """
         return tiktoken.Encoding(
             name=self.name,
-            pat_str=self.pattern,
+            pat_str=fast_equivalent(self.pattern),
             mergeable_ranks=self.mergeable_ranks,
             special_tokens=self.special_tokens,
         )
 
     def encode_ordinary(self, text: str) -> list[int]:
+        if self._dropped_chars is not None and self._dropped_chars.search(text):
+            return self._encode_dropping(text)
         return self.encoding.encode_ordinary(text)
 
     def encode(self, text, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+        if self._dropped_chars is not None and self._dropped_chars.search(text):
+            return super().encode(text, allowed_special, disallowed_special)  # via encode_ordinary
         allowed = self._allowed(allowed_special)
         self._check_disallowed(text, allowed, disallowed_special)
         if not allowed:
@@ -150,7 +171,24 @@ class Tokenizer(BaseTokenizer):
         return self.encoding.encode(text, allowed_special=allowed, disallowed_special=())
 
     def encode_ordinary_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
+        if self._dropped_chars is not None:
+            return [self.encode_ordinary(t) for t in texts]
         return self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def _encode_dropping(self, text: str) -> list[int]:
+        # Hugging Face's rule for bytes outside the vocabulary: pre-split the text as usual, remove
+        # those bytes from each piece, then BPE what is left of the piece.
+        import regex
+
+        missing = set(self.missing_bytes)
+        ids: list[int] = []
+        for piece in regex.findall(self.pattern, text):
+            data = piece.encode("utf-8")
+            if self._dropped_chars.search(piece):
+                data = bytes(b for b in data if b not in missing)
+            if data:
+                ids.extend(self.encoding._encode_single_piece(data))
+        return ids
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         decoder = self._decoder
@@ -178,13 +216,16 @@ class Tokenizer(BaseTokenizer):
         tokens: list[str | None] = [None] * self.vocab_size
         for token, i in self.mergeable_ranks.items():
             tokens[i] = bytes_to_text(token)
-        return {
+        d = {
             **header(self.kind),
             "name": self.name,
             "pattern": self.pattern,
             "special_tokens": self.special_tokens,
             "tokens": tokens,
         }
+        if self.missing_bytes:
+            d["missing_bytes"] = "drop"
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Tokenizer":
@@ -197,4 +238,28 @@ class Tokenizer(BaseTokenizer):
                 ranks[text_to_bytes(t)] = i
             except (KeyError, TypeError):
                 raise InputError(f"token {i} ({t!r}) is not written in GPT-2's byte-level alphabet") from None
-        return cls(ranks, d["pattern"], {k: int(v) for k, v in d["special_tokens"].items()}, d.get("name", "llmlab"))
+        specials = {k: int(v) for k, v in d["special_tokens"].items()}
+        return cls(ranks, d["pattern"], specials, d.get("name", "llmlab"), d.get("missing_bytes", "error"))
+
+
+def _chars_with_bytes(missing: list[int]):
+    """A regex matching the characters whose UTF-8 encoding contains one of the `missing` bytes."""
+    import regex
+
+    ranges = []
+    for b in missing:
+        if b < 0x80:
+            ranges.append((b, b))
+        elif 0x80 <= b <= 0xBF:  # a continuation byte: occurs inside many characters
+            ranges.append((0x80, 0x10FFFF))
+        elif 0xC2 <= b <= 0xDF:  # lead byte of 2-byte sequences
+            ranges.append(((b & 0x1F) << 6, ((b & 0x1F) << 6) | 0x3F))
+        elif 0xE0 <= b <= 0xEF:
+            ranges.append(((b & 0x0F) << 12, ((b & 0x0F) << 12) | 0xFFF))
+        elif 0xF0 <= b <= 0xF4:
+            ranges.append(((b & 0x07) << 18, min(0x10FFFF, ((b & 0x07) << 18) | 0x3FFFF)))
+        # 0xC0, 0xC1 and 0xF5..0xFF never occur in UTF-8
+    if not ranges:
+        return None
+    body = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
+    return regex.compile(f"[{body}]")

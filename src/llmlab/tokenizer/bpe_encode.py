@@ -57,6 +57,7 @@ class ReferenceEncoder:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.ranks = tokenizer.mergeable_ranks
+        self.missing = set(tokenizer.missing_bytes)  # bytes the vocabulary lacks are dropped (HF's rule)
         self.split = regex.compile(tokenizer.pattern)
         self._cache: dict[str, list[int]] = {}
 
@@ -67,8 +68,10 @@ class ReferenceEncoder:
             cached = cache.get(piece)
             if cached is None:
                 data = piece.encode("utf-8")
+                if self.missing:
+                    data = bytes(b for b in data if b not in self.missing)
                 rank = ranks.get(data)
-                cached = [rank] if rank is not None else bpe_merge(data, ranks)
+                cached = [rank] if rank is not None else bpe_merge(data, ranks) if data else []
                 if len(cache) < 1_000_000:
                     cache[piece] = cached
             ids.extend(cached)

@@ -4,7 +4,8 @@ rustbpe (the trainer of nanochat) runs the same algorithm as `bpe_train.train_me
 pre-split pieces with counts, incremental pair counts, a max-heap with lazy refresh, merges applied
 left to right, ties broken towards the smallest (left id, right id) pair, merge k -> id 256 + k. It
 pre-splits each text in parallel (rayon, one text per task) with fancy-regex using the pattern we give
-it. The tests check that its merges equal the reference trainer's on real text and on inputs built to
+it, in the fastest equivalent form llmlab knows (`patterns.fast_equivalent`: the same split, no
+possessive quantifiers). The tests check that its merges equal the reference trainer's on real text and on inputs built to
 tie, so the two paths are interchangeable; this module only adapts the interface.
 
 rustbpe counts pieces in 32-bit integers: corpora with more than ~2 billion occurrences of one piece
@@ -29,8 +30,10 @@ def train_vocab_fast(texts: Iterable[str], pattern: str, num_merges: int) -> lis
         from llmlab.tokenizer.bpe_train import count_pieces, train_merges
 
         return vocab_from_merges(train_merges(count_pieces(texts, pattern), num_merges))
+    from llmlab.tokenizer.patterns import fast_equivalent
+
     trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(iter(texts), 256 + num_merges, pattern=pattern)
+    trainer.train_from_iterator(iter(texts), 256 + num_merges, pattern=fast_equivalent(pattern))
     return [token for token, _ in sorted(trainer.get_mergeable_ranks(), key=lambda kv: kv[1])]
 
 

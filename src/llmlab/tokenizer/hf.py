@@ -111,8 +111,9 @@ def from_hf_dict(d: dict, where: str = "tokenizer.json") -> Tokenizer:
     specials = {a["content"]: int(a["id"]) for a in d.get("added_tokens", [])}
     merges = model.get("merges") or []
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
-    tok = Tokenizer.from_byte_level_vocab(model["vocab"], merges, specials, pattern, name=Path(where).stem)
-    return tok
+    # Hugging Face drops bytes its vocabulary lacks; so does the import.
+    return Tokenizer.from_byte_level_vocab(model["vocab"], merges, specials, pattern, name=Path(where).stem,
+                                           missing_bytes="drop")
 
 
 def load_hf(path: str | os.PathLike) -> Tokenizer:

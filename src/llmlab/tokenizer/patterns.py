@@ -27,6 +27,25 @@ O200K_PATTERN = "|".join(
     ]
 )
 
+# The same two patterns without possessive quantifiers ("++", "?+"). Each possessive above guards a
+# part that can never give characters back usefully (its character class is disjoint from what
+# follows, or nothing follows), so greedy and possessive split every text identically; but the Rust
+# regex engine behind tiktoken and rustbpe (fancy-regex) runs the greedy form markedly faster, since
+# it can hand more of it to its automaton. Tests check the equivalence on real text and on random
+# unicode. Saved files and exports keep the canonical pattern; only execution uses these.
+GPT2_PATTERN_FAST = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+$|\s+(?!\S)|\s"""
+GPT4_PATTERN_FAST = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s+$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+_FAST_EQUIVALENT = {GPT2_PATTERN: GPT2_PATTERN_FAST, GPT4_PATTERN: GPT4_PATTERN_FAST}
+
+
+def fast_equivalent(pattern: str) -> str:
+    """The fastest-running pattern known to split exactly like `pattern` (itself if none is known)."""
+    return _FAST_EQUIVALENT.get(pattern, pattern)
+
+
 # What `llmlab tokenizer train` uses unless told otherwise.
 DEFAULT_PATTERN = GPT4_PATTERN
 
