@@ -86,17 +86,31 @@ def load_checkpoint(
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated ({e})", hint="use an earlier checkpoint") from e
-    with torch.device("meta"):
-        model = GPT(config)
-    if config.tie_embeddings:
-        state["lm_head.weight"] = state.get("tok_emb.weight")
     try:
-        model.load_state_dict(state, strict=True, assign=True)
+        return model_from_state_dict(config, state, device=device, dtype=dtype)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not match its config.json: {e}") from e
+
+
+def model_from_state_dict(
+    config: GPTConfig,
+    state: dict[str, torch.Tensor],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> GPT:
+    """A GPT in eval mode holding exactly `state` (llmlab names; a tied head may be absent), without
+    first allocating and initialising weights that would be overwritten. Raises RuntimeError on a
+    missing, unexpected or misshapen tensor."""
+    with torch.device("meta"):
+        model = GPT(config)
+    state = dict(state)
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state.get("tok_emb.weight")
+    model.load_state_dict(state, strict=True, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
     _rebuild_buffers(model, device)
+    model = model.to(device)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

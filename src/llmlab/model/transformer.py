@@ -239,7 +239,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        self.reset_parameters()
+        if not self.tok_emb.weight.is_meta:  # a model built on the meta device gets its weights loaded
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layers)."""

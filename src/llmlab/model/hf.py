@@ -1,0 +1,345 @@
+"""Hugging Face interop: import and export `GPT2LMHeadModel` and `LlamaForCausalLM` checkpoints.
+
+A Hugging Face checkpoint is a directory with `config.json` and `model.safetensors` (or shards listed
+in `model.safetensors.index.json`). Both families map onto llmlab's one `GPT` by renaming tensors:
+
+    GPT-2 (transformer.)          llmlab                  Llama (model.)
+    wte / wpe                     tok_emb / pos_emb       embed_tokens / -
+    h.i.ln_1                      blocks.i.attn_norm      layers.i.input_layernorm
+    h.i.attn.c_attn (Conv1D, T)   blocks.i.attn.qkv       layers.i.self_attn.{q,k,v}_proj  (concatenated)
+    h.i.attn.c_proj (Conv1D, T)   blocks.i.attn.proj      layers.i.self_attn.o_proj
+    h.i.ln_2                      blocks.i.mlp_norm       layers.i.post_attention_layernorm
+    h.i.mlp.c_fc (Conv1D, T)      blocks.i.mlp.up         layers.i.mlp.{gate,up}_proj      (concatenated)
+    h.i.mlp.c_proj (Conv1D, T)    blocks.i.mlp.down       layers.i.mlp.down_proj
+    ln_f                          final_norm              norm
+    lm_head (or tied to wte)      lm_head                 lm_head (or tied)
+
+GPT-2's `Conv1D` stores weights as (in, out), the transpose of `nn.Linear`. Llama's rotary layout
+(rotate the two halves of each head) is the one llmlab uses, so q and k need no permutation here
+(GGUF files are different: see `llmlab.model.gguf`).
+
+    model = load_hf("path/to/hf_dir")              # -> GPT
+    save_hf(model, "out_dir")                      # GPT-2- or Llama-shaped config picked from the model
+    model = from_transformers(hf_model)            # in memory, for tests and notebooks
+    hf_model = to_transformers(model)              # needs `transformers` (the `hf` extra)
+
+Reading and writing needs only `safetensors`; `transformers` is imported only by the in-memory helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from llmlab.errors import CheckpointError, ConfigError
+from llmlab.files import atomic_path, write_json
+from llmlab.model.checkpoint import model_from_state_dict
+from llmlab.model.config import GPTConfig
+from llmlab.model.transformer import GPT
+
+GPT2 = "gpt2"
+LLAMA = "llama"
+ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
+
+# GPT-2's `activation_function` names <-> llmlab's `activation`.
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+_GPT2_ACTIVATION_NAMES = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configs
+
+
+def hf_family(hf_config: dict[str, Any]) -> str:
+    """"gpt2" or "llama" for a Hugging Face config.json dict; ConfigError for anything else."""
+    model_type = hf_config.get("model_type")
+    archs = hf_config.get("architectures") or []
+    if model_type == "gpt2" or "GPT2LMHeadModel" in archs:
+        return GPT2
+    if model_type == "llama" or "LlamaForCausalLM" in archs:
+        return LLAMA
+    raise ConfigError(
+        f"unsupported Hugging Face model type {model_type!r} (architectures {archs})",
+        hint="llmlab imports GPT2LMHeadModel and LlamaForCausalLM checkpoints",
+    )
+
+
+def _rope_theta(hf: dict[str, Any]) -> float:
+    """transformers >= 5 keeps RoPE settings in `rope_parameters`; older configs use `rope_theta` + `rope_scaling`."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type != "default":
+        raise ConfigError(
+            f"RoPE scaling {rope_type!r} is not supported", hint="llmlab implements plain RoPE (rope_type 'default')"
+        )
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
+    """The GPTConfig equivalent to a Hugging Face GPT-2 or Llama config.json (dropout set to 0)."""
+    family = hf_family(hf)
+    if family == GPT2:
+        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False):
+            raise ConfigError("GPT-2 attention scaling other than 1/sqrt(head_dim) is not supported")
+        act = hf.get("activation_function", "gelu_new")
+        if act not in _GPT2_ACTIVATIONS:
+            raise ConfigError(f"GPT-2 activation {act!r} is not supported; known: {', '.join(_GPT2_ACTIVATIONS)}")
+        return GPTConfig(
+            vocab_size=hf["vocab_size"], context_length=hf.get("n_positions", 1024), n_layers=hf["n_layer"],
+            n_heads=hf["n_head"], d_model=hf["n_embd"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+            positions="learned", activation=_GPT2_ACTIVATIONS[act], norm="layernorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5), bias=True,
+            tie_embeddings=hf.get("tie_word_embeddings", True), dropout=0.0,
+            init_std=hf.get("initializer_range", 0.02),
+        )
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"Llama hidden_act {hf.get('hidden_act')!r} is not supported (llmlab's SwiGLU uses silu)")
+    if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
+        raise ConfigError("Llama configs with attention_bias != mlp_bias are not supported (llmlab has one `bias`)")
+    n_heads = hf["num_attention_heads"]
+    return GPTConfig(
+        vocab_size=hf["vocab_size"], context_length=hf.get("max_position_embeddings", 2048),
+        n_layers=hf["num_hidden_layers"], n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        d_model=hf["hidden_size"], head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        d_ff=hf["intermediate_size"], positions="rope", rope_theta=_rope_theta(hf), activation="swiglu",
+        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), bias=bool(hf.get("attention_bias", False)),
+        tie_embeddings=hf.get("tie_word_embeddings", False), dropout=0.0,
+        init_std=hf.get("initializer_range", 0.02),
+    )
+
+
+def family_of(config: GPTConfig) -> str:
+    """Which Hugging Face family can hold `config`: "gpt2" or "llama"; ConfigError naming what doesn't fit."""
+    gpt2 = {
+        "positions": ("learned", config.positions == "learned"),
+        "norm": ("layernorm", config.norm == "layernorm"),
+        "activation": ("gelu/gelu_tanh/relu", config.activation in _GPT2_ACTIVATION_NAMES),
+        "bias": (True, config.bias),
+        "n_kv_heads": ("n_heads", config.n_kv_heads == config.n_heads),
+        "head_dim": ("d_model / n_heads", config.head_dim * config.n_heads == config.d_model),
+    }
+    llama = {
+        "positions": ("rope", config.positions == "rope"),
+        "norm": ("rmsnorm", config.norm == "rmsnorm"),
+        "activation": ("swiglu", config.activation == "swiglu"),
+    }
+    if config.norm_placement == "pre":
+        for family, checks in ((GPT2, gpt2), (LLAMA, llama)):
+            if all(ok for _, ok in checks.values()):
+                return family
+    why = "; ".join(
+        f"{name}: " + ", ".join(f"{field} must be {want}" for field, (want, ok) in checks.items() if not ok)
+        for name, checks in (("GPT2LMHeadModel", gpt2), ("LlamaForCausalLM", llama))
+    )
+    if config.norm_placement != "pre":
+        why = "both are pre-norm; " + why
+    raise ConfigError(f"this config has no Hugging Face equivalent ({why})")
+
+
+def config_to_hf(config: GPTConfig) -> dict[str, Any]:
+    """A Hugging Face config.json dict (GPT2LMHeadModel or LlamaForCausalLM) for `config`."""
+    family = family_of(config)
+    c = config
+    if family == GPT2:
+        hf = {
+            "model_type": "gpt2", "vocab_size": c.vocab_size, "n_positions": c.context_length, "n_embd": c.d_model,
+            "n_layer": c.n_layers, "n_head": c.n_heads, "n_inner": c.d_ff,
+            "activation_function": _GPT2_ACTIVATION_NAMES[c.activation], "layer_norm_epsilon": c.norm_eps,
+            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+            "scale_attn_weights": True, "bos_token_id": None, "eos_token_id": None,
+        }
+    else:
+        hf = {
+            "model_type": "llama", "vocab_size": c.vocab_size, "max_position_embeddings": c.context_length,
+            "hidden_size": c.d_model, "intermediate_size": c.d_ff, "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads, "head_dim": c.head_dim,
+            "hidden_act": "silu", "rms_norm_eps": c.norm_eps, "attention_bias": c.bias, "mlp_bias": c.bias,
+            "attention_dropout": c.dropout,
+            # transformers >= 5 reads rope_parameters; earlier versions read rope_theta.
+            "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}, "rope_theta": c.rope_theta,
+            "bos_token_id": None, "eos_token_id": None,
+        }
+    hf.update(architectures=[ARCHITECTURES[family]], tie_word_embeddings=c.tie_embeddings,
+              initializer_range=c.init_std, dtype="float32", use_cache=True)
+    return hf
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tensors
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Original GPT-2 files have no `transformer.` prefix; HF's own have it. Accept both."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, family: str) -> dict[str, torch.Tensor]:
+    """Rename (and fuse/transpose) Hugging Face tensors into llmlab's state dict. KeyError if one is missing."""
+    out: dict[str, torch.Tensor] = {}
+    if family == GPT2:
+        s = _strip_prefix(hf_state, "transformer.")
+        out["tok_emb.weight"] = s["wte.weight"]
+        out["pos_emb.weight"] = s["wpe.weight"]
+        for i in range(config.n_layers):
+            h, b = f"h.{i}.", f"blocks.{i}."
+            for src, dst in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+                out[b + dst + ".weight"], out[b + dst + ".bias"] = s[h + src + ".weight"], s[h + src + ".bias"]
+            for src, dst in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
+                             ("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.down")):
+                out[b + dst + ".weight"] = s[h + src + ".weight"].t().contiguous()  # Conv1D is (in, out)
+                out[b + dst + ".bias"] = s[h + src + ".bias"]
+        out["final_norm.weight"], out["final_norm.bias"] = s["ln_f.weight"], s["ln_f.bias"]
+    else:
+        s = _strip_prefix(hf_state, "model.")
+        out["tok_emb.weight"] = s["embed_tokens.weight"]
+        for i in range(config.n_layers):
+            h, b = f"layers.{i}.", f"blocks.{i}."
+            out[b + "attn_norm.weight"] = s[h + "input_layernorm.weight"]
+            out[b + "mlp_norm.weight"] = s[h + "post_attention_layernorm.weight"]
+            names = ["weight", "bias"] if config.bias else ["weight"]
+            for p in names:
+                out[b + f"attn.qkv.{p}"] = torch.cat([s[h + f"self_attn.{x}_proj.{p}"] for x in "qkv"])
+                out[b + f"attn.proj.{p}"] = s[h + f"self_attn.o_proj.{p}"]
+                out[b + f"mlp.up.{p}"] = torch.cat([s[h + f"mlp.{x}_proj.{p}"] for x in ("gate", "up")])
+                out[b + f"mlp.down.{p}"] = s[h + f"mlp.down_proj.{p}"]
+        out["final_norm.weight"] = s["norm.weight"]
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = hf_state["lm_head.weight"]
+    return out
+
+
+def state_dict_to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """llmlab's state dict renamed into the Hugging Face family `family_of(config)`; a tied head is left out."""
+    family = family_of(config)
+    out: dict[str, torch.Tensor] = {}
+    if family == GPT2:
+        t = "transformer."
+        out[t + "wte.weight"], out[t + "wpe.weight"] = state["tok_emb.weight"], state["pos_emb.weight"]
+        for i in range(config.n_layers):
+            h, b = f"{t}h.{i}.", f"blocks.{i}."
+            for dst, src in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+                out[h + dst + ".weight"], out[h + dst + ".bias"] = state[b + src + ".weight"], state[b + src + ".bias"]
+            for dst, src in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
+                             ("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.down")):
+                out[h + dst + ".weight"] = state[b + src + ".weight"].t().contiguous()
+                out[h + dst + ".bias"] = state[b + src + ".bias"]
+        out[t + "ln_f.weight"], out[t + "ln_f.bias"] = state["final_norm.weight"], state["final_norm.bias"]
+    else:
+        m = "model."
+        out[m + "embed_tokens.weight"] = state["tok_emb.weight"]
+        sizes = [config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim,
+                 config.n_kv_heads * config.head_dim]
+        for i in range(config.n_layers):
+            h, b = f"{m}layers.{i}.", f"blocks.{i}."
+            out[h + "input_layernorm.weight"] = state[b + "attn_norm.weight"]
+            out[h + "post_attention_layernorm.weight"] = state[b + "mlp_norm.weight"]
+            for p in ["weight", "bias"] if config.bias else ["weight"]:
+                for x, part in zip("qkv", state[b + f"attn.qkv.{p}"].split(sizes)):
+                    out[h + f"self_attn.{x}_proj.{p}"] = part.contiguous()
+                out[h + f"self_attn.o_proj.{p}"] = state[b + f"attn.proj.{p}"]
+                gate, up = state[b + f"mlp.up.{p}"].chunk(2)
+                out[h + f"mlp.gate_proj.{p}"], out[h + f"mlp.up_proj.{p}"] = gate.contiguous(), up.contiguous()
+                out[h + f"mlp.down_proj.{p}"] = state[b + f"mlp.down.{p}"]
+        out[m + "norm.weight"] = state["final_norm.weight"]
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Directories
+
+
+def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    index = directory / "model.safetensors.index.json"
+    files = [directory / "model.safetensors"]
+    if not files[0].is_file() and index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = [directory / f for f in sorted(set(weight_map.values()))]
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not f.is_file():
+            hint = "llmlab reads safetensors only (never pickled pytorch_model.bin)"
+            raise CheckpointError(f"{f} is missing", hint=hint)
+        try:
+            state.update(load_file(str(f)))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{f} is corrupt or truncated ({e})") from e
+    return state
+
+
+def load_hf(
+    directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> GPT:
+    """A GPT (eval mode) from a Hugging Face GPT2LMHeadModel or LlamaForCausalLM directory."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path} is missing", hint="a Hugging Face checkpoint holds config.json + safetensors")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e})") from e
+    config = config_from_hf(hf_config)
+    hf_state = _read_hf_weights(directory)
+    try:
+        state = state_dict_from_hf(hf_state, config, hf_family(hf_config))
+        return model_from_state_dict(config, state, device=device, dtype=dtype)
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"the weights in {directory} do not match its config.json ({e})") from e
+
+
+def save_hf(model: GPT, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as a Hugging Face checkpoint (config.json + model.safetensors) that
+    `AutoModelForCausalLM.from_pretrained(directory)` loads. ConfigError if no HF family fits."""
+    directory = Path(directory)
+    config = model.config
+    hf_config = config_to_hf(config)  # validates before anything is written
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    hf_state = {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in state_dict_to_hf(state, config).items()}
+    if dtype is not None:
+        hf_config["dtype"] = str(dtype).removeprefix("torch.")
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(hf_state, str(tmp), metadata={"format": "pt"})
+    write_json(directory / "config.json", hf_config)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------------
+# In memory (needs transformers)
+
+
+def from_transformers(hf_model: Any) -> GPT:
+    """Copy a `transformers` GPT2LMHeadModel or LlamaForCausalLM (already in memory) into a new GPT."""
+    hf_config = hf_model.config.to_dict()
+    config = config_from_hf(hf_config)
+    state = state_dict_from_hf(dict(hf_model.state_dict()), config, hf_family(hf_config))
+    return model_from_state_dict(config, {k: v.detach().clone() for k, v in state.items()})
+
+
+def to_transformers(model: GPT) -> Any:
+    """The equivalent `transformers` model (GPT2LMHeadModel or LlamaForCausalLM), weights copied, eval mode."""
+    import transformers
+
+    hf_config = config_to_hf(model.config)
+    family = hf_config.pop("model_type")
+    hf_config.pop("architectures")
+    cls_config = transformers.GPT2Config if family == GPT2 else transformers.LlamaConfig
+    cls_model = transformers.GPT2LMHeadModel if family == GPT2 else transformers.LlamaForCausalLM
+    hf_model = cls_model(cls_config(**hf_config))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    missing, unexpected = hf_model.load_state_dict(state_dict_to_hf(state, model.config), strict=False)
+    missing = [k for k in missing if not (model.config.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
+    if model.config.tie_embeddings:
+        hf_model.tie_weights()
+    return hf_model.eval()
