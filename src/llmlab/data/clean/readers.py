@@ -1,0 +1,188 @@
+"""Readers: WARC (the crawler's output and Common Crawl's files), JSONL, Parquet and plain text.
+
+Every reader yields `Document`s in file order, with `metadata["source"]` naming the file. WARC
+`response` records keep their HTML for the extraction step, with the HTTP status and content type in
+metadata (the extraction step drops non-200 and non-HTML pages with a reason, so they still show up in
+`removed.parquet`); WET `conversion` records and the other formats arrive as text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+from llmlab.data.clean.documents import Document
+from llmlab.errors import InputError
+
+WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+HTML_SUFFIXES = (".html", ".htm")
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+
+
+def decode_html(body: bytes, content_type: str = "") -> str:
+    """Bytes -> str using the HTTP charset, else the page's <meta charset>, else UTF-8, else cp1252."""
+    candidates = []
+    m = re.search(r"charset=[\"']?([A-Za-z0-9_.:-]+)", content_type or "", re.IGNORECASE)
+    if m:
+        candidates.append(m.group(1))
+    m = _META_CHARSET.search(body[:4096])
+    if m:
+        candidates.append(m.group(1).decode("ascii"))
+    for charset in candidates + ["utf-8"]:
+        try:
+            return body.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return body.decode("cp1252", errors="replace")
+
+
+def _is_html(content_type: str) -> bool:
+    content_type = content_type.lower()
+    return not content_type or "html" in content_type or "xml" in content_type
+
+
+def read_warc(path: str | Path) -> Iterator[Document]:
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.exceptions import ArchiveLoadFailed
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            for record in ArchiveIterator(f, arc2warc=True):
+                if record.rec_type not in ("response", "conversion"):
+                    continue
+                url = record.rec_headers.get_header("WARC-Target-URI") or ""
+                metadata = {
+                    "source": path.name,
+                    "fetch_time": record.rec_headers.get_header("WARC-Date"),
+                    "record_id": record.rec_headers.get_header("WARC-Record-ID"),
+                }
+                body = record.content_stream().read()
+                if record.rec_type == "conversion":
+                    yield Document(url, text=body.decode("utf-8", errors="replace"), metadata=metadata)
+                    continue
+                status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
+                content_type = (record.http_headers.get_header("Content-Type") if record.http_headers else "") or ""
+                metadata |= {"http_status": status, "content_type": content_type.split(";")[0].strip()}
+                if status == 200 and _is_html(content_type):
+                    yield Document(url, html=decode_html(body, content_type), metadata=metadata)
+                elif status == 200 and content_type.lower().startswith("text/plain"):
+                    yield Document(url, text=decode_html(body, content_type), metadata=metadata)
+                else:
+                    yield Document(url, metadata=metadata)
+    except ArchiveLoadFailed as e:
+        raise InputError(f"{path}: not a readable WARC file ({e})", hint="pass .warc or .warc.gz files") from e
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _from_record(record: dict, source: str, fallback_url: str) -> Document:
+    known = {"text", "html", "url"}
+    metadata = {"source": source} | {k: v for k, v in record.items() if k not in known}
+    url = str(record.get("url") or fallback_url)
+    if isinstance(record.get("text"), str):
+        return Document(url, text=record["text"], metadata=metadata)
+    if isinstance(record.get("html"), str):
+        return Document(url, html=record["html"], metadata=metadata)
+    raise InputError(
+        f"{fallback_url}: record has neither a 'text' nor an 'html' string field",
+        hint="each record needs a text (or html) field and, ideally, a url",
+    )
+
+
+def read_jsonl(path: str | Path) -> Iterator[Document]:
+    """One JSON object per line with `text` (or `html`) and `url`; a malformed line stops with its line number."""
+    path = Path(path)
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})",
+                    hint="fix or delete that line; nothing was written",
+                ) from e
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield _from_record(record, path.name, f"{path}:{lineno}")
+
+
+def read_parquet(path: str | Path) -> Iterator[Document]:
+    """A Parquet table with a `text` (or `html`) column and, ideally, `url`; other columns become metadata."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from e
+    names = set(table.schema_arrow.names)
+    if not names & {"text", "html"}:
+        raise InputError(f"{path}: no 'text' or 'html' column (columns: {', '.join(sorted(names))})")
+    row = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            row += 1
+            yield _from_record(record, path.name, f"{path}#row{row}")
+
+
+def read_text(path: str | Path) -> Iterator[Document]:
+    """One document per file: .html/.htm files as HTML, anything else as UTF-8 text."""
+    path = Path(path).resolve()
+    data = path.read_bytes()
+    metadata = {"source": path.name}
+    if path.suffix.lower() in HTML_SUFFIXES:
+        yield Document(path.as_uri(), html=decode_html(data), metadata=metadata)
+    else:
+        yield Document(path.as_uri(), text=data.decode("utf-8", errors="replace"), metadata=metadata)
+
+
+def reader_for(path: Path):
+    name = path.name.lower()
+    if name.endswith(WARC_SUFFIXES):
+        return read_warc
+    if name.endswith(JSONL_SUFFIXES):
+        return read_jsonl
+    if name.endswith(PARQUET_SUFFIXES):
+        return read_parquet
+    return read_text
+
+
+def input_files(paths: list[str | Path]) -> list[Path]:
+    """Expand directories (recursively, sorted; hidden and unknown file types skipped); paths must exist."""
+    known = WARC_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES + HTML_SUFFIXES
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(
+                f for f in p.rglob("*")
+                if f.is_file()
+                and f.name.lower().endswith(known)
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"input {p} does not exist", hint="pass WARC, JSONL, Parquet or text files or directories")
+    return files
+
+
+def read_documents(paths: list[str | Path], limit: int | None = None) -> Iterator[Document]:
+    """All documents of all inputs in order, stopping after `limit` documents if given."""
+    count = 0
+    for path in input_files(paths):
+        for doc in reader_for(path)(path):
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield doc

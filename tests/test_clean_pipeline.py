@@ -1,0 +1,241 @@
+"""Readers, recipes and the whole cleaning pipeline end to end (WARC in, Parquet and report out)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from llmlab.cli import main as cli_main
+from llmlab.data.clean import Document, clean, compare_recipes, load_recipe, read_cleaned, read_documents
+from llmlab.data.clean.pipeline import run_pipeline
+from llmlab.errors import ConfigError, InputError
+
+ARTICLES = [
+    "The river that runs through the old town floods almost every spring. Engineers have argued for years about "
+    "whether a new wall would protect the houses near the bridge or simply push the water further downstream. "
+    "Last winter the council finally asked a university team to build a model of the valley. Their results "
+    "surprised everyone who had followed the debate, because the model showed that the wall was not needed. "
+    "Instead, the team suggested restoring the wetlands upstream, which once held back the melting snow.",
+    "Baking bread at home takes patience more than skill. The dough needs time to rise, and a cold kitchen can "
+    "double the waiting. Many beginners add too much flour because the dough feels sticky, which makes the loaf "
+    "dense and dry. A wetter dough, folded a few times during the first hour, gives a lighter crumb. If you have "
+    "questions, write to the baker at anna.baker@example.com and she will answer them on Fridays.",
+    "Chess clubs have seen a surge of new members since online play became popular. Players who learned on their "
+    "phones now want to meet opponents across a real board. Club organisers say that the newcomers are often "
+    "strong at fast games but struggle with the long, quiet matches of a tournament. To help them, several clubs "
+    "run evening lessons on endgames and on keeping score. The lessons are free and open to anyone who shows up.",
+]
+FRENCH = (
+    "La rivière qui traverse la vieille ville déborde presque chaque printemps. Les ingénieurs se disputent depuis "
+    "des années pour savoir si un nouveau mur protégerait les maisons près du pont. L'hiver dernier, la mairie a "
+    "demandé à une équipe de l'université de construire un modèle de la vallée. Les résultats ont surpris tout le "
+    "monde. Le mur n'était pas nécessaire, selon eux, et il valait mieux restaurer les zones humides en amont."
+)
+
+
+def html_page(text: str, title: str = "Article") -> str:
+    paragraphs = "".join(f"<p>{s}.</p>" for s in text.rstrip(".").split(". "))
+    return (
+        f"<html><head><title>{title}</title></head><body><nav><a href='/'>Home</a> <a href='/about'>About</a></nav>"
+        f"<article><h1>{title}</h1>{paragraphs}</article><footer>Copyright 2024</footer></body></html>"
+    )
+
+
+def write_warc(path, pages):
+    """pages: (url, status, content type, body) tuples, written as WARC response records by warcio."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, status, ctype, body in pages:
+            http = StatusAndHeaders(status, [("Content-Type", ctype)], protocol="HTTP/1.1")
+            record = writer.create_warc_record(url, "response", payload=io.BytesIO(body.encode()), http_headers=http)
+            writer.write_record(record)
+        record = writer.create_warc_record(
+            "https://wet.example.com/page", "conversion", payload=io.BytesIO(ARTICLES[2].encode()),
+            warc_headers_dict={"Content-Type": "text/plain"},
+        )
+        writer.write_record(record)
+
+
+@pytest.fixture
+def crawl(tmp_path):
+    mutated = ARTICLES[0].replace("every spring", "each spring")
+    pages = [
+        ("https://news.example.com/river", "200 OK", "text/html; charset=utf-8", html_page(ARTICLES[0])),
+        ("https://food.example.com/bread", "200 OK", "text/html", html_page(ARTICLES[1])),
+        ("https://copy.example.net/river", "200 OK", "text/html", html_page(mutated)),  # near duplicate
+        ("https://fr.example.com/riviere", "200 OK", "text/html", html_page(FRENCH)),
+        ("https://www.pornhub.com/x", "200 OK", "text/html", html_page(ARTICLES[1])),
+        ("https://news.example.com/missing", "404 Not Found", "text/html", "<html>not found</html>"),
+        ("https://news.example.com/logo.png", "200 OK", "image/png", "PNG..."),
+    ]
+    path = tmp_path / "pages.warc.gz"
+    write_warc(path, pages)
+    return path
+
+
+# --- readers ---------------------------------------------------------------------------------------
+
+def test_warc_reader_reads_responses_and_wet_conversions(crawl):
+    docs = list(read_documents([crawl]))
+    assert len(docs) == 8
+    first = docs[0]
+    assert first.url == "https://news.example.com/river" and "<article>" in first.html
+    assert first.metadata["http_status"] == 200 and first.metadata["fetch_time"] and first.metadata["source"] == crawl.name
+    assert docs[5].metadata["http_status"] == 404 and docs[5].html is None
+    assert docs[6].metadata["content_type"] == "image/png" and docs[6].html is None
+    assert docs[7].url == "https://wet.example.com/page" and docs[7].text == ARTICLES[2]
+    assert [d.url for d in read_documents([crawl], limit=2)] == [d.url for d in docs[:2]]
+
+
+def test_jsonl_reader_reports_the_malformed_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(
+        json.dumps({"text": "one", "url": "u1", "lang": "en"}) + "\n" + json.dumps({"html": "<p>two</p>", "url": "u2"})
+        + "\n\n{broken json\n"
+    )
+    docs = read_documents([path])
+    first, second = next(docs), next(docs)
+    assert (first.text, first.url, first.metadata["lang"]) == ("one", "u1", "en")
+    assert second.html == "<p>two</p>"
+    with pytest.raises(InputError, match=r"docs\.jsonl:4: not valid JSON"):
+        next(docs)
+
+
+def test_jsonl_record_without_text_is_an_error(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"url": "u1", "body": "x"}) + "\n")
+    with pytest.raises(InputError, match="neither a 'text' nor an 'html'"):
+        list(read_documents([path]))
+
+
+def test_parquet_reader(tmp_path):
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"], "url": ["u1", "u2"], "year": [2023, 2024]}), path)
+    docs = list(read_documents([path]))
+    assert [(d.text, d.url, d.metadata["year"]) for d in docs] == [("a", "u1", 2023), ("b", "u2", 2024)]
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"body": ["a"]}), bad)
+    with pytest.raises(InputError, match="no 'text' or 'html' column"):
+        list(read_documents([bad]))
+
+
+def test_text_reader_walks_directories(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "sub" / "b.md").write_text("beta")
+    (tmp_path / "sub" / "c.html").write_text("<p>gamma</p>")
+    (tmp_path / ".hidden.txt").write_text("hidden")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    docs = list(read_documents([tmp_path]))
+    assert [d.text or d.html for d in docs] == ["alpha", "beta", "<p>gamma</p>"]
+    assert docs[0].url.startswith("file://")
+    with pytest.raises(InputError, match="does not exist"):
+        list(read_documents([tmp_path / "missing.warc.gz"]))
+
+
+# --- recipes ---------------------------------------------------------------------------------------
+
+def test_shipped_recipes_load_and_validate(tmp_path):
+    fineweb = load_recipe("fineweb")
+    assert [name for name, _ in fineweb.steps][:3] == ["url_filter", "extract", "language"]
+    assert dict(fineweb.steps)["language"] == {"languages": ["en"], "threshold": 0.65}
+    documentation = load_recipe("documentation")
+    assert dict(documentation.steps)["extract"]["extractor"] == "resiliparse"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[steps]]\nstep = "gopher_quality"\nmin_wrds = 3\n')
+    with pytest.raises(ConfigError, match="no setting min_wrds"):
+        load_recipe(bad)
+    bad.write_text('[[steps]]\nstep = "polish"\n')
+    with pytest.raises(ConfigError, match="unknown cleaning step"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match="no recipe"):
+        load_recipe("nonexistent")
+
+
+def test_false_switches_an_optional_rule_off(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[[steps]]\nstep = "gopher_quality"\nmin_words = false\n')
+    step = load_recipe(path).build()[0]
+    assert step.min_words is None
+    assert not isinstance(step.process(Document("u", text="the cat and the dog")), str)
+
+
+def test_compare_recipes_counts_what_each_would_keep():
+    code_page = "\n".join(
+        [f"def handler_{i}(request, response={{}}):" for i in range(10)]
+        + [ARTICLES[0], "The handler receives the request and returns a response with the status code."] * 1
+    )
+    docs = [Document("u0", text=ARTICLES[0]), Document("u1", text=ARTICLES[1]), Document("u2", text=code_page)]
+    counts = compare_recipes(docs, ["fineweb", "documentation"])
+    assert counts == {"fineweb": 2, "documentation": 3}
+
+
+# --- pipeline --------------------------------------------------------------------------------------
+
+def test_clean_end_to_end(crawl, tmp_path):
+    out = tmp_path / "clean"
+    stats = clean([crawl], out, "fineweb", workers=1)
+    kept = read_cleaned(out / "documents.parquet")
+    assert [d.url for d in kept] == ["https://news.example.com/river", "https://food.example.com/bread",
+                                     "https://wet.example.com/page"]
+    assert all(d.metadata["language"] == "en" and d.metadata["language_score"] >= 0.65 for d in kept)
+    assert "<EMAIL>" in kept[1].text and "anna.baker" not in kept[1].text
+    assert kept[0].metadata["fetch_time"] and kept[0].metadata["source"] == crawl.name
+
+    removed = pq.read_table(out / "removed.parquet").to_pylist()
+    why = {r["url"]: (r["step"], r["reason"]) for r in removed}
+    assert why == {
+        "https://www.pornhub.com/x": ("url_filter", "domain"),
+        "https://news.example.com/missing": ("extract", "http_404"),
+        "https://news.example.com/logo.png": ("extract", "not_html"),
+        "https://fr.example.com/riviere": ("language", "language_fr"),
+        "https://copy.example.net/river": ("minhash_dedup", "near_duplicate"),
+    }
+    assert json.loads(next(r for r in removed if r["reason"] == "near_duplicate")["metadata"])["duplicate_of"] == (
+        "https://news.example.com/river"
+    )
+    assert stats["documents_in"] == 8 and stats["documents_out"] == 3
+    steps = {s["name"]: s for s in stats["steps"]}
+    assert steps["url_filter"]["docs_in"] == 8 and steps["url_filter"]["docs_out"] == 7
+    assert steps["language"]["reasons"] == {"language_fr": 1}
+    assert stats["languages"] == {"en": 3} and stats["pii_redactions"] == {"email": 1}
+    assert json.loads((out / "stats.json").read_text()) == stats
+    assert "| minhash_dedup |" in (out / "stats.md").read_text()
+    assert (out / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+    # every input document is either kept or in removed.parquet
+    assert len(kept) + len(removed) == stats["documents_in"]
+
+
+def test_output_does_not_depend_on_workers_and_reruns_overwrite(crawl, tmp_path):
+    clean([crawl], tmp_path / "one", "fineweb", workers=1, batch_size=2)
+    clean([crawl], tmp_path / "two", "fineweb", workers=2, batch_size=2)
+    clean([crawl], tmp_path / "two", "fineweb", workers=2, batch_size=3)
+    one = pq.read_table(tmp_path / "one" / "documents.parquet").to_pylist()
+    two = pq.read_table(tmp_path / "two" / "documents.parquet").to_pylist()
+    assert one == two
+    assert not list((tmp_path / "two").glob(".*.tmp"))
+
+
+def test_run_pipeline_segments_around_corpus_wide_steps():
+    recipe = load_recipe("fineweb")
+    steps = [s for s in recipe.build() if s.name in ("exact_dedup", "pii")]
+    docs = [Document(f"u{i}", text=t) for i, t in enumerate(["Call 555-123-4567 now.", "call 555 123 4567 now", "Other."])]
+    result = run_pipeline(docs, steps, workers=1)
+    assert [d.text for d in result.kept] == ["Call <PHONE> now.", "Other."]
+    assert [(r.step, r.reason) for r in result.removed] == [("exact_dedup", "exact_duplicate")]
+
+
+def test_cli_clean(crawl, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli_main(["clean", str(crawl), "--out", str(out), "--workers", "1", "--limit", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 2 of 3 documents" in printed and str(out / "documents.parquet") in printed
+    assert cli_main(["clean", str(tmp_path / "nope.warc.gz"), "--out", str(out)]) == 1
+    assert "does not exist" in capsys.readouterr().err
