@@ -168,13 +168,14 @@ def test_hf_export_encodes_like_llmlab(tmp_path, bpe, sample):
 
     save_hf(bpe, tmp_path / "tokenizer.json")
     hf = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    sample += " numbers: 0205 1980 16384 3.14159265358979 1,234,567 ٣٤٥٦٧ 2024-11-23"
     # Hugging Face always recognises added (special) tokens in the text: compare with allowed_special="all".
     ids = bpe.encode(sample, allowed_special="all")
     assert hf.encode(sample, add_special_tokens=False).ids == ids
     assert hf.decode(ids, skip_special_tokens=False) == sample
     assert hf.token_to_id("<|endoftext|>") == bpe.eos_id
     back = load_tokenizer(tmp_path / "tokenizer.json")
-    assert back.mergeable_ranks == bpe.mergeable_ranks
+    assert back.mergeable_ranks == bpe.mergeable_ranks and back.missing_bytes == []
     assert back.special_tokens == bpe.special_tokens and back.pattern == bpe.pattern
 
 
@@ -392,3 +393,15 @@ def test_smollm2_tokenizer_from_its_gguf_matches_transformers():
     text = shakespeare_texts()[0][:100_000] + unicode_sample() + " 1234 a  12   x\t\t9 ctl\x04x\x06 y"
     assert tok.encode(text, allowed_special="all") == hf.encode(text, add_special_tokens=False)
     assert tok.encode("<|im_start|>user", allowed_special="all")[0] == 1
+
+
+def test_hf_export_keeps_special_ids_across_gaps(tmp_path, bpe):
+    # cl100k_base leaves ids unused before and between its special tokens; HF must keep the ids.
+    from tokenizers import Tokenizer as HFTokenizer
+
+    gappy = Tokenizer(bpe.mergeable_ranks, bpe.pattern, {"<|endoftext|>": bpe.vocab_size + 3, "<|x|>": bpe.vocab_size + 9})
+    save_hf(gappy, tmp_path / "tokenizer.json")
+    hf = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = "a<|endoftext|>b<|x|>"
+    assert hf.encode(text).ids == gappy.encode(text, allowed_special="all")
+    assert load_tokenizer(tmp_path / "tokenizer.json").special_tokens == gappy.special_tokens

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import AbstractSet, Collection, Literal
 
 import regex
@@ -140,9 +140,11 @@ class BaseTokenizer(ABC):
         """The bytes of one token (a special token as its UTF-8 text)."""
         return self.decode_bytes([token_id])
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """Hash of the canonical JSON content: equal hashes mean the same ids for every text."""
+        """Hash of the canonical JSON content: equal hashes mean the same ids for every text.
+
+        Computed once: a tokenizer is not meant to change after construction."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

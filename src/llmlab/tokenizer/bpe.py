@@ -197,9 +197,6 @@ class Tokenizer(BaseTokenizer):
         except KeyError as e:
             raise InputError(f"token id {e.args[0]} is not in this tokenizer's vocabulary (size {self.vocab_size})") from None
 
-    def token_bytes(self, token_id: int) -> bytes:
-        return self.decode_bytes([token_id])
-
     # ---- merges, derived from the ranks --------------------------------------------------------
     @cached_property
     def merges(self) -> list[tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 Export writes a `tokenizers` BPE model with GPT-2's byte-level alphabet, the merges recovered from
 the ranks, `ignore_merges: true` (a piece that is itself a token is kept whole, as tiktoken does) and
-a pre-tokenizer `Split(pattern) -> ByteLevel`. `tokenizers.Tokenizer.from_file` and
+a pre-tokenizer `Split(pattern) -> ByteLevel`, the pattern spelled for Oniguruma (`onig_pattern`). `tokenizers.Tokenizer.from_file` and
 `transformers.PreTrainedTokenizerFast(tokenizer_file=...)` then encode as llmlab does.
 
 Import reads such files back, including the common layouts of released models:
@@ -24,7 +24,7 @@ from llmlab.errors import InputError
 from llmlab.files import write_json
 from llmlab.tokenizer.bpe import Tokenizer
 from llmlab.tokenizer.bytelevel import bytes_to_text
-from llmlab.tokenizer.patterns import GPT2_PATTERN
+from llmlab.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, O200K_PATTERN
 
 # GPT-2's pattern after a Digits(individual_digits=True) split: digits are single pieces, and the
 # end of a piece (where "$" and "(?!\S)" look) also comes right before a digit.
@@ -33,9 +33,22 @@ GPT2_DIGITS_PATTERN = (
 )
 
 
+def onig_pattern(pattern: str) -> str:
+    """`pattern` as Hugging Face's regex engine (Oniguruma, Ruby syntax) must read it to split alike.
+
+    Oniguruma reads tiktoken's possessive `\\p{N}{1,3}+` as "one or more groups of one to three digits",
+    which joins long digit runs; the greedy `\\p{N}{1,3}` splits like the possessive (nothing after it
+    could take the digits back). The other possessives (`?+`, `++`, `*+`) mean the same in both, and
+    must stay: Oniguruma's `$` also matches before a newline, so a greedy `\\s+$` would split differently.
+    """
+    return pattern.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}")
+
+
 def to_hf_dict(tok: Tokenizer) -> dict:
     """The `tokenizer.json` content for a byte-level BPE `Tokenizer`."""
     vocab = {bytes_to_text(t): i for t, i in sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1])}
+    # Special tokens go in the vocabulary too: HF gives an added token absent from it the next free id.
+    vocab.update(tok.special_tokens)
     decoder = tok._decoder
     merges = [[bytes_to_text(decoder[a]), bytes_to_text(decoder[b])] for a, b in tok.merges]
     added = [
@@ -51,7 +64,8 @@ def to_hf_dict(tok: Tokenizer) -> dict:
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+                {"type": "Split", "pattern": {"Regex": onig_pattern(tok.pattern)}, "behavior": "Isolated",
+                 "invert": False},
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
             ],
         },
@@ -91,7 +105,7 @@ def _pattern_from_pre_tokenizer(pre: dict | None, where: str) -> str:
         regex = split.get("pattern", {}).get("Regex")
         if regex is None or split.get("behavior", "Isolated") != "Isolated" or split.get("invert"):
             raise InputError(f"{where}: only Split(Regex, behavior=Isolated) before ByteLevel is supported")
-        return regex
+        return next((p for p in (GPT4_PATTERN, GPT2_PATTERN, O200K_PATTERN) if onig_pattern(p) == regex), regex)
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return GPT2_DIGITS_PATTERN
     raise InputError(
