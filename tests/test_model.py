@@ -1,0 +1,192 @@
+"""The transformer itself: parameter counts and FLOPs equal the textbook formulas, attention weights are
+a causal distribution, GPT-2 initialisation, every architectural variant trains, the KV cache and
+padding give the same logits as a plain forward."""
+
+import math
+
+import pytest
+import torch
+
+from llmlab.model import GPT, KVCache, from_depth, preset, suggested_lr
+from llmlab.model.transformer import apply_rope, rope_tables, sinusoidal_table
+
+
+def meta_model(config):
+    with torch.device("meta"):
+        return GPT(config)
+
+
+def gpt2_params(V, T, d, L):
+    """Per layer: qkv 3d^2+3d, proj d^2+d, fc 4d^2+4d, fc-proj 4d^2+d, two LayerNorms 4d = 12d^2 + 13d;
+    plus token and position embeddings and the final LayerNorm; the head is tied."""
+    return L * (12 * d * d + 13 * d) + V * d + T * d + 2 * d
+
+
+def llama_params(c):
+    attn = c.d_model * c.head_dim * (c.n_heads + 2 * c.n_kv_heads) + c.n_heads * c.head_dim * c.d_model
+    mlp = 3 * c.d_model * c.d_ff
+    head = 0 if c.tie_embeddings else c.vocab_size * c.d_model
+    return c.n_layers * (attn + mlp + 2 * c.d_model) + c.vocab_size * c.d_model + head + c.d_model
+
+
+@pytest.mark.parametrize("name,expected", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),
+                                           ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)])
+def test_gpt2_parameter_counts_equal_the_formula(name, expected):
+    c = preset(name)
+    model = meta_model(c)
+    assert model.num_params() == gpt2_params(c.vocab_size, c.context_length, c.d_model, c.n_layers) == expected
+    # The textbook shorthand 12 d^2 L + V d (+ T d) ignores biases and norms: within 0.1% here.
+    shorthand = 12 * c.d_model**2 * c.n_layers + c.vocab_size * c.d_model + c.context_length * c.d_model
+    assert abs(shorthand - expected) / expected < 1e-3
+    assert model.num_params(exclude_embeddings=True) == expected - (c.vocab_size + c.context_length) * c.d_model
+
+
+@pytest.mark.parametrize("name,expected", [("llama-7b", 6_738_415_616), ("smollm2-135m", 134_515_008)])
+def test_llama_parameter_counts_equal_the_formula(name, expected):
+    c = preset(name)
+    assert meta_model(c).num_params() == llama_params(c) == expected
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    c = preset("gpt2")
+    model = meta_model(c)
+    n = model.num_params(exclude_embeddings=True) + c.vocab_size * c.d_model  # matmul weights, head included
+    assert model.flops_per_token() == 6 * n + 12 * c.n_layers * c.d_model * c.context_length
+    assert model.flops_per_token(seq_len=256) == 6 * n + 12 * c.n_layers * c.d_model * 256
+
+
+def test_attention_weights_are_a_causal_distribution():
+    torch.manual_seed(0)
+    model = GPT(preset("tiny-llama")).eval()
+    x = torch.randint(0, 512, (2, 10))
+    with torch.no_grad():
+        logits, _, weights = model(x, return_attention=True)
+        assert torch.allclose(logits, model(x)[0], atol=1e-5)  # explicit softmax(QK^T)V == SDPA
+    assert len(weights) == model.config.n_layers
+    for w in weights:
+        assert w.shape == (2, model.config.n_heads, 10, 10)
+        assert torch.allclose(w.sum(-1), torch.ones(2, model.config.n_heads, 10))
+        assert (w.triu(1) == 0).all()  # no position attends to the future
+        assert (w[:, :, torch.ones(10, 10, dtype=torch.bool).tril()] > 0).all()
+    # With a cache, one new query sees every cached key; padded keys get no weight.
+    cache = KVCache(model.config, 2, 11)
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        model(x, kv_cache=cache, attention_mask=mask[:, :10])
+        _, _, weights = model(x[:, :1], kv_cache=cache, attention_mask=mask, return_attention=True)
+    w = weights[0]
+    assert w.shape == (2, model.config.n_heads, 1, 11)
+    assert torch.allclose(w.sum(-1), torch.ones_like(w.sum(-1)))
+    assert (w[0, :, :, :3] == 0).all() and (w[1] > 0).all()
+
+
+def test_gpt2_initialisation_scales_residual_projections():
+    torch.manual_seed(0)
+    c = preset("gpt2", n_layers=4, vocab_size=1000)
+    model = GPT(c)
+    block = model.blocks[0]
+    assert abs(block.attn.qkv.weight.std().item() - 0.02) < 1e-3
+    assert abs(block.mlp.up.weight.std().item() - 0.02) < 1e-3
+    scaled = 0.02 / math.sqrt(2 * c.n_layers)
+    assert abs(block.attn.proj.weight.std().item() - scaled) < 1e-3
+    assert abs(block.mlp.down.weight.std().item() - scaled) < 1e-3
+    assert abs(model.tok_emb.weight.std().item() - 0.02) < 1e-3
+    assert (block.attn.qkv.bias == 0).all() and (block.attn_norm.weight == 1).all()
+
+
+VARIANTS = {
+    "gpt2": dict(),
+    "sinusoidal-relu-postnorm": dict(positions="sinusoidal", activation="relu", norm_placement="post"),
+    "no-positions-gelu": dict(positions="none", activation="gelu"),
+    "rope-mqa-rmsnorm-nobias": dict(positions="rope", n_kv_heads=1, norm="rmsnorm", bias=False),
+    "rope-gqa-swiglu-untied": dict(positions="rope", n_kv_heads=2, activation="swiglu", tie_embeddings=False),
+    "layernorm-nobias-dropout": dict(bias=False, dropout=0.1),
+    "llama": dict(positions="rope", n_kv_heads=2, activation="swiglu", norm="rmsnorm", bias=False,
+                  tie_embeddings=False, head_dim=24),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_builds_and_learns(name):
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", **VARIANTS[name])).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert model.num_params() == n_params
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(8):
+        logits, loss = model(x[:, :-1], targets=x[:, 1:])
+        assert logits.shape == (4, 31, 512)
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert abs(losses[0] - math.log(512)) < 0.5  # starts near uniform
+    assert losses[-1] < losses[0] - 0.3
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_kv_cache_matches_full_forward(name):
+    torch.manual_seed(0)
+    model = GPT(preset(name)).eval()
+    x = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        full = model(x)[0]
+        cache = KVCache(model.config, 2, 20)
+        parts = [model(x[:, :7], kv_cache=cache)[0]]  # prefill, then a chunk, then one token at a time
+        parts.append(model(x[:, 7:12], kv_cache=cache)[0])
+        parts += [model(x[:, t : t + 1], kv_cache=cache)[0] for t in range(12, 20)]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+    assert cache.length == 20
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_left_padded_batch_matches_unpadded_rows(name):
+    torch.manual_seed(0)
+    model = GPT(preset(name)).eval()
+    short, long = torch.randint(0, 512, (1, 5)), torch.randint(0, 512, (1, 9))
+    x = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long])
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        batched = model(x, attention_mask=mask, position_ids=positions)[0]
+        assert torch.allclose(batched[0, 4:], model(short)[0][0], atol=1e-5)
+        assert torch.allclose(batched[1], model(long)[0][0], atol=1e-5)
+
+
+def test_sinusoidal_table_is_the_papers_formula():
+    table = sinusoidal_table(50, 16)
+    pos, i = 37, 3
+    assert math.isclose(table[pos, 2 * i].item(), math.sin(pos / 10000 ** (2 * i / 16)), abs_tol=1e-5)
+    assert math.isclose(table[pos, 2 * i + 1].item(), math.cos(pos / 10000 ** (2 * i / 16)), abs_tol=1e-5)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    cos, sin = rope_tables(64, 8, 10000.0)
+    q, k = torch.randn(8), torch.randn(8)
+
+    def rotated(v, pos):
+        return apply_rope(v.view(1, 1, 1, 8), cos[pos].view(1, 1, 1, 8), sin[pos].view(1, 1, 1, 8)).view(8)
+
+    score = lambda m, n: torch.dot(rotated(q, m), rotated(k, n)).item()  # noqa: E731
+    assert math.isclose(score(5, 2), score(40, 37), rel_tol=1e-4)
+    assert math.isclose(rotated(q, 11).norm().item(), q.norm().item(), rel_tol=1e-5)  # a rotation
+
+
+def test_depth_dial_derives_width_heads_and_lr():
+    small, big = from_depth(4, vocab_size=4096), from_depth(12, vocab_size=4096, family="llama")
+    assert (small.d_model, small.n_heads, small.n_layers) == (256, 4, 4)
+    assert (big.d_model, big.n_heads, big.head_dim, big.positions) == (768, 12, 64, "rope")
+    assert suggested_lr(small) > suggested_lr(big) and suggested_lr(from_depth(1, 256)) <= 3e-3
+    model = GPT(small)
+    assert model.num_params() == gpt2_params(4096, 512, 256, 4)
+
+
+def test_context_window_is_enforced():
+    model = GPT(preset("tiny"))
+    with pytest.raises(ValueError, match="exceeds the context window of 128"):
+        model(torch.zeros(1, 129, dtype=torch.long))
