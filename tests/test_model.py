@@ -53,6 +53,11 @@ def test_flops_per_token_is_6n_plus_attention():
     n = model.num_params(exclude_embeddings=True) + c.vocab_size * c.d_model  # matmul weights, head included
     assert model.flops_per_token() == 6 * n + 12 * c.n_layers * c.d_model * c.context_length
     assert model.flops_per_token(seq_len=256) == 6 * n + 12 * c.n_layers * c.d_model * 256
+    # Untied: the head is a parameter of its own, counted once (Llama-7B: 6.61B matmul weights).
+    c = preset("llama-7b")
+    n = meta_model(c).num_params() - c.vocab_size * c.d_model
+    assert n == 6_607_343_616
+    assert meta_model(c).flops_per_token(2048) == 6 * n + 12 * c.n_layers * c.d_model * 2048
 
 
 def test_attention_weights_are_a_causal_distribution():

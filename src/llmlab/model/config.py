@@ -95,6 +95,8 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-medium": _gpt2(24, 16, 1024),
     "gpt2-large": _gpt2(36, 20, 1280),
     "gpt2-xl": _gpt2(48, 25, 1600),
+    # GPT-3 (Brown et al. 2020, table 2.1): for the estimator; its alternating sparse attention has no parameters.
+    "gpt3-175b": _gpt2(96, 96, 12288).replace(context_length=2048),
     "smollm2-135m": _llama(
         vocab_size=49152, context_length=8192, n_layers=30, n_heads=9, n_kv_heads=3, d_model=576,
         d_ff=1536, rope_theta=100000.0, tie_embeddings=True,

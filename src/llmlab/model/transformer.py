@@ -276,7 +276,8 @@ class GPT(nn.Module):
         """
         c = self.config
         T = c.context_length if seq_len is None else seq_len
-        n_matmul = self.num_params(exclude_embeddings=True) + c.vocab_size * c.d_model
+        # The head's V x d matmul: already among the non-embedding parameters when untied, not when tied.
+        n_matmul = self.num_params(exclude_embeddings=True) + (c.vocab_size * c.d_model if c.tie_embeddings else 0)
         return 6 * n_matmul + 12 * c.n_layers * c.n_heads * c.head_dim * T
 
     def _mask(
