@@ -144,6 +144,13 @@ def test_extraction_keeps_main_content_and_drops_boilerplate(extractor):
         assert "I disagree" not in out.text
 
 
+@pytest.mark.parametrize("extractor", ["trafilatura", "resiliparse"])
+def test_extraction_turns_no_break_spaces_into_spaces(extractor):
+    article = ARTICLE.replace("university team", "university&nbsp;team")
+    out = Extract(extractor=extractor).process(Document("https://example.com/", html=page(article)))
+    assert "university team to build" in out.text and "\u00a0" not in out.text
+
+
 def test_extraction_does_not_depend_on_document_order():
     shared = "<p>This paragraph is syndicated on many pages of the same site and must not vanish.</p>"
     first = Document("https://example.com/1", html=page(shared + ARTICLE))

@@ -96,10 +96,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_directory(directory: str | Path) -> Iterator[str]:
-    """Serve `directory` over HTTP on 127.0.0.1 (a free port) in a background thread; yield its base URL."""
+def serve_directory(directory: str | Path, port: int = 0) -> Iterator[str]:
+    """Serve `directory` over HTTP on 127.0.0.1 in a background thread (port 0: a free one); yield its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -19,6 +19,9 @@ from llmlab.data.clean.steps import DocumentStep
 from llmlab.errors import ConfigError
 
 EXTRACTORS = ("trafilatura", "resiliparse")
+# `&nbsp;` and its narrow/figure cousins only stop line breaks in a browser; in plain text (and to a
+# tokenizer) they should be the ordinary space they look like.
+_NO_BREAK_SPACES = str.maketrans({"\u00a0": " ", "\u2007": " ", "\u202f": " "})
 
 
 class ExtractionTimeout(Exception):
@@ -105,4 +108,4 @@ class Extract(DocumentStep):
             return "timeout"
         if not text.strip():
             return "no_text"
-        return doc.replace(text=text, html=None)
+        return doc.replace(text=text.translate(_NO_BREAK_SPACES), html=None)
