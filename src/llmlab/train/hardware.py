@@ -1,0 +1,110 @@
+"""The machine a run trains on: which device and precision, its matmul peak (for MFU), and a description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from contextlib import nullcontext
+
+import torch
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), for MFU on GPUs.
+GPU_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
+    """bf16 where the device computes it natively (CUDA with bf16 support); None (plain fp32) elsewhere.
+
+    On CPU bf16 matmuls are roughly 100x slower than fp32 here, so "auto" keeps CPU training in fp32.
+    """
+    if dtype == "float32":
+        return None
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast context for the forward pass, or a no-op in fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def measure_matmul_flops(size: int = 1024, seconds: float = 0.5, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str = "cpu") -> float:
+    """Achieved FLOP/s of square matmuls on this device: the practical peak that MFU is measured against."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t))
+    return best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype | None) -> tuple[float, str]:
+    """(FLOP/s, where the number came from): a datasheet value for known GPUs, else a measurement."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_BF16.items():
+            if key in name:
+                return value, f"{name} datasheet bf16 dense"
+    measured = measure_matmul_flops(
+        size=4096 if device.type == "cuda" else 1024, dtype=dtype or torch.float32, device=device
+    )
+    return measured, f"measured {str(dtype or torch.float32).removeprefix('torch.')} matmul peak"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(device: torch.device) -> dict[str, str | int]:
+    """What the report says about the machine."""
+    info: dict[str, str | int] = {
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpus"] = torch.cuda.device_count()
+    return info

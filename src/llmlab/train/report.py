@@ -1,0 +1,81 @@
+"""What a finished (or stopped) run leaves to read: `loss.png` and `report.md` beside `metrics.jsonl`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmlab.files import atomic_path, write_text
+from llmlab.progress import read_metrics
+
+
+def plot_loss(metrics_path: Path, png_path: Path) -> bool:
+    """Training loss per logged step and validation loss per evaluation; False when there is nothing to plot."""
+    records = read_metrics(metrics_path) if metrics_path.exists() else []
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r and "step" in r]
+    if not train and not val:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", linewidth=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"`{v}`" if isinstance(v, (list, dict)) else str(v)
+
+
+def write_report(
+    out_dir: Path,
+    title: str,
+    config: dict[str, Any],
+    model: dict[str, Any],
+    hardware: dict[str, Any],
+    throughput: dict[str, Any],
+    final: dict[str, Any],
+    samples: list[tuple[str, str]] | None = None,
+    notes: list[str] | None = None,
+) -> Path:
+    """Write report.md (and loss.png) into `out_dir`; returns the report's path."""
+    has_plot = plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
+    parts = [f"# {title}", ""]
+    parts += ["## Final numbers", "", _table([(k, _fmt(v)) for k, v in final.items()]), ""]
+    if has_plot:
+        parts += ["![loss curve](loss.png)", ""]
+    parts += ["## Throughput", "", _table([(k, _fmt(v)) for k, v in throughput.items()]), ""]
+    parts += ["## Model", "", _table([(k, _fmt(v)) for k, v in model.items()]), ""]
+    parts += ["## Hardware", "", _table([(k, _fmt(v)) for k, v in hardware.items()]), ""]
+    if samples:
+        parts += ["## Samples", ""]
+        for prompt, text in samples:
+            parts += [f"**{prompt!r}** →", "", "```", (prompt + text).strip(), "```", ""]
+    if notes:
+        parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    parts += ["## Configuration", "", _table([(k, _fmt(v)) for k, v in config.items()]), ""]
+    path = out_dir / "report.md"
+    write_text(path, "\n".join(parts))
+    return path
