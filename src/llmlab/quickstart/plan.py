@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
-from llmlab.model import GPT, GPTConfig, from_depth
+from llmlab.estimate import chinchilla_optimal, param_breakdown
+from llmlab.model import GPTConfig, from_depth
 
 EVAL_RESERVE_S = 90.0  # greedy answers for base and SFT models, and the report
 MIN_PRETRAIN_S = 20.0
@@ -46,7 +45,7 @@ class ModelPlan:
 
 def optimal_params(compute_flops: float, tokens_available: float) -> tuple[float, str]:
     """Chinchilla-optimal parameter count for the compute, unless the data runs out first."""
-    chinchilla = math.sqrt(compute_flops / 120.0)
+    chinchilla = chinchilla_optimal(compute_flops)["params"]
     if 20 * chinchilla <= MAX_EPOCHS * tokens_available:
         return chinchilla, f"Chinchilla-optimal: N = sqrt(C/120) = {chinchilla:,.0f}"
     data_limited = compute_flops / (6 * MAX_EPOCHS * tokens_available)
@@ -66,15 +65,9 @@ def plan_model(
     best = None
     for depth in range(1, max_depth + 1):
         config = from_depth(depth, vocab_size=vocab_size, context_length=context_length)
-        params = _params(config)
+        params = param_breakdown(config)["total"]
         distance = abs(math.log(params / target))
         if best is None or distance < best[0]:
             best = (distance, depth, config, params)
     _, depth, config, params = best
     return ModelPlan(config, depth, params, target, compute, compute / (6 * params), reason)
-
-
-def _params(config: GPTConfig) -> int:
-    """The model's real parameter count, built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        return GPT(config).num_params()
