@@ -216,8 +216,8 @@ def versions() -> str:
     return ", ".join(f"{p} {version(p)}" for p in ("tiktoken", "tokenizers", "rustbpe", "regex"))
 
 
-def report(corpus_mb, docs_n, train, enc, naive, repeats) -> str:
-    lines = [f"Corpus: {corpus_mb:.1f} MB of real text ({docs_n} documents). Machine: {machine()}.",
+def report(corpus_mb, docs_n, train, enc, naive, repeats, machine_line) -> str:
+    lines = [f"Corpus: {corpus_mb:.1f} MB of real text ({docs_n} documents). Machine: {machine_line}.",
              f"Libraries: {versions()}. Median of {repeats} interleaved runs.", "",
              "BPE training (GPT-4 pre-split; same number of merges for all):", "",
              "| vocab | llmlab fast path | rustbpe | HF tokenizers | llmlab / best peer | llmlab vocab == rustbpe's |",
@@ -277,14 +277,15 @@ def main() -> int:
     if args.quick:
         docs, args.repeats, args.slice_kb = docs[:8], 1, 20
     corpus_mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
-    print(f"corpus: {corpus_mb:.1f} MB, {len(docs)} documents; {machine()}", file=sys.stderr)
+    machine_line = machine()
+    print(f"corpus: {corpus_mb:.1f} MB, {len(docs)} documents; {machine_line}", file=sys.stderr)
     train, trained = bench_training(docs, (8192, 32768), args.repeats)
     print(json.dumps({v: r["seconds"] for v, r in train.items()}), file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         enc = bench_encoding(docs, trained[32768], args.repeats, Path(tmp))
     print(json.dumps({k: r["mb_per_s"] for k, r in enc.items()}), file=sys.stderr)
     naive = bench_reference_vs_naive(docs, args.slice_kb * 1000)
-    table = report(corpus_mb, len(docs), train, enc, naive, args.repeats)
+    table = report(corpus_mb, len(docs), train, enc, naive, args.repeats, machine_line)
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps({"train": train, "encode": enc, "naive": naive}, indent=1, default=str))
