@@ -8,7 +8,6 @@ sequences that shorten as the vocabulary grows.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from llmlab.tokenizer.base import BaseTokenizer
@@ -23,13 +22,10 @@ class Row:
     bytes_per_token: float
     unknown_rate: float
     round_trip: bool
-    seconds: float
 
 
 def measure(name: str, tok: BaseTokenizer, text: str) -> Row:
-    t0 = time.perf_counter()
     ids = tok.encode_ordinary(text)
-    seconds = time.perf_counter() - t0
     unk = getattr(tok, "unk_id", None)
     unknown = sum(1 for i in ids if i == unk) if unk is not None else 0
     n = max(1, len(ids))
@@ -41,7 +37,6 @@ def measure(name: str, tok: BaseTokenizer, text: str) -> Row:
         bytes_per_token=len(text.encode("utf-8")) / n,
         unknown_rate=unknown / n,
         round_trip=tok.decode(ids) == text,
-        seconds=seconds,
     )
 
 
