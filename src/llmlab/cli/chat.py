@@ -1,0 +1,75 @@
+"""Chat with a model in the terminal, in the model's own chat template, keeping the conversation history.
+
+Type a message and press Enter. Commands: /reset forgets the history, /exit (or Ctrl-D) quits;
+Ctrl-C while the model answers stops the answer. Old turns are dropped when the history outgrows the
+context window.
+
+    llmlab chat smollm2-135m --temperature 0.3
+    llmlab chat runs/demo --system "You are a helpful assistant."
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="checkpoint directory, run directory, .gguf file, or smollm2-135m")
+    parser.add_argument("--system", help="system message that starts the conversation")
+    parser.add_argument("--tokenizer", help="tokenizer file, if the checkpoint has none")
+    parser.add_argument("--max-new-tokens", "-n", type=int, default=256, help="longest answer in tokens (default 256)")
+    parser.add_argument("--temperature", "-t", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
+    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top token's probability")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible answers")
+    parser.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the Linear layers")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def run(args: argparse.Namespace, input_fn=input) -> int:
+    from llmlab.infer import Engine, SamplingParams, load_model
+    from llmlab.infer.quantize import quantize_model
+    from llmlab.tokenizer.chat import chat_format, render_chat
+
+    model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
+    chat_format(tokenizer)  # fail now, not after the first message, if the tokenizer has no chat tokens
+    if args.quantize:
+        quantize_model(model, bits=8 if args.quantize == "int8" else 4)
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                            seed=args.seed)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    print(f"chatting with {args.model} (/reset, /exit; Ctrl-C stops an answer)", file=sys.stderr)
+    while True:
+        try:
+            line = input_fn("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            history.clear()
+            print("(history cleared)", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": text})
+        rendered = render_chat(system + history, tokenizer, add_generation_prompt=True,
+                               max_tokens=model.config.context_length - 1)
+        reply = ""
+        print("model> ", end="", flush=True)
+        try:
+            for event in engine.stream(rendered.ids, params):
+                print(event.text, end="", flush=True)
+                reply += event.text
+        except KeyboardInterrupt:
+            print(" [stopped]", end="")
+        print()
+        history.append({"role": "assistant", "content": reply})

@@ -1,0 +1,127 @@
+"""Generate text from a checkpoint with any decoding strategy.
+
+Greedy (--temperature 0), sampling (temperature, top-k, top-p, min-p, penalties, seed), beam search
+(--beams N), speculative decoding with a draft model (--draft PATH), int8/int4 weight quantization
+(--quantize). MODEL is a checkpoint directory, a run directory, a .gguf file or `smollm2-135m`.
+
+    llmlab generate runs/demo --prompt "Once upon a time" --max-new-tokens 50 --temperature 0.8 --seed 1
+    llmlab generate smollm2-135m --chat --prompt "What is the capital of France?" --temperature 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from llmlab.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="checkpoint directory, run directory, .gguf file, or smollm2-135m")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompt", "-p", action="append", help="prompt text (repeat for a batch); default: stdin")
+    source.add_argument("--prompt-file", help="file with one prompt per line")
+    parser.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the model's chat template")
+    parser.add_argument("--system", help="system message for --chat")
+    parser.add_argument("--tokenizer", help="tokenizer file, if the checkpoint has none")
+    parser.add_argument("--max-new-tokens", "-n", type=int, default=64, help="most tokens to generate (default 64)")
+    parser.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy; higher = more random (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus: smallest set of tokens with this total probability")
+    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top token's probability")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already seen (CTRL)")
+    parser.add_argument("--frequency-penalty", type=float, default=0.0, help="subtract this x count of each generated token")
+    parser.add_argument("--presence-penalty", type=float, default=0.0, help="subtract this once for each generated token")
+    parser.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); not printed")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt (seeds seed, seed+1, ...)")
+    parser.add_argument("--logprobs", type=int, default=None, metavar="K",
+                        help="print each token's log-probability and its K most likely alternatives")
+    parser.add_argument("--beams", type=int, default=0, help="beam search with this many beams (deterministic)")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log P / length ** this")
+    parser.add_argument("--draft", help="draft model for speculative decoding (same tokenizer)")
+    parser.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per round (default 4)")
+    parser.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the Linear layers")
+    parser.add_argument("--no-kv-cache", action="store_true", help="recompute the whole sequence at every step (slow; for comparison)")
+    parser.add_argument("--no-stream", action="store_true", help="print each completion when done instead of token by token")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt:
+        return args.prompt
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    return [sys.stdin.read()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmlab.infer import Engine, SamplingParams, load_model
+    from llmlab.infer.beam import beam_search
+    from llmlab.infer.quantize import quantize_model
+    from llmlab.infer.speculative import speculative_generate
+    from llmlab.tokenizer.chat import render_chat
+
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty, stop=args.stop, seed=args.seed, n=args.num_samples,
+        logprobs=args.logprobs is not None, top_logprobs=args.logprobs or 0,
+    )
+    if args.beams and args.draft:
+        raise ConfigError("choose beam search or speculative decoding, not both")
+    model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
+    if args.quantize:
+        quantize_model(model, bits=8 if args.quantize == "int8" else 4)
+    engine = Engine(model, tokenizer, use_kv_cache=not args.no_kv_cache)
+    prompts: list = _prompts(args)
+    if args.chat:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        prompts = [render_chat(system + [{"role": "user", "content": p}], tokenizer, add_generation_prompt=True,
+                               max_tokens=model.config.context_length - 1).ids for p in prompts]
+    start, produced = time.perf_counter(), 0
+    if args.beams:
+        for prompt in prompts:
+            for h in beam_search(model, engine.encode(prompt), args.beams, args.max_new_tokens, args.length_penalty,
+                                 engine.end_ids):
+                text = tokenizer.decode([t for t in h.token_ids if t not in engine.end_ids])
+                print(f"[score {h.score:.3f}  log P {h.logprob:.3f}  {'finished' if h.finished else 'length'}] {text}")
+                produced += len(h.token_ids)
+    elif args.draft:
+        draft, _ = load_model(args.draft, device=args.device)
+        for prompt in prompts:
+            completion, stats = speculative_generate(engine, draft, prompt, params, args.draft_tokens)
+            print(completion.text)
+            print(f"[acceptance rate {stats.acceptance_rate:.1%}, {stats.tokens_per_round:.2f} tokens per target "
+                  f"forward]", file=sys.stderr)
+            produced += completion.completion_tokens
+    elif args.no_stream or len(prompts) > 1 or args.num_samples > 1:
+        for completion in engine.generate(prompts, params):
+            print(completion.text)
+            _print_logprobs(completion.logprobs)
+            produced += completion.completion_tokens
+    else:
+        logprobs = []
+        for event in engine.stream(prompts[0], params):
+            print(event.text, end="", flush=True)
+            produced += 1
+            if params.wants_logprobs:
+                logprobs.append((tokenizer.decode([event.token_id]), event.logprob, event.top_logprobs))
+        print()
+        for text, logprob, top in logprobs:
+            _print_logprob_line(text, logprob, top)
+    seconds = time.perf_counter() - start
+    print(f"[{produced} tokens in {seconds:.2f} s, {produced / max(seconds, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+def _print_logprobs(logprobs) -> None:
+    for t in logprobs or []:
+        _print_logprob_line(t.text, t.logprob, t.top)
+
+
+def _print_logprob_line(text: str, logprob: float, top) -> None:
+    alternatives = "  ".join(f"{alt!r} {lp:.3f}" for _, alt, lp in top or [])
+    print(f"  {text!r:>16} {logprob:8.3f}   {alternatives}", file=sys.stderr)

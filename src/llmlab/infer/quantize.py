@@ -1,0 +1,123 @@
+"""Weight-only post-training quantization of nn.Linear layers: int8 and packed int4.
+
+int8, symmetric, one scale per output row (absmax):
+    scale_r = max_j |W_rj| / 127,   q_rj = round(W_rj / scale_r) in [-127, 127],   W ~ q * scale
+int4, asymmetric, one (scale, min) pair per group of `group_size` inputs in a row (as GGUF's Q4_1):
+    scale_g = (max_g - min_g) / 15,  q = round((W - min_g) / scale_g) in [0, 15],  W ~ q * scale_g + min_g
+    two 4-bit codes are packed into each uint8, so a weight costs 4 bits plus 32 bits per group.
+
+Activations stay in floating point; the weight is expanded back before (or, with PyTorch's int8 kernel,
+inside) the matmul. Memory shrinks ~4x (int8) or ~6x (int4, group 64) for the quantized matrices; the
+price is a small rise in perplexity, measured by `perplexity` before and after (docs/inference.md).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmlab.errors import ConfigError
+
+
+class Int8Linear(nn.Module):
+    """A Linear layer whose weight is int8 with one fp32 scale per output row."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight_int8.float() * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and x.device.type == "cpu":
+            # PyTorch's fused CPU kernel multiplies by the int8 weight without materialising it in fp32.
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_int8, self.scale)
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class Int4Linear(nn.Module):
+    """A Linear layer whose weight is packed 4-bit codes with an fp16 (scale, min) per group of inputs."""
+
+    def __init__(self, linear: nn.Linear, group_size: int = 64) -> None:
+        super().__init__()
+        out_f, in_f = linear.weight.shape
+        if in_f % group_size or group_size % 2:
+            raise ConfigError(f"int4 needs in_features ({in_f}) divisible by an even group_size ({group_size})")
+        w = linear.weight.detach().float().view(out_f, in_f // group_size, group_size)
+        low, high = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
+        scale = ((high - low) / 15.0).clamp(min=1e-8)
+        # Round the stored fp16 values first, so that codes are chosen against what dequantization will use.
+        scale, low = scale.half().float(), low.half().float()
+        codes = torch.round((w - low) / scale).clamp(0, 15).to(torch.uint8).view(out_f, in_f)
+        self.register_buffer("packed", codes[:, 0::2] | (codes[:, 1::2] << 4))  # (out, in/2) uint8
+        self.register_buffer("scale", scale.squeeze(-1).half())
+        self.register_buffer("low", low.squeeze(-1).half())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features, self.group_size = in_f, out_f, group_size
+
+    def dequantize(self) -> torch.Tensor:
+        codes = torch.stack([self.packed & 0x0F, self.packed >> 4], dim=-1).view(self.out_features, -1, self.group_size)
+        w = codes.float() * self.scale.float()[..., None] + self.low.float()[..., None]
+        return w.view(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def quantize_model(
+    model: nn.Module, bits: int = 8, group_size: int = 64, skip: Iterable[str] = ()
+) -> nn.Module:
+    """Replace every nn.Linear (except names in `skip` and a head tied to the embedding) in place.
+
+    The tied head shares its matrix with the token embedding, which is looked up, not multiplied,
+    so it stays in floating point; quantizing a copy would add memory, not save it.
+    """
+    if bits not in (4, 8):
+        raise ConfigError(f"bits must be 4 or 8, got {bits}")
+    skip = set(skip)
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if not isinstance(child, nn.Linear) or full in skip or id(child.weight) in tied:
+                continue
+            quantized = Int8Linear(child) if bits == 8 else Int4Linear(child, group_size)
+            setattr(module, child_name, quantized.to(child.weight.device))
+    return model
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the stored weights (the state dict), a tensor shared by two names counted once."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, ids: torch.Tensor, window: int | None = None) -> float:
+    """exp(mean next-token cross-entropy) over `ids` (1-D), in non-overlapping windows of the context length."""
+    window = window or model.config.context_length
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, ids.numel() - 1, window):
+        chunk = ids[start : start + window + 1].to(device)
+        if chunk.numel() < 2:
+            break
+        _, loss = model(chunk[None, :-1], targets=chunk[None, 1:])
+        total += float(loss) * (chunk.numel() - 1)
+        count += chunk.numel() - 1
+    return float(torch.exp(torch.tensor(total / count)))

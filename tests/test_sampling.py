@@ -1,0 +1,134 @@
+"""Sampling filters keep exactly the tokens they should, match transformers' processors, and reject bad values."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from llmlab.errors import ConfigError
+from llmlab.infer.sampling import (
+    SamplingParams,
+    apply_penalties,
+    make_generator,
+    min_p_filter,
+    processed_logits,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
+
+logit_vectors = st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=1, max_size=64).map(
+    lambda xs: torch.tensor(xs, dtype=torch.float32)
+)
+
+
+def kept(filtered: torch.Tensor) -> set[int]:
+    return set(torch.nonzero(torch.isfinite(filtered)).flatten().tolist())
+
+
+@settings(max_examples=200, deadline=None)
+@given(logit_vectors, st.integers(0, 80))
+def test_top_k_keeps_exactly_the_k_largest(logits, k):
+    keep = kept(top_k_filter(logits, k))
+    expected = len(logits) if k == 0 else min(k, len(logits))
+    assert len(keep) == expected
+    dropped = set(range(len(logits))) - keep
+    if dropped:
+        assert min(logits[i] for i in keep) >= max(logits[i] for i in dropped)
+
+
+@settings(max_examples=200, deadline=None)
+@given(logit_vectors, st.floats(0.01, 1.0))
+def test_top_p_keeps_the_smallest_set_reaching_p(logits, p):
+    probs = logits.double().softmax(-1)
+    keep = kept(top_p_filter(logits, p))
+    mass = sum(probs[i] for i in keep)
+    dropped = set(range(len(logits))) - keep
+    # The kept set reaches p (up to float32 rounding) ...
+    assert mass >= p - 1e-5 or not dropped
+    # ... and is minimal: without its least likely token it would not.
+    smallest = min(probs[i] for i in keep)
+    assert len(keep) == 1 or mass - smallest < p + 1e-5
+    if dropped:
+        assert min(logits[i] for i in keep) >= max(logits[i] for i in dropped)
+
+
+@settings(max_examples=200, deadline=None)
+@given(logit_vectors, st.floats(0.0, 1.0))
+def test_min_p_keeps_tokens_above_the_scaled_maximum(logits, min_p):
+    probs = logits.softmax(-1)
+    keep = kept(min_p_filter(logits, min_p))
+    expected = {i for i in range(len(logits)) if probs[i] >= min_p * probs.max()} if min_p > 0 else set(range(len(logits)))
+    assert keep == expected
+    assert int(torch.argmax(logits)) in keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_filters_match_transformers_processors(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, 200, generator=g) * 3
+    ids = torch.randint(0, 200, (1, 30), generator=g)
+    inf = float("-inf")
+    assert torch.equal(top_k_filter(logits[0], 17), TopKLogitsWarper(17, filter_value=inf)(ids, logits.clone())[0])
+    assert torch.equal(top_p_filter(logits[0], 0.7), TopPLogitsWarper(0.7, filter_value=inf)(ids, logits.clone())[0])
+    assert torch.equal(min_p_filter(logits[0], 0.1), MinPLogitsWarper(0.1, filter_value=inf)(ids, logits.clone())[0])
+    ours = apply_penalties(logits[0], ids[0], ids[0][:0], SamplingParams(repetition_penalty=1.3))
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())[0]
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_frequency_and_presence_penalties_subtract_counts():
+    logits = torch.zeros(5)
+    generated = torch.tensor([1, 1, 1, 3])
+    p = SamplingParams(frequency_penalty=0.5, presence_penalty=0.25)
+    out = apply_penalties(logits, generated, generated, p)
+    assert out.tolist() == [0.0, -1.75, 0.0, -0.75, 0.0]
+
+
+def test_greedy_is_argmax_and_tiny_temperature_equals_greedy():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(100, generator=g) * 2
+        greedy = sample(processed_logits(logits, SamplingParams(temperature=0)), SamplingParams(temperature=0))
+        assert greedy == int(torch.argmax(logits))
+        cold = SamplingParams(temperature=1e-4)
+        assert sample(processed_logits(logits, cold), cold, make_generator(1)) == greedy
+
+
+def test_same_seed_same_draws_and_sampling_follows_the_distribution():
+    logits = torch.tensor([0.0, math.log(3.0), -30.0])
+    p = SamplingParams(temperature=1.0)
+    draws = [sample(logits, p, g) for g in [make_generator(7)] for _ in range(4000)]
+    again = [sample(logits, p, g) for g in [make_generator(7)] for _ in range(4000)]
+    assert draws == again
+    share = draws.count(1) / len(draws)
+    assert abs(share - 0.75) < 0.03  # 4 sigma for n=4000
+    assert 2 not in draws
+
+
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(min_p=2.0), "min_p"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(frequency_penalty=3.0), "frequency_penalty"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(n=0), "n must"),
+    ],
+)
+def test_invalid_sampling_values_raise_config_error(kwargs, word):
+    with pytest.raises(ConfigError, match=word):
+        SamplingParams(**kwargs)
