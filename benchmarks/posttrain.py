@@ -1,0 +1,179 @@
+"""Post-training gains, measured: pretrain a small GPT, then SFT and DPO it on the built-in checkable tasks.
+
+    .venv/bin/python benchmarks/posttrain.py              # runs/posttrain-bench/, about 9 minutes on 2 busy cores
+    .venv/bin/python benchmarks/posttrain.py --lora-rank 16   # also a LoRA SFT from the same base
+    .venv/bin/python benchmarks/posttrain.py --quick      # a short smoke run (numbers mean little)
+
+1. Pretraining text: Shakespeare's plays (the `shakespeare` package) mixed with task-like text from the
+   tasks' *training* split, written as plain "Question: ... Answer: ..." prose (no chat tokens).
+2. An llmlab BPE tokenizer and token shards; a ~1M-parameter GPT pretrained with `llmlab.train`.
+3. SFT on the tasks' training split in the chat format (full fine-tuning, optionally LoRA too).
+4. DPO from the SFT model on (prompt, correct answer, wrong answer) pairs of the training split.
+
+Exact match is scored with greedy decoding on the held-out split (prompts that no training split can
+contain); DPO's preference accuracy and reward margin on held-out pairs. Results go to
+OUT/results.json and OUT/results.md and are printed with the machine they ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SIZES = {  # pretraining steps, SFT/DPO epochs, task examples (train, held-out, prose rounds), Shakespeare characters
+    "full": dict(pretrain_steps=300, sft_epochs=6.0, dpo_epochs=1.0, n_train=2500, n_eval=250, prose_rounds=3,
+                 text_chars=600_000),
+    "quick": dict(pretrain_steps=60, sft_epochs=0.5, dpo_epochs=0.2, n_train=500, n_eval=50, prose_rounds=1,
+                  text_chars=200_000),
+}
+
+
+def task_prose(examples) -> list[str]:
+    """Task examples as plain documents, so the base model has seen the skills but never the chat format."""
+    docs, chunk = [], []
+    for e in examples:
+        chunk.append(f"Question: {e.prompt}\nAnswer: {e.answer}\n")
+        if len(chunk) == 20:
+            docs.append("\n".join(chunk))
+            chunk = []
+    return docs + (["\n".join(chunk)] if chunk else [])
+
+
+def build_corpus(root: Path, size: dict, seed: int) -> Path:
+    """Tokenizer and shards for pretraining (reused when they exist); returns the shards directory."""
+    from llmlab.tokenizer import load_tokenizer, train_bpe
+    from llmlab.tokenizer.corpus import shakespeare_texts
+    from llmlab.tokenizer.shards import write_shards
+    from llmlab.train import tasks
+
+    tok_path, shards = root / "tokenizer" / "tokenizer.json", root / "shards"
+    if (shards / "meta.json").is_file() and tok_path.is_file():
+        return shards
+    text = "\n".join(shakespeare_texts())[: size["text_chars"]]
+    plays = [text[i : i + 20_000] for i in range(0, len(text), 20_000)]
+    # Other seeds than the SFT data's: the base learns the skills in prose, never in the chat format.
+    prose = [doc for r in range(size["prose_rounds"])
+             for doc in task_prose(tasks.generate(size["n_train"], "train", seed=seed + 100 + r))]
+    docs = plays + prose
+    tokenizer = train_bpe(docs, vocab_size=2048)
+    tokenizer.save(tok_path)
+    meta = write_shards(docs, tokenizer, shards)
+    print(f"corpus: {len(plays)} Shakespeare chunks + {len(prose)} task-prose documents = {meta['tokens']:,} tokens; "
+          f"tokenizer {load_tokenizer(tok_path).vocab_size} tokens")
+    return shards
+
+
+def pretrain_base(root: Path, shards: Path, steps: int, threads: int | None) -> Path:
+    from llmlab.train import load_config, pretrain
+    from llmlab.train.checkpointing import resolve_latest
+
+    out = root / "pretrain"
+    latest = resolve_latest(out / "checkpoints") if (out / "checkpoints").exists() else None
+    if latest is None or json.loads((latest / "config.json").read_text()).get("step") != steps:
+        config = load_config(None, {
+            "shards": str(shards), "out_dir": str(out), "depth": 2, "context_length": 128,
+            "model": {"n_layers": 4}, "micro_batch": 32, "max_steps": steps, "warmup_steps": steps // 10,
+            "lr": 3e-3, "eval_every": steps, "eval_tokens": 8192, "checkpoint_every": steps, "log_every": 25,
+            "sample_tokens": 0, "threads": threads,
+        })
+        pretrain(config, resume=latest is not None)
+    return out / "checkpoints" / "latest"
+
+
+def posttrain_config(init_from: Path, out: Path, threads: int | None, **values):
+    from llmlab.train.sft import posttrain_config as build
+
+    return build(overrides={"init_from": str(init_from), "out_dir": str(out), "threads": threads, "eval_every": 10_000,
+                            "checkpoint_every": 10_000, "log_every": 25, "warmup_steps": 10, **values})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/posttrain-bench", help="run directory (pretraining is reused)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline, not the gains")
+    parser.add_argument("--lora-rank", type=int, help="also fine-tune a LoRA adapter of this rank from the base")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the task data and the runs")
+    args = parser.parse_args()
+    os.environ.setdefault("LLMLAB_PROGRESS", "0" if not sys.stderr.isatty() else "1")
+
+    from llmlab.files import write_json, write_text
+    from llmlab.infer import load_model
+    from llmlab.train import tasks
+    from llmlab.train.dpo import DPOOptions, prepare_dpo, write_posttrain_report
+    from llmlab.train.hardware import describe
+    from llmlab.train.lora import LoRAConfig
+    from llmlab.train.sft import PostTrainOptions, sft
+
+    size = SIZES["quick" if args.quick else "full"]
+    root = Path(args.out)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    shards = build_corpus(root, size, args.seed)
+    base_dir = pretrain_base(root, shards, size["pretrain_steps"], args.threads)
+    timings["pretrain_s"] = time.perf_counter() - t0
+    held_out = tasks.generate(size["n_eval"], "held_out", args.seed + 1)  # what SFT/DPO score, see sft.py
+    base, tokenizer = load_model(base_dir)
+    results: dict[str, dict] = {"base": tasks.evaluate(base, tokenizer, held_out)}
+
+    common = dict(data="tasks", tasks_train=size["n_train"], tasks_eval=size["n_eval"])
+    runs = [("sft", None, 1e-3)] + ([("sft_lora", LoRAConfig(rank=args.lora_rank, alpha=2 * args.lora_rank), 3e-3)]
+                                    if args.lora_rank else [])
+    for name, lora, lr in runs:
+        t = time.perf_counter()
+        out = sft(posttrain_config(base_dir, root / name, args.threads, lr=lr, seed=args.seed),
+                  PostTrainOptions(epochs=size["sft_epochs"], lora=lora, **common))
+        timings[f"{name}_s"] = time.perf_counter() - t
+        results[name] = {k: v for k, v in out.last_eval.items() if k != "samples"}
+
+    t = time.perf_counter()
+    options = DPOOptions(epochs=size["dpo_epochs"], beta=0.1, nll_weight=1.0, **common)
+    config = posttrain_config(root / "sft" / "checkpoints" / "latest", root / "dpo", args.threads, lr=1e-4,
+                              seed=args.seed)
+    run = prepare_dpo(config, options)
+    with torch.no_grad():
+        before = run.trainer.evaluate_fn(run.trainer.gpt.eval(), 0)
+    run.trainer.gpt.train()
+    out = run.trainer.fit()
+    write_posttrain_report(run, out, options, "Direct preference optimisation")
+    timings["dpo_s"] = time.perf_counter() - t
+    results["sft_before_dpo"] = {k: v for k, v in before.items() if k != "samples"}
+    results["dpo"] = {k: v for k, v in out.last_eval.items() if k != "samples"}
+
+    machine = describe(torch.device("cpu"))
+    summary = {"machine": machine, "sizes": size, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+               "total_s": round(time.perf_counter() - t0, 1), "results": results}
+    write_json(root / "results.json", summary)
+    table = results_table(results)
+    write_text(root / "results.md", f"# Post-training benchmark\n\n{table}\n\nmachine: {machine}\n\n"
+                                    f"timings: {summary['timings_s']} (total {summary['total_s']} s)\n")
+    print(table)
+    print(f"\nmachine: {machine['cpu']} ({machine['cpu_cores']} cores, {machine['torch_threads']} torch threads), "
+          f"torch {machine['torch']}")
+    print(f"time: {summary['timings_s']}, total {summary['total_s']} s; details in {root / 'results.json'}")
+    return 0
+
+
+def results_table(results: dict[str, dict]) -> str:
+    task_names = sorted(k.split("/", 1)[1] for k in results["base"] if k.startswith("exact_match/"))
+    lines = ["| model | exact match | " + " | ".join(task_names) + " |", "|---|---|" + "---|" * len(task_names)]
+    for name in ("base", "sft", "sft_lora", "dpo"):
+        r = results.get(name)
+        if r and "exact_match" in r:
+            cells = " | ".join(f"{r.get(f'exact_match/{t}', float('nan')):.1%}" for t in task_names)
+            lines.append(f"| {name} | {r['exact_match']:.1%} | {cells} |")
+    before, after = results["sft_before_dpo"], results["dpo"]
+    lines += ["", "| held-out pairs | before DPO (SFT model) | after DPO |", "|---|---|---|"]
+    for key in ("val_preference_accuracy", "val_reward_accuracy", "val_reward_margin", "val_loss"):
+        lines.append(f"| {key.removeprefix('val_')} | {before[key]:.4g} | {after[key]:.4g} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

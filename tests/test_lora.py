@@ -1,0 +1,187 @@
+"""LoRA: equal to the base at initialisation, equal to its merged model after training, r(d+k) parameters,
+adapters saved alone, several adapters switched, and state dicts that stay ordinary llmlab checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from llmlab.errors import CheckpointError, ConfigError
+from llmlab.model import GPT, load_checkpoint, preset, save_checkpoint
+from llmlab.train.lora import (LoRAConfig, LoRALinear, adapters_off, add_lora, adapter_names, load_adapter, merge_lora,
+                               parameter_counts, save_adapter, set_adapter, trainable_parameters)
+
+FAMILIES = ["tiny", "tiny-llama"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def model_and_input(name: str, seed: int = 0) -> tuple[GPT, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = GPT(preset(name))
+    return model, torch.randint(0, model.config.vocab_size, (2, 24))
+
+
+def train_a_little(model: nn.Module, x: torch.Tensor, steps: int = 5) -> None:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        _, loss = model(x, x.roll(-1, 1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_lora_output_equals_the_base_at_initialisation(name):
+    model, x = model_and_input(name)
+    model.eval()
+    base_logits, _ = model(x)
+    add_lora(model, LoRAConfig(rank=4, alpha=8))
+    logits, _ = model(x)
+    assert torch.equal(logits, base_logits)  # B = 0: exactly the base, not merely close
+    assert all(isinstance(m, LoRALinear) for n, m in model.named_modules() if n.endswith(("qkv", "proj", "up", "down")))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_trained_lora_equals_its_merged_model_and_leaves_the_base_alone(name):
+    model, x = model_and_input(name)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    add_lora(model, LoRAConfig(rank=4, alpha=8, dropout=0.1))
+    model.train()
+    train_a_little(model, x)
+    model.eval()
+    lora_logits, _ = model(x)
+    for layer in model.modules():  # the frozen weights did not move
+        if isinstance(layer, LoRALinear):
+            assert not layer.weight.requires_grad
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if "adapters" not in n)
+    merged = merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    assert set(merged.state_dict()) == set(base)
+    merged_logits, _ = merged(x)
+    assert not torch.allclose(lora_logits, model_and_input(name)[0].eval()(x)[0])  # training changed something
+    torch.testing.assert_close(merged_logits, lora_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, targets", [("tiny", ["qkv"]), ("tiny", ["qkv", "proj", "up", "down"]),
+                                           ("tiny-llama", ["attn.proj", "mlp.up"])])
+def test_trainable_parameters_are_r_times_d_plus_k_per_matrix(name, targets):
+    model, _ = model_and_input(name)
+    r = 3
+    adapted = add_lora(model, LoRAConfig(rank=r, targets=targets))
+    expected = 0
+    for layer_name in adapted:
+        d, k = model.get_submodule(layer_name).weight.shape  # nn.Linear stores W as (outputs d, inputs k)
+        expected += r * (d + k)
+    assert trainable_parameters(model) == expected
+    assert sum(row["trainable"] for row in parameter_counts(model)) == expected
+    assert all(row["trainable"] == row["r"] * (row["d"] + row["k"]) for row in parameter_counts(model))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".adapters.default.lora_" in n for n in trainable)
+    assert len(adapted) == model.config.n_layers * len(targets)
+
+
+def test_state_dict_is_the_merged_plain_model(tmp_path):
+    model, x = model_and_input("tiny")
+    plain_keys = set(model.state_dict())
+    add_lora(model, LoRAConfig(rank=4))
+    train_a_little(model, x)
+    model.eval()
+    assert set(model.state_dict()) == plain_keys
+    save_checkpoint(tmp_path, model)
+    loaded = load_checkpoint(tmp_path)  # an ordinary checkpoint: no LoRA code needed to use it
+    torch.testing.assert_close(loaded(x)[0], model(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_adapters_save_alone_load_and_switch(tmp_path):
+    model, x = model_and_input("tiny")
+    model.eval()
+    base_logits = model(x)[0]
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    outputs = {}
+    for name, seed in (("math", 1), ("style", 2)):
+        torch.manual_seed(seed)
+        add_lora(model, LoRAConfig(rank=2, alpha=4, targets=["qkv", "down"]), name)
+        train_a_little(model, x.roll(seed, 1))
+        model.eval()
+        outputs[name] = model(x)[0].detach()
+        save_adapter(model, tmp_path / name)
+    files = sorted(p.name for p in (tmp_path / "math").iterdir())
+    assert files == ["adapter.json", "adapter.safetensors"]
+    assert (tmp_path / "math" / "adapter.safetensors").stat().st_size < 20_000  # the adapter only, not the model
+    assert adapter_names(model) == ["math", "style"]
+    set_adapter(model, "math")
+    torch.testing.assert_close(model(x)[0], outputs["math"])
+    with adapters_off(model):  # e.g. DPO's reference: the bare base, then the active adapter again
+        assert torch.equal(model(x)[0], base_logits)
+    torch.testing.assert_close(model(x)[0], outputs["math"])
+    set_adapter(model, None)
+    assert torch.equal(model(x)[0], base_logits)
+    with pytest.raises(ConfigError, match="no LoRA adapter named 'nope'"):
+        set_adapter(model, "nope")
+
+    fresh = GPT(preset("tiny")).eval()
+    fresh.load_state_dict(pristine)
+    for name in ("style", "math"):
+        assert load_adapter(fresh, tmp_path / name) == name
+    assert adapter_names(fresh) == ["math", "style"]
+    for name in ("math", "style", "math"):
+        set_adapter(fresh, name)
+        torch.testing.assert_close(fresh(x)[0], outputs[name])
+    assert not torch.allclose(outputs["math"], outputs["style"])
+
+
+def test_bad_targets_and_mismatched_adapters_are_refused(tmp_path):
+    model, x = model_and_input("tiny")
+    with pytest.raises(ConfigError, match="no linear layer matches"):
+        add_lora(model, LoRAConfig(targets=["nothing"]))
+    with pytest.raises(ConfigError, match="shares its weight with the token embedding"):
+        add_lora(model, LoRAConfig(targets=["lm_head"]))
+    with pytest.raises(ConfigError, match="rank must be at least 1"):
+        LoRAConfig(rank=0)
+    add_lora(model, LoRAConfig(rank=2))
+    save_adapter(model, tmp_path / "a")
+    other = GPT(preset("tiny", d_model=32))
+    with pytest.raises(CheckpointError, match="different model architecture"):
+        load_adapter(other, tmp_path / "a")
+    (tmp_path / "a" / "adapter.safetensors").write_bytes(b"broken")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_adapter(GPT(preset("tiny")), tmp_path / "a")
+    with pytest.raises(CheckpointError, match="no LoRA adapter at"):
+        load_adapter(GPT(preset("tiny")), tmp_path / "missing")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_lora_matches_hugging_face_peft_before_and_after_merging():
+    """Parity with PEFT on the same GPT-2 weights and the same adapter values: outputs, merge, parameter count."""
+    peft = pytest.importorskip("peft")
+    from llmlab.model.hf import from_transformers, to_transformers
+
+    model, x = model_and_input("tiny")
+    model.eval()
+    hf = to_transformers(model)
+    config = peft.LoraConfig(r=4, lora_alpha=12, lora_dropout=0.0, target_modules=["c_attn", "c_proj", "c_fc"],
+                             fan_in_fan_out=True)  # GPT-2's Conv1D stores weights as (in, out)
+    reference = peft.get_peft_model(hf, config).eval()
+    add_lora(model, LoRAConfig(rank=4, alpha=12))
+    names = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for i in range(model.config.n_layers):
+            for hf_name, name in names.items():
+                theirs = reference.get_submodule(f"base_model.model.transformer.h.{i}.{hf_name}")
+                mine = model.get_submodule(f"blocks.{i}.{name}").adapters["default"]
+                theirs.lora_B["default"].weight.normal_(std=0.05)  # PEFT starts B at zero too: make it count
+                mine.lora_A.copy_(theirs.lora_A["default"].weight)
+                mine.lora_B.copy_(theirs.lora_B["default"].weight)
+    trainable, _ = reference.get_nb_trainable_parameters()
+    assert trainable_parameters(model) == trainable
+    expected = reference(x).logits
+    torch.testing.assert_close(model(x)[0], expected, rtol=1e-4, atol=1e-5)
+    merged_reference = from_transformers(reference.merge_and_unload()).eval()
+    merged = merge_lora(model)
+    for key, value in merged_reference.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(merged(x)[0], expected, rtol=1e-4, atol=1e-5)
