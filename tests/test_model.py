@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llmlab.model import GPT, KVCache, from_depth, preset, suggested_lr
-from llmlab.model.transformer import apply_rope, rope_tables, sinusoidal_table
+from llmlab.model.transformer import apply_rope, cross_entropy, rope_tables, sinusoidal_table
 
 
 def meta_model(config):
@@ -195,3 +196,25 @@ def test_context_window_is_enforced():
     model = GPT(preset("tiny"))
     with pytest.raises(ValueError, match="exceeds the context window of 128"):
         model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_loss_and_its_gradient_equal_torch_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(40, 30, requires_grad=True)
+    targets = torch.randint(0, 30, (40,))
+    targets[::3] = -100  # ignored positions (prompt tokens in SFT, padding)
+    ours = cross_entropy(logits, targets)
+    (grad,) = torch.autograd.grad(2.5 * ours, logits)
+    theirs = F.cross_entropy(logits, targets, ignore_index=-100)
+    (want,) = torch.autograd.grad(2.5 * theirs, logits)
+    assert torch.allclose(ours, theirs) and torch.allclose(grad, want, atol=1e-7)
+    model = GPT(preset("tiny"))
+    x = torch.randint(0, 512, (2, 9))
+    logits, loss = model(x, targets=x)
+    assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 512), x.view(-1)))
+
+
+def test_rope_backward_is_the_inverse_rotation():
+    cos, sin = rope_tables(6, 8, 10000.0)
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos.double(), sin.double()), (x,))

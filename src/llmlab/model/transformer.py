@@ -58,11 +58,39 @@ def rope_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor,
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (x_i, x_{i+d/2}) pair by its position's angle. x: (B, H, T, D); cos/sin: (B, 1, T, D)."""
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on the two halves of the last dim; -angle if `inverse`.
+
+    Written into one output buffer (no concatenation): two multiplies and two fused multiply-adds."""
     x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    o1, o2 = out.chunk(2, dim=-1)
+    sign = 1.0 if inverse else -1.0
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=sign)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=-sign)
+    return out
+
+
+class _Rotation(torch.autograd.Function):
+    """RoPE as one autograd node: the gradient of a rotation is the inverse rotation of the gradient,
+    so nothing but the (small) angle tables is kept for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, inverse=True), None, None
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+d/2}) pair by its position's angle. x: (..., T, D); cos/sin from
+    `rope_tables`, broadcastable to x (their two halves are equal, so only the first is read)."""
+    half = x.size(-1) // 2
+    return _Rotation.apply(x, cos[..., :half], sin[..., :half])
 
 
 class KVCache:
@@ -107,6 +135,44 @@ class KVCache:
         self.v = self.v.index_select(1, index)
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """Mean next-token cross-entropy over targets != ignore_index, as F.cross_entropy computes it.
+
+    The gradient with respect to the logits is softmax(logits) - onehot(target), scaled by 1/n. The
+    backward pass writes it over the saved log-probabilities (exp in place, subtract 1 at the
+    targets, scale) instead of materialising a zero-filled one-hot gradient and a third vocabulary-
+    sized tensor, which saves memory traffic and a logits-sized allocation per step.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        logp = torch.log_softmax(logits, dim=-1)
+        valid = targets != ignore_index
+        safe = torch.where(valid, targets, 0)[:, None]
+        n = valid.sum()
+        loss = -(logp.gather(1, safe).squeeze(1) * valid).sum() / n
+        ctx.save_for_backward(logp, safe, valid, n)
+        ctx.used = False
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.used:
+            raise RuntimeError("backward through llmlab's loss twice: recompute the forward pass instead")
+        ctx.used = True
+        logp, safe, valid, n = ctx.saved_tensors
+        g = logp.exp_()  # softmax, in the saved buffer
+        g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=g.dtype))
+        g.mul_(valid[:, None] * (grad / n))
+        return g, None, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """F.cross_entropy(logits, targets, ignore_index=...) (mean over kept targets) with a leaner backward.
+    logits: (N, V) float; targets: (N,) int64."""
+    return _CrossEntropy.apply(logits, targets, ignore_index)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention where each position sees itself and the past; n_kv_heads < n_heads is GQA."""
 
@@ -130,14 +196,13 @@ class CausalSelfAttention(nn.Module):
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
-        )
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        H, K = self.n_heads, self.n_kv_heads
+        # (B, T, (H + 2K) * D) -> (B, H + 2K, T, D): query heads, then key heads, then value heads.
+        qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)
+        qk, v = qkv.split([H + K, K], dim=1)
         if self.use_rope:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)  # queries and keys rotated in one pass
+        q, k = qk.split([H, K], dim=1)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         # mask is None exactly when plain causal masking over these T positions is right.
@@ -312,22 +377,25 @@ class GPT(nn.Module):
         tokens and 0 for padding serve left-padded batches. With `return_attention`, returns
         (logits, loss, weights) where weights is a list of (B, n_heads, T, S) tensors, one per layer.
         """
-        B, T = idx.shape
+        T = idx.size(1)
         offset = kv_cache.length if kv_cache is not None else 0
         if offset + T > self.config.context_length:
             raise ValueError(
                 f"sequence of {offset + T} tokens exceeds the context window of {self.config.context_length}"
             )
-        if position_ids is None:
-            position_ids = torch.arange(offset, offset + T, device=idx.device)[None].expand(B, T)
+        default_positions = position_ids is None  # offset, offset + 1, ... for every row: slice, don't gather
         x = self.tok_emb(idx)
         if self.config.positions == "learned":
-            x = x + self.pos_emb(position_ids)
+            x = x + (self.pos_emb.weight[offset : offset + T] if default_positions else self.pos_emb(position_ids))
         elif self.config.positions == "sinusoidal":
-            x = x + self.pos_table[position_ids].to(x.dtype)
+            table = self.pos_table[offset : offset + T] if default_positions else self.pos_table[position_ids]
+            x = x + table.to(x.dtype)
         rope = None
-        if self.config.positions == "rope":
-            rope = (self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None])
+        if self.config.positions == "rope":  # (T, D) tables for the default positions, else (B, 1, T, D)
+            if default_positions:
+                rope = (self.rope_cos[offset : offset + T], self.rope_sin[offset : offset + T])
+            else:
+                rope = (self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None])
         x = self.drop(x)
         mask = self._mask(T, offset, attention_mask, idx.device)
         weights = []
@@ -339,7 +407,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.final_norm(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            loss = cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         if return_attention:
             return logits, loss, weights
         return logits, loss

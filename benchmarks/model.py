@@ -1,0 +1,118 @@
+"""Forward + backward time of llmlab's GPT versus Hugging Face `transformers` on CPU.
+
+The same config, the same weights (copied with `llmlab.model.hf.to_transformers`) and the same batch go
+through both; each step is `loss = model(x, targets); loss.backward()` (transformers' logits go through
+F.cross_entropy, as its own `labels=` path does). The two models are timed in alternation (ABAB...) so
+that noise from other processes hits both alike; the median of each is reported, and the ratio
+llmlab / transformers (target: <= 0.9).
+
+Two clocks: wall time, and the process's CPU time. On a machine shared with other jobs, wall time
+with several threads is dominated by threads waiting for each other; with `--threads 1` the CPU time
+measures the work itself and is the steadier comparison.
+
+    python benchmarks/model.py                          # both configs, torch's default threads
+    python benchmarks/model.py --threads 1 --steps 10   # one thread: compare CPU time
+    python benchmarks/model.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from llmlab.model import GPT, GPTConfig
+from llmlab.model.hf import to_transformers
+
+CONFIGS = {
+    # GPT-2 family: learned positions, LayerNorm, GELU (tanh), biases, tied head.
+    "gpt2-style": GPTConfig(vocab_size=8192, context_length=512, n_layers=6, n_heads=6, d_model=384),
+    # Llama family: RoPE, RMSNorm, SwiGLU, GQA, no biases, untied head.
+    "llama-style": GPTConfig(
+        vocab_size=8192, context_length=512, n_layers=6, n_heads=6, n_kv_heads=2, d_model=384, d_ff=1024,
+        positions="rope", activation="swiglu", norm="rmsnorm", bias=False, tie_embeddings=False,
+    ),
+}
+
+
+def step_llmlab(model, x, y):
+    _, loss = model(x, y)
+    loss.backward()
+
+
+def step_hf(model, x, y):
+    logits = model(input_ids=x).logits
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+    loss.backward()
+
+
+def timed(fn, model, x, y) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward + backward."""
+    model.zero_grad(set_to_none=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(model, x, y)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench(name: str, config: GPTConfig, batch: int, seq: int, steps: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    ours = GPT(config).train()
+    theirs = to_transformers(ours).train()
+    x = torch.randint(0, config.vocab_size, (batch, seq))
+    y = torch.randint(0, config.vocab_size, (batch, seq))
+    for _ in range(warmup):
+        timed(step_llmlab, ours, x, y)
+        timed(step_hf, theirs, x, y)
+    a, b = [], []
+    for _ in range(steps):
+        a.append(timed(step_llmlab, ours, x, y))
+        b.append(timed(step_hf, theirs, x, y))
+    wa, wb = (statistics.median(t[0] for t in r) for r in (a, b))
+    ca, cb = (statistics.median(t[1] for t in r) for r in (a, b))
+    return {
+        "config": name, "params": ours.num_params(), "batch": batch, "seq": seq, "steps": steps,
+        "threads": torch.get_num_threads(),
+        "llmlab_ms": 1000 * wa, "transformers_ms": 1000 * wb, "ratio": wa / wb,
+        "llmlab_cpu_ms": 1000 * ca, "transformers_cpu_ms": 1000 * cb, "cpu_ratio": ca / cb,
+        "llmlab_tok_s": batch * seq / wa, "transformers_tok_s": batch * seq / wb,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+    import transformers
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}")
+    rows = [bench(n, CONFIGS[n], args.batch, args.seq, args.steps, args.warmup) for n in args.configs]
+    print("\n| config | params | batch x seq | threads | llmlab ms | transformers ms | ratio (target <= 0.9) "
+          "| CPU ms llmlab / transformers | CPU ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['batch']}x{r['seq']} | {r['threads']} | "
+              f"{r['llmlab_ms']:.0f} | {r['transformers_ms']:.0f} | {r['ratio']:.2f}x | "
+              f"{r['llmlab_cpu_ms']:.0f} / {r['transformers_cpu_ms']:.0f} | {r['cpu_ratio']:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
