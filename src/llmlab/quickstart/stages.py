@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from llmlab.errors import InputError
-from llmlab.files import RunDir, write_text
+from llmlab.files import RunDir, write_json, write_text
 from llmlab.quickstart import plan
 from llmlab.quickstart.instructions import QA, build_instructions
 from llmlab.quickstart.site import render_site, serve_directory
@@ -121,34 +121,41 @@ def tokenize(run: RunDir, vocab_size: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _tokens_per_second(config, micro_batch: int) -> float:
-    """Measured training throughput of this model on this machine: a few forward+backward+AdamW steps."""
-    import torch
+CALIBRATION_STEPS = 8
+UNPLANNED = 10**9  # max_steps / eval / checkpoint cadence until the calibration has measured the speed
 
-    from llmlab.model import GPT
 
-    model = GPT(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, config.vocab_size, (micro_batch, config.context_length))
-    times = []
-    for _ in range(4):
+def fit_within(trainer, seconds: float, plan_path: Path):
+    """Train for about `seconds`: time the first steps on the trainer itself, then fix max_steps.
+
+    The warmup outlasts the calibration, so the learning-rate schedule is the same as if max_steps had
+    been known from the start. The plan is saved, so a resumed run keeps the schedule it started with.
+    """
+    cfg = trainer.config
+    if plan_path.exists():
+        plan_ = json.loads(plan_path.read_text(encoding="utf-8"))
+    else:
+        trainer.fit(until_step=2)  # the first steps pay for allocation and warm caches: not timed
         t0 = time.perf_counter()
-        _, loss = model(x, x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    return micro_batch * config.context_length / min(times[1:])
+        trainer.fit(until_step=CALIBRATION_STEPS)
+        per_step = (time.perf_counter() - t0) / (CALIBRATION_STEPS - 2)
+        # 10% of the time goes to the four evaluations, checkpoints and samples.
+        steps = max(CALIBRATION_STEPS + 1, int(0.9 * seconds / per_step))
+        plan_ = {"max_steps": steps, "seconds_per_step": round(per_step, 4), "budget_seconds": round(seconds)}
+        write_json(plan_path, plan_)
+    cfg.max_steps = plan_["max_steps"]
+    cfg.eval_every = cfg.checkpoint_every = max(1, cfg.max_steps // 4)
+    return trainer.fit(), plan_
 
 
 def pretrain(run: RunDir, config, seconds: float) -> dict[str, Any]:
-    """Size a model for the time budget (the estimator's arithmetic), measure its speed, train it."""
+    """Size a model for the time budget (the estimator's arithmetic) and train it for that long."""
     import torch
 
     from llmlab.tokenizer.shards import read_shards
     from llmlab.train.config import TrainConfig
     from llmlab.train.hardware import peak_flops
-    from llmlab.train.pretrain import pretrain as run_pretraining
+    from llmlab.train.pretrain import prepare, summarize
 
     meta = read_shards(run.shards).meta
     tokens, vocab_size = meta["tokens"], meta["vocab_size"]
@@ -156,22 +163,21 @@ def pretrain(run: RunDir, config, seconds: float) -> dict[str, Any]:
     # Expect about half of the matmul peak end to end (attention, norms, optimizer and data cost the rest).
     sized = plan.plan_model(seconds, 0.5 * peak, tokens, vocab_size, config.context_length)
     micro_batch = 8
-    tps = _tokens_per_second(sized.config, micro_batch)
-    steps = max(10, int(0.9 * seconds * tps / (micro_batch * config.context_length)))
     train_config = TrainConfig(
         shards=str(run.shards), out_dir=str(run.pretrain), tokenizer=str(run.tokenizer / "tokenizer.json"),
-        depth=sized.depth, context_length=config.context_length, micro_batch=micro_batch, max_steps=steps,
-        warmup_steps=max(1, min(100, steps // 10)), eval_every=max(1, steps // 4), eval_tokens=16384,
-        checkpoint_every=max(1, steps // 4), sample_prompts=SAMPLE_PROMPTS, sample_tokens=32, seed=config.seed,
+        depth=sized.depth, context_length=config.context_length, micro_batch=micro_batch, max_steps=UNPLANNED,
+        warmup_steps=3 * CALIBRATION_STEPS, eval_every=UNPLANNED, eval_tokens=16384, checkpoint_every=UNPLANNED,
+        sample_prompts=SAMPLE_PROMPTS, sample_tokens=32, seed=config.seed,
     )
-    result = run_pretraining(train_config, resume=(run.pretrain / "checkpoints").exists())
+    training = prepare(train_config, resume=(run.pretrain / "checkpoints" / "latest").exists())
+    result, _ = fit_within(training.trainer, seconds, run.pretrain / "quickstart_plan.json")
+    summarize(training, result)
     return {
         "depth": sized.depth,
         "parameters": sized.params,
         "target_parameters": round(sized.target_params),
         "sizing": sized.reason,
         "planned_seconds": round(seconds),
-        "measured_tokens_per_second": round(tps),
         "steps": result.step,
         "tokens_seen": result.step * micro_batch * config.context_length,
         "corpus_tokens": tokens,
@@ -195,11 +201,9 @@ def instruction_sets(run: RunDir, seed: int) -> tuple[list[QA], list[QA]]:
 
 
 def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
-    """Fine-tune the pretrained model on the docstring questions, sized to the time budget."""
+    """Fine-tune the pretrained model on the docstring questions for the stage's time budget."""
     from llmlab.infer.loading import resolve_checkpoint
-    from llmlab.model import GPTConfig, read_config
-    from llmlab.train.sft import PostTrainOptions, posttrain_config
-    from llmlab.train.sft import sft as run_sft
+    from llmlab.train.sft import PostTrainOptions, posttrain_config, prepare_sft, write_posttrain_report
 
     train, held_out = instruction_sets(run, config.seed)
     if not train:
@@ -208,21 +212,20 @@ def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
     data = run.root / SFT_DIR
     _write_jsonl(data / "train.jsonl", train)
     _write_jsonl(data / "held_out.jsonl", held_out)
-    base = resolve_checkpoint(run.pretrain)
-    model_config = GPTConfig.from_dict(read_config(base)["model"])
-    ctx = model_config.context_length
-    tps = _tokens_per_second(model_config, 16)
-    steps = max(10, int(0.8 * seconds * tps / (16 * ctx)))
     train_config = posttrain_config(
-        out_dir=str(run.sft), init_from=str(base), micro_batch=16, max_steps=steps,
-        eval_every=max(1, steps // 3), checkpoint_every=max(1, steps // 3), seed=config.seed,
+        out_dir=str(run.sft), init_from=str(resolve_checkpoint(run.pretrain)), micro_batch=16,
+        max_steps=UNPLANNED, warmup_steps=3 * CALIBRATION_STEPS, eval_every=UNPLANNED,
+        checkpoint_every=UNPLANNED, seed=config.seed,
     )
     options = PostTrainOptions(data=str(data / "train.jsonl"), epochs=None)
-    result = run_sft(train_config, options, resume=(run.sft / "checkpoints").exists())
+    training = prepare_sft(train_config, options, resume=(run.sft / "checkpoints" / "latest").exists())
+    result, _ = fit_within(training.trainer, seconds, run.sft / "quickstart_plan.json")
+    write_posttrain_report(training, result, options, "Supervised fine-tuning")
     return {
         "train_questions": len(train),
         "held_out_questions": len(held_out),
         "steps": result.step,
+        "epochs": round(result.step * 16 / len(train), 1),
         "final": {k: v for k, v in result.last_eval.items() if k != "samples"},
         "planned_seconds": round(seconds),
     }
