@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.cli.sft import add_common_arguments, common_config, print_config, print_outcome
+from llmlab.cli.sft import add_common_arguments, common_config, launch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +35,4 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.train.dpo import DPOOptions, dpo
 
     config, values = common_config(args, "dpo")
-    options = DPOOptions(**values, beta=args.beta, nll_weight=args.nll_weight)
-    if args.print_config:
-        print_config(config, options)
-        return 0
-    from llmlab.train.distributed import shutdown
-
-    try:
-        result = dpo(config, options, resume=args.resume)
-    finally:
-        shutdown()
-    print_outcome(result, config.out_dir)
-    return 0
+    return launch(dpo, config, DPOOptions(**values, beta=args.beta, nll_weight=args.nll_weight), args)

@@ -99,14 +99,18 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.train.sft import PostTrainOptions, sft
 
     config, values = common_config(args, "sft")
-    options = PostTrainOptions(**values)
+    return launch(sft, config, PostTrainOptions(**values), args)
+
+
+def launch(train, config, options, args: argparse.Namespace) -> int:
+    """Print the config (--print-config) or run `train` (sft or dpo), closing any process group after."""
     if args.print_config:
         print_config(config, options)
         return 0
     from llmlab.train.distributed import shutdown
 
     try:
-        result = sft(config, options, resume=args.resume)
+        result = train(config, options, resume=args.resume)
     finally:
         shutdown()
     print_outcome(result, config.out_dir)
