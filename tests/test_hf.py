@@ -148,3 +148,15 @@ def test_missing_weights_give_clear_errors(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="safetensors only"):
         load_hf(tmp_path)
+
+
+def test_original_gpt2_names_without_prefix_load(tmp_path):
+    from safetensors.torch import save_file
+
+    hf = hf_gpt2()
+    hf.save_pretrained(tmp_path)
+    state = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(tmp_path / "model.safetensors"))  # as the original openai-community/gpt2 file names them
+    x = tokens()
+    with torch.no_grad():
+        assert max_diff(load_hf(tmp_path)(x)[0], hf(x).logits) < TOL

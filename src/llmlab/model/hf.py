@@ -175,81 +175,71 @@ def config_to_hf(config: GPTConfig) -> dict[str, Any]:
 # Tensors
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Original GPT-2 files have no `transformer.` prefix; HF's own have it. Accept both."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+def tensor_layout(config: GPTConfig, family: str) -> list[tuple[str, list[tuple[str, int]], bool]]:
+    """Where each llmlab tensor lives in a Hugging Face checkpoint of `family`:
+    [(llmlab name, [(HF name, rows), ...], transposed)]. Several HF names are concatenated along the
+    output dimension in llmlab (fused q/k/v, fused [gate; up]); `transposed` marks GPT-2's Conv1D,
+    which stores (in, out)."""
+    c = config
+    layout: list[tuple[str, list[tuple[str, int]], bool]] = []
+
+    def add(ours: str, parts: list[tuple[str, int]], transposed: bool = False, bias: bool = False) -> None:
+        layout.append((ours + ".weight", [(n + ".weight", r) for n, r in parts], transposed))
+        if bias:
+            layout.append((ours + ".bias", [(n + ".bias", r) for n, r in parts], False))
+
+    d, q, kv = c.d_model, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    if family == GPT2:
+        t = "transformer."
+        add("tok_emb", [(t + "wte", c.vocab_size)])
+        add("pos_emb", [(t + "wpe", c.context_length)])
+        for i in range(c.n_layers):
+            h, b = f"{t}h.{i}.", f"blocks.{i}."
+            add(b + "attn_norm", [(h + "ln_1", d)], bias=True)
+            add(b + "attn.qkv", [(h + "attn.c_attn", 3 * d)], transposed=True, bias=True)
+            add(b + "attn.proj", [(h + "attn.c_proj", d)], transposed=True, bias=True)
+            add(b + "mlp_norm", [(h + "ln_2", d)], bias=True)
+            add(b + "mlp.up", [(h + "mlp.c_fc", c.d_ff)], transposed=True, bias=True)
+            add(b + "mlp.down", [(h + "mlp.c_proj", d)], transposed=True, bias=True)
+        add("final_norm", [(t + "ln_f", d)], bias=True)
+    else:
+        m = "model."
+        add("tok_emb", [(m + "embed_tokens", c.vocab_size)])
+        for i in range(c.n_layers):
+            h, b = f"{m}layers.{i}.", f"blocks.{i}."
+            add(b + "attn_norm", [(h + "input_layernorm", d)])
+            qkv = [(h + "self_attn.q_proj", q), (h + "self_attn.k_proj", kv), (h + "self_attn.v_proj", kv)]
+            add(b + "attn.qkv", qkv, bias=c.bias)
+            add(b + "attn.proj", [(h + "self_attn.o_proj", d)], bias=c.bias)
+            add(b + "mlp_norm", [(h + "post_attention_layernorm", d)])
+            add(b + "mlp.up", [(h + "mlp.gate_proj", c.d_ff), (h + "mlp.up_proj", c.d_ff)], bias=c.bias)
+            add(b + "mlp.down", [(h + "mlp.down_proj", d)], bias=c.bias)
+        add("final_norm", [(m + "norm", d)])
+    if not c.tie_embeddings:
+        add("lm_head", [("lm_head", c.vocab_size)])
+    return layout
 
 
 def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, family: str) -> dict[str, torch.Tensor]:
-    """Rename (and fuse/transpose) Hugging Face tensors into llmlab's state dict. KeyError if one is missing."""
-    out: dict[str, torch.Tensor] = {}
-    if family == GPT2:
-        s = _strip_prefix(hf_state, "transformer.")
-        out["tok_emb.weight"] = s["wte.weight"]
-        out["pos_emb.weight"] = s["wpe.weight"]
-        for i in range(config.n_layers):
-            h, b = f"h.{i}.", f"blocks.{i}."
-            for src, dst in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-                out[b + dst + ".weight"], out[b + dst + ".bias"] = s[h + src + ".weight"], s[h + src + ".bias"]
-            for src, dst in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
-                             ("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.down")):
-                out[b + dst + ".weight"] = s[h + src + ".weight"].t().contiguous()  # Conv1D is (in, out)
-                out[b + dst + ".bias"] = s[h + src + ".bias"]
-        out["final_norm.weight"], out["final_norm.bias"] = s["ln_f.weight"], s["ln_f.bias"]
-    else:
-        s = _strip_prefix(hf_state, "model.")
-        out["tok_emb.weight"] = s["embed_tokens.weight"]
-        for i in range(config.n_layers):
-            h, b = f"layers.{i}.", f"blocks.{i}."
-            out[b + "attn_norm.weight"] = s[h + "input_layernorm.weight"]
-            out[b + "mlp_norm.weight"] = s[h + "post_attention_layernorm.weight"]
-            names = ["weight", "bias"] if config.bias else ["weight"]
-            for p in names:
-                out[b + f"attn.qkv.{p}"] = torch.cat([s[h + f"self_attn.{x}_proj.{p}"] for x in "qkv"])
-                out[b + f"attn.proj.{p}"] = s[h + f"self_attn.o_proj.{p}"]
-                out[b + f"mlp.up.{p}"] = torch.cat([s[h + f"mlp.{x}_proj.{p}"] for x in ("gate", "up")])
-                out[b + f"mlp.down.{p}"] = s[h + f"mlp.down_proj.{p}"]
-        out["final_norm.weight"] = s["norm.weight"]
-    if not config.tie_embeddings:
-        out["lm_head.weight"] = hf_state["lm_head.weight"]
+    """Hugging Face tensors renamed (fused, transposed) into llmlab's state dict. KeyError if one is missing."""
+    if family == GPT2:  # original GPT-2 files have no "transformer." prefix; transformers' own have it
+        hf_state = {k if k.startswith("transformer.") or k == "lm_head.weight" else "transformer." + k: v
+                    for k, v in hf_state.items()}
+    out = {}
+    for ours, parts, transposed in tensor_layout(config, family):
+        tensors = [hf_state[name] for name, _ in parts]
+        tensor = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        out[ours] = tensor.t().contiguous() if transposed else tensor
     return out
 
 
 def state_dict_to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """llmlab's state dict renamed into the Hugging Face family `family_of(config)`; a tied head is left out."""
-    family = family_of(config)
-    out: dict[str, torch.Tensor] = {}
-    if family == GPT2:
-        t = "transformer."
-        out[t + "wte.weight"], out[t + "wpe.weight"] = state["tok_emb.weight"], state["pos_emb.weight"]
-        for i in range(config.n_layers):
-            h, b = f"{t}h.{i}.", f"blocks.{i}."
-            for dst, src in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-                out[h + dst + ".weight"], out[h + dst + ".bias"] = state[b + src + ".weight"], state[b + src + ".bias"]
-            for dst, src in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
-                             ("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.down")):
-                out[h + dst + ".weight"] = state[b + src + ".weight"].t().contiguous()
-                out[h + dst + ".bias"] = state[b + src + ".bias"]
-        out[t + "ln_f.weight"], out[t + "ln_f.bias"] = state["final_norm.weight"], state["final_norm.bias"]
-    else:
-        m = "model."
-        out[m + "embed_tokens.weight"] = state["tok_emb.weight"]
-        sizes = [config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim,
-                 config.n_kv_heads * config.head_dim]
-        for i in range(config.n_layers):
-            h, b = f"{m}layers.{i}.", f"blocks.{i}."
-            out[h + "input_layernorm.weight"] = state[b + "attn_norm.weight"]
-            out[h + "post_attention_layernorm.weight"] = state[b + "mlp_norm.weight"]
-            for p in ["weight", "bias"] if config.bias else ["weight"]:
-                for x, part in zip("qkv", state[b + f"attn.qkv.{p}"].split(sizes)):
-                    out[h + f"self_attn.{x}_proj.{p}"] = part.contiguous()
-                out[h + f"self_attn.o_proj.{p}"] = state[b + f"attn.proj.{p}"]
-                gate, up = state[b + f"mlp.up.{p}"].chunk(2)
-                out[h + f"mlp.gate_proj.{p}"], out[h + f"mlp.up_proj.{p}"] = gate.contiguous(), up.contiguous()
-                out[h + f"mlp.down_proj.{p}"] = state[b + f"mlp.down.{p}"]
-        out[m + "norm.weight"] = state["final_norm.weight"]
-    if not config.tie_embeddings:
-        out["lm_head.weight"] = state["lm_head.weight"]
+    out = {}
+    for ours, parts, transposed in tensor_layout(config, family_of(config)):
+        tensor = state[ours].t() if transposed else state[ours]
+        pieces = tensor.split([rows for _, rows in parts]) if len(parts) > 1 else [tensor]
+        out.update({name: piece.contiguous() for (name, _), piece in zip(parts, pieces)})
     return out
 
 
