@@ -9,8 +9,8 @@ from llmlab.quickstart import plan
 
 def test_budget_split_reserves_evaluation_time():
     b = plan.split_budget(1000)
-    assert b.pretrain == pytest.approx(0.7 * (1000 - plan.EVAL_RESERVE_S))
-    assert b.sft == pytest.approx(0.3 * (1000 - plan.EVAL_RESERVE_S))
+    assert b.pretrain == pytest.approx(plan.PRETRAIN_SHARE * (1000 - plan.EVAL_RESERVE_S))
+    assert b.pretrain + b.sft == pytest.approx(1000 - plan.EVAL_RESERVE_S)
     tiny = plan.split_budget(10)
     assert tiny.pretrain == plan.MIN_PRETRAIN_S and tiny.sft == plan.MIN_SFT_S
 

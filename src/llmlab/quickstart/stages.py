@@ -18,6 +18,7 @@ from llmlab.quickstart.site import render_site, serve_directory
 
 SAMPLE_PROMPTS = ["The json module", "Return the", "class "]
 SFT_DIR = "sft_data"
+SFT_EPOCHS = 6
 
 
 def render(site_dir: Path, max_pages: int) -> dict[str, Any]:
@@ -125,8 +126,8 @@ CALIBRATION_STEPS = 8
 UNPLANNED = 10**9  # max_steps / eval / checkpoint cadence until the calibration has measured the speed
 
 
-def fit_within(trainer, seconds: float, plan_path: Path):
-    """Train for about `seconds`: time the first steps on the trainer itself, then fix max_steps.
+def fit_within(trainer, seconds: float, plan_path: Path, max_steps: int | None = None):
+    """Train for about `seconds` (at most `max_steps`): time the first steps on the trainer, then fix max_steps.
 
     The warmup outlasts the calibration, so the learning-rate schedule is the same as if max_steps had
     been known from the start. The plan is saved, so a resumed run keeps the schedule it started with.
@@ -141,6 +142,7 @@ def fit_within(trainer, seconds: float, plan_path: Path):
         per_step = (time.perf_counter() - t0) / (CALIBRATION_STEPS - 2)
         # 10% of the time goes to the four evaluations, checkpoints and samples.
         steps = max(CALIBRATION_STEPS + 1, int(0.9 * seconds / per_step))
+        steps = min(steps, max_steps) if max_steps else steps
         plan_ = {"max_steps": steps, "seconds_per_step": round(per_step, 4), "budget_seconds": round(seconds)}
         write_json(plan_path, plan_)
     cfg.max_steps = plan_["max_steps"]
@@ -219,7 +221,9 @@ def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
     )
     options = PostTrainOptions(data=str(data / "train.jsonl"), epochs=None)
     training = prepare_sft(train_config, options, resume=(run.sft / "checkpoints" / "latest").exists())
-    result, _ = fit_within(training.trainer, seconds, run.sft / "quickstart_plan.json")
+    # Past a few epochs a tiny model only memorises the training answers and its validation loss climbs.
+    cap = max(CALIBRATION_STEPS + 1, SFT_EPOCHS * len(train) // 16)
+    result, _ = fit_within(training.trainer, seconds, run.sft / "quickstart_plan.json", max_steps=cap)
     write_posttrain_report(training, result, options, "Supervised fine-tuning")
     return {
         "train_questions": len(train),
