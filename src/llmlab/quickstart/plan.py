@@ -18,7 +18,7 @@ EVAL_RESERVE_S = 90.0  # greedy answers for base and SFT models, and the report
 MIN_PRETRAIN_S = 20.0
 MIN_SFT_S = 10.0
 MAX_EPOCHS = 4
-PRETRAIN_SHARE = 0.85
+PRETRAIN_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Budget:
 
 
 def split_budget(remaining_s: float) -> Budget:
-    """Seconds for pretraining and SFT out of what the earlier stages left (85/15 after a reserve).
+    """Seconds for pretraining and SFT out of what the earlier stages left (80/20 after a reserve).
 
     SFT on a thousand short questions needs a few epochs, not minutes: pretraining gets the rest.
     """

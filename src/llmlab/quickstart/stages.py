@@ -18,7 +18,7 @@ from llmlab.quickstart.site import render_site, serve_directory
 
 SAMPLE_PROMPTS = ["The json module", "Return the", "class "]
 SFT_DIR = "sft_data"
-SFT_EPOCHS = 6
+SFT_EPOCHS = 40
 
 
 def render(site_dir: Path, max_pages: int) -> dict[str, Any]:
@@ -221,7 +221,8 @@ def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
     )
     options = PostTrainOptions(data=str(data / "train.jsonl"), epochs=None)
     training = prepare_sft(train_config, options, resume=(run.sft / "checkpoints" / "latest").exists())
-    # Past a few epochs a tiny model only memorises the training answers and its validation loss climbs.
+    # Many epochs raise the validation loss (memorised answers) but also held-out chrF: 13.8 after 55
+    # epochs vs 11.5 after 6 on the same pretrained model. The cap only bounds a very fast machine.
     cap = max(CALIBRATION_STEPS + 1, SFT_EPOCHS * len(train) // 16)
     result, _ = fit_within(training.trainer, seconds, run.sft / "quickstart_plan.json", max_steps=cap)
     write_posttrain_report(training, result, options, "Supervised fine-tuning")
