@@ -13,20 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmlab.cli.generate import add_sampling_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint directory, run directory, .gguf file, or smollm2-135m")
     parser.add_argument("--system", help="system message that starts the conversation")
-    parser.add_argument("--tokenizer", help="tokenizer file, if the checkpoint has none")
-    parser.add_argument("--max-new-tokens", "-n", type=int, default=256, help="longest answer in tokens (default 256)")
-    parser.add_argument("--temperature", "-t", type=float, default=0.7, help="0 = greedy (default 0.7)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
-    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top token's probability")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible answers")
-    parser.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the Linear layers")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_sampling_arguments(parser, max_new_tokens=256, temperature=0.7, top_p=0.95)
 
 
 def run(args: argparse.Namespace, input_fn=input) -> int:

@@ -24,17 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--prompt-file", help="file with one prompt per line")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the model's chat template")
     parser.add_argument("--system", help="system message for --chat")
-    parser.add_argument("--tokenizer", help="tokenizer file, if the checkpoint has none")
-    parser.add_argument("--max-new-tokens", "-n", type=int, default=64, help="most tokens to generate (default 64)")
-    parser.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy; higher = more random (default 0.8)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus: smallest set of tokens with this total probability")
-    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top token's probability")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already seen (CTRL)")
+    add_sampling_arguments(parser, max_new_tokens=64, temperature=0.8, top_p=1.0)
     parser.add_argument("--frequency-penalty", type=float, default=0.0, help="subtract this x count of each generated token")
     parser.add_argument("--presence-penalty", type=float, default=0.0, help="subtract this once for each generated token")
     parser.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); not printed")
-    parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
     parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt (seeds seed, seed+1, ...)")
     parser.add_argument("--logprobs", type=int, default=None, metavar="K",
                         help="print each token's log-probability and its K most likely alternatives")
@@ -42,9 +35,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log P / length ** this")
     parser.add_argument("--draft", help="draft model for speculative decoding (same tokenizer)")
     parser.add_argument("--draft-tokens", type=int, default=4, help="tokens the draft proposes per round (default 4)")
-    parser.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the Linear layers")
     parser.add_argument("--no-kv-cache", action="store_true", help="recompute the whole sequence at every step (slow; for comparison)")
     parser.add_argument("--no-stream", action="store_true", help="print each completion when done instead of token by token")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
+                           top_p: float) -> None:
+    """The model, tokenizer, device, quantization and sampling flags `generate` and `chat` share."""
+    parser.add_argument("--tokenizer", help="tokenizer file, if the checkpoint has none")
+    parser.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens,
+                        help=f"most tokens to generate (default {max_new_tokens})")
+    parser.add_argument("--temperature", "-t", type=float, default=temperature,
+                        help=f"0 = greedy; higher = more random (default {temperature})")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=top_p,
+                        help=f"nucleus: smallest set of tokens with this total probability (default {top_p})")
+    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top token's probability")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already seen (CTRL)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    parser.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the Linear layers")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
