@@ -101,9 +101,5 @@ class RunDir:
         return self.root / "sft"
 
     @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    @property
     def report(self) -> Path:
         return self.root / "report.md"

@@ -8,12 +8,13 @@ whole corpus at once (deduplication) say so with `corpus_wide = True`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from llmlab.data.clean.documents import Document, Removed, StepResult
 
 
-class Step:
+class Step(ABC):
     """Base class: subclasses set `name` and implement `__call__` (or `process`, for `DocumentStep`)."""
 
     name: ClassVar[str] = "step"
@@ -22,8 +23,9 @@ class Step:
     kind: ClassVar[str] = "filter"
     corpus_wide: ClassVar[bool] = False
 
+    @abstractmethod
     def __call__(self, batch: list[Document]) -> StepResult:
-        raise NotImplementedError
+        """Kept and removed documents of `batch`, with the reason for each removal."""
 
 
 class DocumentStep(Step):
@@ -32,8 +34,9 @@ class DocumentStep(Step):
     `process` returns the (possibly rewritten) document to keep it, or a reason string to drop it.
     """
 
+    @abstractmethod
     def process(self, doc: Document) -> Document | str:
-        raise NotImplementedError
+        """The document to keep (possibly rewritten), or why it is dropped."""
 
     def __call__(self, batch: list[Document]) -> StepResult:
         kept: list[Document] = []
