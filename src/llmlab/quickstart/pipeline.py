@@ -18,7 +18,6 @@ from llmlab.errors import ConfigError, InputError
 from llmlab.files import RunDir, write_json
 from llmlab.quickstart import plan
 
-STAGES = ("site", "crawl", "clean", "tokenizer", "pretrain", "sft", "eval", "report")
 STATE = "quickstart.json"
 
 

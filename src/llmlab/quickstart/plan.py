@@ -44,7 +44,6 @@ class ModelPlan:
     params: int
     target_params: float
     compute_flops: float
-    trainable_tokens: float
     reason: str
 
 
@@ -75,4 +74,4 @@ def plan_model(
         if best is None or distance < best[0]:
             best = (distance, depth, config, params)
     _, depth, config, params = best
-    return ModelPlan(config, depth, params, target, compute, compute / (6 * params), reason)
+    return ModelPlan(config, depth, params, target, compute, reason)
