@@ -17,7 +17,7 @@ from llmlab.tokenizer import (
 )
 from llmlab.tokenizer.corpus import shakespeare_texts, unicode_sample
 from llmlab.tokenizer.hf import save_hf
-from llmlab.tokenizer.pretrained import load_tiktoken_file, pretrained_path, write_tiktoken_ranks
+from llmlab.tokenizer.pretrained import pretrained_path, write_tiktoken_ranks
 
 
 @pytest.fixture(scope="module")
