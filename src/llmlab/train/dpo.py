@@ -25,15 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.errors import ConfigError, InputError
-from llmlab.train import hardware
 from llmlab.train import tasks as builtin_tasks
 from llmlab.train.config import TrainConfig
-from llmlab.train.distributed import DistInfo, init_distributed
+from llmlab.train.distributed import DistInfo
 from llmlab.train.loop import TrainResult
 from llmlab.train.lora import adapters_off
 from llmlab.train.sft import (IGNORE, ExactMatchEval, ExampleBatches, PostTraining, PostTrainOptions,
-                              build_trainer, encode_conversation, held_out_examples, load_start, pad_batch,
-                              read_jsonl, split_validation, write_posttrain_report)
+                              build_trainer, encode_conversation, held_out_examples, load_start, pad_batch, pad_id,
+                              read_jsonl, setup_process, split_validation, write_posttrain_report)
 
 
 @dataclass
@@ -195,10 +194,7 @@ def _pairs(options: DPOOptions, seed: int) -> tuple[list[dict[str, str]], list[d
 def prepare_dpo(config: TrainConfig, options: DPOOptions, resume: bool = False,
                 info: DistInfo | None = None) -> PostTraining:
     """Encode the pairs, score them with the frozen reference (the starting model) and build the trainer."""
-    device = hardware.resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    info = info or init_distributed(device.type)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    device, info = setup_process(config, info)
     loss_fn = DPOLoss(options.beta, options.nll_weight)
     start = load_start(config, options, resume)
     limit = start.model.config.context_length + 1
@@ -214,7 +210,7 @@ def prepare_dpo(config: TrainConfig, options: DPOOptions, resume: bool = False,
         notes.append(f"{len(train_pairs) - len(train)} pairs lost their answers to truncation and were skipped")
     if not train or not val:
         raise InputError("no usable preference pairs left after truncation to the context window")
-    pad = start.tokenizer.eos_id if start.tokenizer.eos_id is not None else 0
+    pad = pad_id(start.tokenizer)
     # The reference is the starting model: the weights before the trainer loads a resumed checkpoint,
     # and without the LoRA adapter (which a resumed LoRA run has already loaded).
     with adapters_off(start.model):

@@ -380,13 +380,24 @@ class PostTraining:
     notes: list[str]
 
 
-def prepare_sft(config: TrainConfig, options: PostTrainOptions, resume: bool = False,
-                info: DistInfo | None = None) -> PostTraining:
-    """Read and encode the data, load the model (with LoRA if asked) and build the trainer; nothing trains yet."""
+def setup_process(config: TrainConfig, info: DistInfo | None = None) -> tuple[torch.device, DistInfo]:
+    """The device, process group and CPU thread count of a post-training run (SFT or DPO)."""
     device = hardware.resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = info or init_distributed(device.type)
     if config.threads:
         torch.set_num_threads(config.threads)
+    return device, info
+
+
+def pad_id(tokenizer) -> int:
+    """Padding id: end-of-text when the tokenizer has one (padded positions are masked anyway)."""
+    return tokenizer.eos_id if tokenizer.eos_id is not None else 0
+
+
+def prepare_sft(config: TrainConfig, options: PostTrainOptions, resume: bool = False,
+                info: DistInfo | None = None) -> PostTraining:
+    """Read and encode the data, load the model (with LoRA if asked) and build the trainer; nothing trains yet."""
+    device, info = setup_process(config, info)
     start = load_start(config, options, resume)
     limit = start.model.config.context_length + 1  # inputs are the ids but the last
     encoded = [encode_conversation(c, start.tokenizer, limit) for c in conversations_for(options, config.seed)]
@@ -396,7 +407,7 @@ def prepare_sft(config: TrainConfig, options: PostTrainOptions, resume: bool = F
         notes.append(f"{len(encoded) - len(usable)} conversations had no assistant token left after truncation to "
                      f"{limit - 1} tokens and were skipped")
     train, val = split_validation(usable, config.val_fraction, config.seed)
-    pad = start.tokenizer.eos_id if start.tokenizer.eos_id is not None else 0
+    pad = pad_id(start.tokenizer)
     collate = lambda rows: pad_batch(rows, pad)  # noqa: E731
     batches = ExampleBatches(train, collate, config.micro_batch, config.grad_accum or 1, config.seed,
                              info.rank, info.world)
