@@ -349,7 +349,8 @@ class GPT(nn.Module):
         self, T: int, offset: int, attention_mask: torch.Tensor | None, device: torch.device
     ) -> torch.Tensor | None:
         """Boolean (B|1, 1, T, S) mask of which keys each query may see; None when plain causal suffices."""
-        if attention_mask is None and offset == 0:
+        # Without padding, a fresh sequence needs only causal masking and one new token sees every key.
+        if attention_mask is None and (offset == 0 or T == 1):
             return None
         S = offset + T
         q_pos = torch.arange(offset, S, device=device)[:, None]
