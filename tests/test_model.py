@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.model import GPT, KVCache, from_depth, preset, suggested_lr
-from llmlab.model.transformer import apply_rope, cross_entropy, rope_tables, sinusoidal_table
+from llmlab.model import fused
+from llmlab.model.fused import linear_cross_entropy, rms_norm, split_heads, swiglu
+from llmlab.model.transformer import RMSNorm, cross_entropy, rope_tables, sinusoidal_table
 
 
 def meta_model(config):
@@ -124,7 +126,7 @@ def test_every_variant_builds_and_learns(name):
     losses = []
     for _ in range(8):
         logits, loss = model(x[:, :-1], targets=x[:, 1:])
-        assert logits.shape == (4, 31, 512)
+        assert logits is None  # the loss is computed without building them
         opt.zero_grad()
         loss.backward()
         assert all(p.grad is not None for p in model.parameters())
@@ -175,8 +177,9 @@ def test_rope_scores_depend_only_on_relative_position():
     cos, sin = rope_tables(64, 8, 10000.0)
     q, k = torch.randn(8), torch.randn(8)
 
-    def rotated(v, pos):
-        return apply_rope(v.view(1, 1, 1, 8), cos[pos].view(1, 1, 1, 8), sin[pos].view(1, 1, 1, 8)).view(8)
+    def rotated(v, pos):  # one head as query, key and value, at position `pos`
+        q_, _, _ = split_heads(v.view(1, 1, 1, 8).repeat(1, 1, 3, 1), 1, 1, (cos[pos : pos + 1], sin[pos : pos + 1]))
+        return q_.view(8)
 
     score = lambda m, n: torch.dot(rotated(q, m), rotated(k, n)).item()  # noqa: E731
     assert math.isclose(score(5, 2), score(40, 37), rel_tol=1e-4)
@@ -210,11 +213,62 @@ def test_loss_and_its_gradient_equal_torch_cross_entropy():
     assert torch.allclose(ours, theirs) and torch.allclose(grad, want, atol=1e-7)
     model = GPT(preset("tiny"))
     x = torch.randint(0, 512, (2, 9))
-    logits, loss = model(x, targets=x)
+    logits, _ = model(x)
+    _, loss = model(x, targets=x)
     assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 512), x.view(-1)))
 
 
-def test_rope_backward_is_the_inverse_rotation():
+@pytest.mark.parametrize("rope", [True, False])
+def test_split_heads_backward_equals_autograd(rope):
+    """Queries and keys are rotated, values are not; the hand-written gradient passes gradcheck."""
     cos, sin = rope_tables(6, 8, 10000.0)
-    x = torch.randn(2, 3, 6, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos.double(), sin.double()), (x,))
+    tables = (cos.double(), sin.double()) if rope else None
+    qkv = torch.randn(2, 6, 3 + 2 * 1, 8, dtype=torch.float64, requires_grad=True)  # 3 query heads, 1 kv head
+    q, k, v = split_heads(qkv, 3, 1, tables)
+    assert q.shape == (2, 3, 6, 8) and k.shape == v.shape == (2, 1, 6, 8)
+    assert torch.equal(v, qkv[:, :, 4:].transpose(1, 2))
+    assert torch.equal(q, qkv[:, :, :3].transpose(1, 2)) != rope
+    assert torch.autograd.gradcheck(lambda t: split_heads(t, 3, 1, tables), (qkv,))
+
+
+def test_rms_norm_and_its_gradient_equal_the_formula():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    want = w * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    assert torch.allclose(rms_norm(x, w, 1e-5), want)
+    assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, 1e-5), (x, w))
+    # bf16 input: normalised in fp32, cast back (Llama's order), as the module does.
+    xb = x.detach().bfloat16()
+    norm = RMSNorm(16, 1e-5).bfloat16()
+    ref = (xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
+    assert torch.equal(norm(xb), ref * norm.weight)
+
+
+def test_swiglu_and_its_gradient_equal_the_formula():
+    h = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(swiglu(h), F.silu(h[..., :5]) * h[..., 5:])
+    assert torch.autograd.gradcheck(swiglu, (h,))
+
+
+@pytest.mark.parametrize("compiling", [False, True])
+@pytest.mark.parametrize("ignored", [0, 7])
+def test_linear_cross_entropy_equals_logits_then_cross_entropy(monkeypatch, ignored, compiling):
+    """Chunked head + loss (chunks of 4 rows here) against F.linear + F.cross_entropy: loss and both
+    gradients, with ignored rows dropped (eager) or weighted by zero (under torch.compile); without
+    grad, the same loss."""
+    monkeypatch.setitem(fused._CHUNK_ELEMENTS, "cpu", 4 * 50)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    torch.manual_seed(0)
+    x = torch.randn(18, 12, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 12, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 50, (18,))
+    t[torch.randperm(18)[:ignored]] = -100
+    ours = linear_cross_entropy(x, w, t)
+    got = torch.autograd.grad(3.0 * ours, (x, w))
+    theirs = F.cross_entropy(F.linear(x, w), t, ignore_index=-100)
+    want = torch.autograd.grad(3.0 * theirs, (x, w))
+    assert torch.allclose(ours, theirs, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(got, want))
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy(x, w, t), theirs, atol=1e-12)

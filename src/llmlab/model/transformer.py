@@ -17,10 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.model.config import GPTConfig
+from llmlab.model.fused import cross_entropy, linear_cross_entropy, rms_norm, split_heads, swiglu
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Zhang & Sennrich, 2019): LayerNorm without re-centring or bias."""
+    """Root-mean-square norm (Zhang & Sennrich, 2019): w * x / sqrt(mean(x^2) + eps), LayerNorm without
+    re-centring or bias."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -28,10 +30,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 for stability under bf16 autocast, as Llama does.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)  # in fp32 for stability under bf16, as Llama does
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -51,46 +50,11 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
 
 
 def rope_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of RoPE (Su et al., 2021) for each position, in the half-split layout Llama uses."""
+    """cos and sin (length, head_dim / 2) of RoPE's angles (Su et al., 2021): position p turns the pair
+    (x_i, x_{i + head_dim/2}) by p * theta^(-2i / head_dim), the half-split layout Llama uses."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on the two halves of the last dim; -angle if `inverse`.
-
-    Written into one output buffer (no concatenation): two multiplies and two fused multiply-adds."""
-    x1, x2 = x.chunk(2, dim=-1)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    o1, o2 = out.chunk(2, dim=-1)
-    sign = 1.0 if inverse else -1.0
-    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=sign)
-    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=-sign)
-    return out
-
-
-class _Rotation(torch.autograd.Function):
-    """RoPE as one autograd node: the gradient of a rotation is the inverse rotation of the gradient,
-    so nothing but the (small) angle tables is kept for the backward pass."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, sin, inverse=True), None, None
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (x_i, x_{i+d/2}) pair by its position's angle. x: (..., T, D); cos/sin from
-    `rope_tables`, broadcastable to x (their two halves are equal, so only the first is read)."""
-    half = x.size(-1) // 2
-    return _Rotation.apply(x, cos[..., :half], sin[..., :half])
 
 
 class KVCache:
@@ -135,44 +99,6 @@ class KVCache:
         self.v = self.v.index_select(1, index)
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """Mean next-token cross-entropy over targets != ignore_index, as F.cross_entropy computes it.
-
-    The gradient with respect to the logits is softmax(logits) - onehot(target), scaled by 1/n. The
-    backward pass writes it over the saved log-probabilities (exp in place, subtract 1 at the
-    targets, scale) instead of materialising a zero-filled one-hot gradient and a third vocabulary-
-    sized tensor, which saves memory traffic and a logits-sized allocation per step.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, targets, ignore_index):
-        logp = torch.log_softmax(logits, dim=-1)
-        valid = targets != ignore_index
-        safe = torch.where(valid, targets, 0)[:, None]
-        n = valid.sum()
-        loss = -(logp.gather(1, safe).squeeze(1) * valid).sum() / n
-        ctx.save_for_backward(logp, safe, valid, n)
-        ctx.used = False
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.used:
-            raise RuntimeError("backward through llmlab's loss twice: recompute the forward pass instead")
-        ctx.used = True
-        logp, safe, valid, n = ctx.saved_tensors
-        g = logp.exp_()  # softmax, in the saved buffer
-        g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=g.dtype))
-        g.mul_(valid[:, None] * (grad / n))
-        return g, None, None
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """F.cross_entropy(logits, targets, ignore_index=...) (mean over kept targets) with a leaner backward.
-    logits: (N, V) float; targets: (N,) int64."""
-    return _CrossEntropy.apply(logits, targets, ignore_index)
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head attention where each position sees itself and the past; n_kv_heads < n_heads is GQA."""
 
@@ -180,7 +106,6 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.use_rope = config.positions == "rope"
         self.dropout = config.dropout
         # Queries, keys and values from one fused matrix: (n_heads + 2 * n_kv_heads) * head_dim outputs.
         self.qkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=config.bias)
@@ -197,12 +122,8 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
         H, K = self.n_heads, self.n_kv_heads
-        # (B, T, (H + 2K) * D) -> (B, H + 2K, T, D): query heads, then key heads, then value heads.
-        qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).transpose(1, 2)
-        qk, v = qkv.split([H + K, K], dim=1)
-        if self.use_rope:
-            qk = apply_rope(qk, *rope)  # queries and keys rotated in one pass
-        q, k = qk.split([H, K], dim=1)
+        # (B, T, (H + 2K) * D) -> queries (B, H, T, D), keys and values (B, K, T, D), RoPE on q and k.
+        q, k, v = split_heads(self.qkv(x).view(B, T, H + 2 * K, self.head_dim), H, K, rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         # mask is None exactly when plain causal masking over these T positions is right.
@@ -248,8 +169,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
         if self.activation == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = swiglu(h)  # silu(gate) * up
         elif self.activation == "gelu_tanh":
             h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
         elif self.activation == "gelu":
@@ -371,7 +291,8 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         return_attention: bool = False,
     ):
-        """Logits for every position of `idx` (B, T), and the mean cross-entropy when `targets` are given.
+        """(logits, None): logits (B, T, V) for every position of `idx` (B, T); or, given `targets`,
+        (None, loss): the mean next-token cross-entropy, computed without building the logits.
 
         `targets` equal to -100 are ignored (prompt tokens in SFT, padding). With a `kv_cache`, `idx`
         holds only the new tokens. `position_ids` (B, T) and a key `attention_mask` (B, S) of 1 for real
@@ -392,7 +313,7 @@ class GPT(nn.Module):
             table = self.pos_table[offset : offset + T] if default_positions else self.pos_table[position_ids]
             x = x + table.to(x.dtype)
         rope = None
-        if self.config.positions == "rope":  # (T, D) tables for the default positions, else (B, 1, T, D)
+        if self.config.positions == "rope":  # (T, D/2) tables for the default positions, else (B, 1, T, D/2)
             if default_positions:
                 rope = (self.rope_cos[offset : offset + T], self.rope_sin[offset : offset + T])
             else:
@@ -405,10 +326,15 @@ class GPT(nn.Module):
             weights.append(w)
         if kv_cache is not None:
             kv_cache.advance(T)
-        logits = self.lm_head(self.final_norm(x))
-        loss = None
-        if targets is not None:
-            loss = cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        x = self.final_norm(x)
+        logits = loss = None
+        if targets is None:
+            logits = self.lm_head(x)
+        elif type(self.lm_head) is nn.Linear:  # a plain head: never build the (B, T, V) logits
+            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+        else:  # an adapted or quantised head
+            full = self.lm_head(x)
+            loss = cross_entropy(full.float().view(-1, full.size(-1)), targets.reshape(-1))
         if return_attention:
             return logits, loss, weights
         return logits, loss
