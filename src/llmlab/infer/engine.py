@@ -311,7 +311,8 @@ class Engine:
             mask[b, P - len(s.prompt):] = 1  # padding on the left, every later (generated) key is real
         ids, mask = ids.to(self.device), mask.to(self.device)
         padded = min(lengths) != P
-        positions = (mask[:, :P].cumsum(-1) - 1).clamp(min=0)
+        # Without padding every row sits at positions 0, 1, ...: the model's default, sliced not gathered.
+        positions = (mask[:, :P].cumsum(-1) - 1).clamp(min=0) if padded else None
         cache = KVCache(self.config, B, total, self.device, self.dtype) if self.use_kv_cache else None
         logits = self._forward(ids, cache, positions, mask[:, :P] if padded else None)
         seq_ids = ids  # the whole padded sequence, kept only to recompute it when there is no cache
@@ -336,9 +337,11 @@ class Engine:
             step = torch.tensor(next_tokens, dtype=torch.long, device=self.device)[:, None]
             S += 1
             if cache is not None:
-                pos = torch.tensor([len(s.prompt) + len(s.generated) - 1 for s in active], device=self.device)[:, None]
+                pos = None
+                if padded:
+                    pos = torch.tensor([len(s.prompt) + len(s.generated) - 1 for s in active], device=self.device)[:, None]
                 logits = self._forward(step, cache, pos, mask[:, :S] if padded else None)
             else:
                 seq_ids = torch.cat([seq_ids, step], dim=1)
-                pos = (mask[:, :S].cumsum(-1) - 1).clamp(min=0)
+                pos = (mask[:, :S].cumsum(-1) - 1).clamp(min=0) if padded else None
                 logits = self._forward(seq_ids, None, pos, mask[:, :S] if padded else None)

@@ -29,13 +29,24 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will want a backward pass; if not (inference), skip building the node."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _rms_forward(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    xf = _at_least_fp32(x)
+    r = _rms_scale(xf, eps)
+    y = (xf * r).to(x.dtype).mul_(weight) if weight.dtype == x.dtype else weight * (xf * r).to(x.dtype)
+    return y, r
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
-        xf = _at_least_fp32(x)
-        r = _rms_scale(xf, eps)
+        y, r = _rms_forward(x, weight, eps)
         ctx.save_for_backward(x, weight, r)
-        return (xf * r).to(x.dtype).mul_(weight) if weight.dtype == x.dtype else weight * (xf * r).to(x.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
@@ -52,7 +63,7 @@ class _RMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * (x / sqrt(mean(x^2) + eps)), normalised in fp32 and cast back to x's dtype as Llama does."""
-    return _RMSNorm.apply(x, weight, eps)
+    return _RMSNorm.apply(x, weight, eps) if _needs_grad(x, weight) else _rms_forward(x, weight, eps)[0]
 
 
 def _rotate(
@@ -70,21 +81,26 @@ def _rotate(
     return out
 
 
+def _split(qkv, n_heads, n_kv_heads, cos, sin):
+    heads = qkv.transpose(1, 2)  # (B, H + 2K, T, D), a view
+    H, K = n_heads, n_kv_heads
+    if cos is None:
+        q, k = heads[:, :H], heads[:, H : H + K]
+    else:  # queries and keys rotated in one pass
+        q, k = _rotate(heads[:, : H + K], cos, sin).split([H, K], dim=1)
+    return q, k, heads[:, H + K :]
+
+
 class _SplitHeads(torch.autograd.Function):
     """The backward pass writes the three gradients straight into one (B, T, heads, D) buffer, laid
-    out as the fused projection's output, instead of concatenating them and copying the result."""
+    out as the fused projection's output, instead of concatenating them and copying the result; the
+    gradient of a rotation is the inverse rotation."""
 
     @staticmethod
     def forward(ctx, qkv, n_heads, n_kv_heads, cos, sin):
-        heads = qkv.transpose(1, 2)  # (B, H + 2K, T, D), a view
-        H, K = n_heads, n_kv_heads
         ctx.save_for_backward(cos, sin)
-        ctx.split = (H, K)
-        if cos is None:
-            q, k = heads[:, :H], heads[:, H : H + K]
-        else:  # queries and keys rotated in one pass; the gradient of a rotation is the inverse rotation
-            q, k = _rotate(heads[:, : H + K], cos, sin).split([H, K], dim=1)
-        return q, k, heads[:, H + K :]
+        ctx.split = (n_heads, n_kv_heads)
+        return _split(qkv, n_heads, n_kv_heads, cos, sin)
 
     @staticmethod
     def backward(ctx, dq, dk, dv):
@@ -112,6 +128,8 @@ def split_heads(
     With `rope` = (cos, sin) of the angles (T or (B, 1, T), D / 2), each (x_i, x_{i+D/2}) pair of every
     query and key is rotated by its position's angle (RoPE, Su et al. 2021, in Llama's half-split layout)."""
     cos, sin = (None, None) if rope is None else rope
+    if not _needs_grad(qkv):
+        return _split(qkv, n_heads, n_kv_heads, cos, sin)
     return _SplitHeads.apply(qkv, n_heads, n_kv_heads, cos, sin)
 
 
@@ -138,6 +156,9 @@ class _SwiGLU(torch.autograd.Function):
 
 def swiglu(h: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for h = [gate; up] on the last dim (Shazeer, 2020)."""
+    if not _needs_grad(h):
+        gate, up = h.chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate).mul_(up)
     return _SwiGLU.apply(h)
 
 

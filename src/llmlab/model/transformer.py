@@ -33,6 +33,12 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)  # in fp32 for stability under bf16, as Llama does
 
 
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Zero a fraction p of x during training (rescaling the rest); p = 0 (inference, most pretraining)
+    costs no call at all, which matters when decoding one token at a time."""
+    return F.dropout(x, p) if p > 0 else x
+
+
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.d_model, config.norm_eps)
@@ -189,17 +195,18 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.mlp_norm = make_norm(config)
         self.mlp = MLP(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.p_drop = config.dropout
 
     def forward(self, x, rope, mask, kv_cache, return_weights=False):
+        p = self.p_drop if self.training else 0.0
         if self.pre_norm:
             a, w = self.attn(self.attn_norm(x), rope, mask, kv_cache, return_weights)
-            x = x + self.dropout(a)
-            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+            x = x + dropout(a, p)
+            x = x + dropout(self.mlp(self.mlp_norm(x)), p)
         else:  # post-norm: Add & Norm after each sub-layer, as in the original Transformer
             a, w = self.attn(x, rope, mask, kv_cache, return_weights)
-            x = self.attn_norm(x + self.dropout(a))
-            x = self.mlp_norm(x + self.dropout(self.mlp(x)))
+            x = self.attn_norm(x + dropout(a, p))
+            x = self.mlp_norm(x + dropout(self.mlp(x), p))
         return x, w
 
 
@@ -218,7 +225,6 @@ class GPT(nn.Module):
             cos, sin = rope_tables(config.context_length, config.head_dim, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.final_norm = make_norm(config) if config.norm_placement == "pre" else nn.Identity()
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -318,7 +324,7 @@ class GPT(nn.Module):
                 rope = (self.rope_cos[offset : offset + T], self.rope_sin[offset : offset + T])
             else:
                 rope = (self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None])
-        x = self.drop(x)
+        x = dropout(x, self.config.dropout if self.training else 0.0)
         mask = self._mask(T, offset, attention_mask, idx.device)
         weights = []
         for block in self.blocks:
