@@ -4,7 +4,9 @@ The same config, the same weights (copied with `llmlab.model.hf.to_transformers`
 through both; each step is `loss = model(x, targets); loss.backward()` (transformers' logits go through
 F.cross_entropy, as its own `labels=` path does). The two models are timed in alternation (ABAB...) so
 that noise from other processes hits both alike; the median of each is reported, and the ratio
-llmlab / transformers (target: <= 0.9).
+llmlab / transformers (target: <= 0.9). Each config runs in a fresh process: the C allocator's state
+left by one config (how much freed memory it keeps instead of returning to the OS) otherwise changes
+how many page faults the next one pays, and with it the ratio by several percent.
 
 Two clocks: wall time, and the process's CPU time. On a machine shared with other jobs, wall time
 with several threads is dominated by threads waiting for each other; with `--threads 1` the CPU time
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +88,12 @@ def bench(name: str, config: GPTConfig, batch: int, seq: int, steps: int, warmup
     }
 
 
+def bench_with_threads(threads: int | None, name: str, *args) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    return bench(name, CONFIGS[name], *args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
@@ -101,7 +111,11 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}")
-    rows = [bench(n, CONFIGS[n], args.batch, args.seq, args.steps, args.warmup) for n in args.configs]
+    rows = []
+    for name in args.configs:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+            rows.append(fresh.submit(bench_with_threads, args.threads, name, args.batch, args.seq, args.steps,
+                                     args.warmup).result())
     print("\n| config | params | batch x seq | threads | llmlab ms | transformers ms | ratio (target <= 0.9) "
           "| CPU ms llmlab / transformers | CPU ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
