@@ -490,14 +490,14 @@ def test_lsh_bands_need_a_whole_band_to_agree():
 def test_pii_redacts_each_kind_with_stable_placeholders():
     text = (
         "Write to jane.roe@mail.example.com or call +44 20 7946 0958 or (555) 123-4567. "
-        "Our server is 8.8.8.8, card 4111 1111 1111 1111, IBAN GB82 WEST 1234 5698 7654 32."
+        "Our server is 8.8.8.8 (2a00:1450:4001:82b::200e), card 4111 1111 1111 1111, IBAN GB82 WEST 1234 5698 7654 32."
     )
     out, counts = redact(text)
     assert out == (
         "Write to <EMAIL> or call <PHONE> or <PHONE>. "
-        "Our server is <IP_ADDRESS>, card <CREDIT_CARD>, IBAN <IBAN>."
+        "Our server is <IP_ADDRESS> (<IP_ADDRESS>), card <CREDIT_CARD>, IBAN <IBAN>."
     )
-    assert counts == {"email": 1, "phone": 2, "ip_address": 1, "credit_card": 1, "iban": 1}
+    assert counts == {"email": 1, "phone": 2, "ip_address": 2, "credit_card": 1, "iban": 1}
     assert redact(text)[0] == out
 
 
@@ -505,6 +505,8 @@ def test_pii_redacts_each_kind_with_stable_placeholders():
     "Python 3.11.7.1 is out.", "Install version 3.11.7.1 now.", "Tag v1.2.3.4 and 1.2.3.4.5 and 3.11.7.1-rc1.",
     "Private 192.168.1.20, loopback 127.0.0.1, docs 203.0.113.9.", "Card 4111 1111 1111 1112 fails Luhn.",
     "IBAN GB82 WEST 1234 5698 7654 33 fails mod 97.", "On 2024-01-15 we sold 1234567 units.",
+    "IPv6 docs 2001:db8::1, link-local fe80::1, loopback ::1, multicast ff02::1.",
+    "Meet at 20:30:45 or 23:59; use std::vector and a::b; 2a00:1450: is cut short.",
 ])
 def test_pii_leaves_lookalikes_alone(text):
     assert redact(text) == (text, {})

@@ -3,9 +3,11 @@
 Each match is replaced by a fixed placeholder (`<EMAIL>`, `<PHONE>`, `<IP_ADDRESS>`, `<CREDIT_CARD>`,
 `<IBAN>`), so the same input always gives the same output and a model trained on the text learns
 where such things appear without learning them. Numbers must pass their checksums (Luhn for cards,
-ISO 13616 mod-97 for IBANs). Only globally routable IPv4 addresses are personal; private, loopback,
-documentation and reserved ranges stay. A dotted quad that reads as a version (`Python 3.11.7.1`,
-`v1.2.3.4`, `version 3.11.7.1`, `1.2.3.4-rc1`, part of `1.2.3.4.5`) is left alone.
+ISO 13616 mod-97 for IBANs). Only globally routable IP addresses are personal: IPv4 outside the
+private, loopback, documentation and reserved ranges, and IPv6 global unicast (2000::/3, less its
+documentation and other special blocks); clock times and C++ scopes are not addresses. A dotted
+quad that reads as a version (`Python 3.11.7.1`, `v1.2.3.4`, `version 3.11.7.1`, `1.2.3.4-rc1`, part
+of `1.2.3.4.5`) is left alone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}\b")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 CARD = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
 IPV4 = re.compile(r"(?<![\w.-])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w-]|\.\w)")
+# Candidates only: 2000::/3 addresses start with 2 or 3; `ipaddress` decides what is valid and global.
+IPV6 = re.compile(r"(?<![\w:.])[23][0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]|\.\w)")
+GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 PHONE = re.compile(
     r"(?<![\w.+-])(?:"
     r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}"  # +44 20 7946 0958, +1 (555) 123-4567
@@ -62,6 +67,14 @@ def _is_public_ip(match: re.Match, text: str) -> bool:
     return ipaddress.ip_address(match.group()).is_global
 
 
+def _is_public_ipv6(match: re.Match) -> bool:
+    try:
+        address = ipaddress.ip_address(match.group())
+    except ValueError:
+        return False
+    return address in GLOBAL_UNICAST and address.is_global
+
+
 def _replace(pattern: re.Pattern, placeholder: str, text: str, valid, counts: dict, kind: str) -> str:
     def sub(match: re.Match) -> str:
         if not valid(match):
@@ -87,6 +100,7 @@ def redact(text: str, kinds: tuple[str, ...] | list[str] = KINDS) -> tuple[str, 
         )
     if "ip_address" in kinds:
         text = _replace(IPV4, PLACEHOLDERS["ip_address"], text, lambda m: _is_public_ip(m, m.string), counts, "ip_address")
+        text = _replace(IPV6, PLACEHOLDERS["ip_address"], text, _is_public_ipv6, counts, "ip_address")
     if "phone" in kinds:
         text = _replace(
             PHONE, PLACEHOLDERS["phone"], text,
