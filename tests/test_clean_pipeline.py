@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -221,6 +227,79 @@ def test_output_does_not_depend_on_workers_and_reruns_overwrite(crawl, tmp_path)
     two = pq.read_table(tmp_path / "two" / "documents.parquet").to_pylist()
     assert one == two
     assert not list((tmp_path / "two").glob(".*.tmp"))
+
+
+def test_killed_clean_resumes_without_extracting_again(crawl, tmp_path, monkeypatch):
+    """A run stopped mid-way (here by an exception in the 5th extraction, batches of 2, saved after each)
+    is picked up by the next run with the same arguments: the saved pages are not extracted again and
+    every output equals an uninterrupted run's. Other arguments start afresh."""
+    from llmlab.data.clean.extract import Extract
+
+    original = Extract.process
+    calls: list[str] = []
+
+    def counting(self, doc):
+        if stop_at and len(calls) == stop_at:
+            raise KeyboardInterrupt
+        calls.append(doc.url)
+        return original(self, doc)
+
+    monkeypatch.setattr(Extract, "process", counting)
+    stop_at = 0
+    reference = clean([crawl], tmp_path / "ref", "fineweb", workers=1, batch_size=2)
+    all_calls, calls[:] = list(calls), []
+
+    out = tmp_path / "out"
+    stop_at = 4
+    with pytest.raises(KeyboardInterrupt):
+        clean([crawl], out, "fineweb", workers=1, batch_size=2, checkpoint_every_s=0)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["consumed"] == 4 and not (out / "documents.parquet").exists()
+    calls[:], stop_at = [], 0
+    resumed = clean([crawl], out, "fineweb", workers=1, batch_size=2, checkpoint_every_s=0)
+    saved = len(all_calls) - len(calls)  # the first two batches' pages (one of them URL-filtered)
+    assert saved >= 3 and calls == all_calls[saved:]
+    for name in ("documents.parquet", "removed.parquet"):
+        assert pq.read_table(out / name).to_pylist() == pq.read_table(tmp_path / "ref" / name).to_pylist()
+    strip = lambda r: [{k: v for k, v in s.items() if k != "seconds"} for s in r["steps"]]  # noqa: E731
+    assert strip(resumed) == strip(reference) and resumed["documents_out"] == reference["documents_out"]
+    assert not (out / "checkpoint").exists()
+
+    stop_at = 4
+    with pytest.raises(KeyboardInterrupt):
+        clean([crawl], out, "fineweb", workers=1, batch_size=2, checkpoint_every_s=0)
+    calls[:], stop_at = [], 0
+    clean([crawl], out, "fineweb", workers=1, batch_size=2, limit=7)  # other arguments: nothing reused
+    assert calls[0] == all_calls[0] and calls == all_calls[: len(calls)]
+
+
+@pytest.mark.slow  # ~15 s: two CLI processes extracting 400 pages
+def test_sigkilled_clean_resumes_to_the_same_output(tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for i in range(400):
+        words = " ".join(f"w{(i * 7 + k) % 997}" for k in range(12))
+        text = f"{ARTICLES[i % 3]} Page {i} of the series adds a note about {words}."
+        (pages / f"{i:03d}.html").write_text(html_page(text, title=f"Article {i}"))
+    clean([pages], tmp_path / "ref", "fineweb", workers=1, batch_size=4)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "llmlab", "clean", str(pages), "--out", str(out), "--workers", "1",
+               "--batch-size", "4", "--checkpoint-every", "0"]
+    env = {**os.environ, "LLMLAB_PROGRESS": "0"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state, consumed, deadline = out / "checkpoint" / "state.json", 0, time.monotonic() + 60
+    while consumed < 40 and time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            consumed = json.loads(state.read_text())["consumed"]
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    assert 40 <= consumed < 400 and not (out / "documents.parquet").exists()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, timeout=120)
+    for name in ("documents.parquet", "removed.parquet"):
+        assert pq.read_table(out / name).to_pylist() == pq.read_table(tmp_path / "ref" / name).to_pylist()
+    assert not (out / "checkpoint").exists()
 
 
 def test_run_pipeline_segments_around_corpus_wide_steps():

@@ -10,6 +10,7 @@ documents at once in the main process.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -19,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from llmlab.data.clean.checkpoint import Checkpoint, fingerprint
 from llmlab.data.clean.dedup import ExactDedup, MinHashDedup
 from llmlab.data.clean.documents import Document, Removed
 from llmlab.data.clean.extract import Extract
 from llmlab.data.clean.langid import LanguageFilter
 from llmlab.data.clean.pii import PiiRedaction
 from llmlab.data.clean.quality import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
-from llmlab.data.clean.readers import read_documents
+from llmlab.data.clean.readers import input_files, read_documents
 from llmlab.data.clean.stats import StepStats, build_report, doc_chars, write_report
 from llmlab.data.clean.steps import Step
 from llmlab.data.clean.url_filter import UrlFilter
@@ -176,11 +178,23 @@ def run_pipeline(
     workers: int = 1,
     batch_size: int = 32,
     progress: Progress | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> PipelineResult:
-    """Run `steps` over `documents` with `workers` processes; output order follows input order."""
+    """Run `steps` over `documents` with `workers` processes; output order follows input order.
+
+    With a `checkpoint`, the first segment's saved output (`checkpoint.load()`, for the documents
+    `documents` no longer contains) comes first, and every batch it finishes is handed to it."""
     segments = split_segments(steps)
     totals = [StepStats(s.name, s.kind) for s in steps]
     removed: list[Removed] = []
+    saved: list[Document] = []
+    if checkpoint is not None:
+        saved, removed, saved_stats = checkpoint.load()
+        for total, s in zip(totals, saved_stats):
+            total.add(s)
+        documents = itertools.islice(documents, checkpoint.consumed, None)
+        if progress is not None and checkpoint.consumed:
+            progress.update(checkpoint.consumed, kept=len(saved), removed=len(removed))
     pool = None
     if workers > 1:
         pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
@@ -190,7 +204,7 @@ def run_pipeline(
         docs: Iterable[Document] = documents
         offset = 0
         for index, segment in enumerate(segments):
-            kept: list[Document] = []
+            kept: list[Document] = saved if index == 0 else []
             if segment[0].corpus_wide:
                 outputs: Iterable = [run_steps(segment, list(docs))]
             else:
@@ -201,8 +215,13 @@ def run_pipeline(
                 removed += batch_removed
                 for total, s in zip(totals[offset : offset + len(segment)], batch_stats):
                     total.add(s)
-                if progress is not None and index == 0:
-                    progress.update(batch_stats[0].docs_in, kept=len(kept), removed=len(removed))
+                if index == 0:
+                    if checkpoint is not None:
+                        checkpoint.add(batch_kept, batch_removed, batch_stats)
+                    if progress is not None:
+                        progress.update(batch_stats[0].docs_in, kept=len(kept), removed=len(removed))
+            if index == 0 and checkpoint is not None:
+                checkpoint.save()
             offset += len(segment)
             docs = kept
         return PipelineResult(list(docs), removed, totals)
@@ -279,23 +298,30 @@ def clean(
     workers: int | None = None,
     limit: int | None = None,
     batch_size: int = 32,
+    checkpoint_every_s: float = 30.0,
 ) -> dict:
-    """Read `inputs`, run the recipe, write documents/removed Parquet and the report; return the stats."""
+    """Read `inputs`, run the recipe, write documents/removed Parquet and the report; return the stats.
+
+    Work in progress is saved under `out_dir/checkpoint` every `checkpoint_every_s` seconds, so a
+    killed run started again with the same arguments picks up where it stopped."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     steps = recipe.build()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
+    key = fingerprint(input_files(inputs), {"name": recipe.name, "steps": recipe.steps}, limit)
+    checkpoint = Checkpoint(out / "checkpoint", key, checkpoint_every_s)
     metrics = out / "progress.jsonl"
     metrics.unlink(missing_ok=True)
     start = time.perf_counter()
     with Progress(total=limit, desc=f"clean ({recipe.name})", unit="doc", metrics_path=metrics) as progress:
-        result = run_pipeline(read_documents(inputs, limit), steps, workers, batch_size, progress)
+        result = run_pipeline(read_documents(inputs, limit), steps, workers, batch_size, progress, checkpoint)
     seconds = time.perf_counter() - start
     write_documents(result.kept, out / "documents.parquet")
     write_removed(result.removed, out / "removed.parquet")
     report = build_report(recipe.name, [str(p) for p in inputs], result.steps, result.kept, seconds)
     write_report(out, report, result.kept)
+    checkpoint.remove()
     return report
 
 

@@ -1,0 +1,116 @@
+"""Resuming a cleaning run: what the per-document steps have already done, kept on disk as it happens.
+
+Extraction dominates a cleaning run (hours on a real crawl), so `clean` records the output of the
+first run of per-document steps as it goes: every `every_s` seconds the batches finished since the
+last save are appended as a gzipped JSONL part, then `state.json` (atomically replaced) names the
+parts and says how many input documents they cover. A killed run loses at most the unsaved batches;
+the next run with the same inputs and recipe skips the covered documents without re-extracting them
+and continues. Corpus-wide steps (deduplication) and the ones after them always rerun: they are fast.
+Any change to the inputs (path, size, modification time), the recipe or the limit starts afresh.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from llmlab.data.clean.documents import Document, Removed
+from llmlab.data.clean.stats import StepStats
+from llmlab.files import atomic_write, write_json
+
+FORMAT = "llmlab-clean-checkpoint-v1"
+
+
+def fingerprint(inputs: list[Path], recipe: dict, limit: int | None) -> str:
+    """What the saved work depends on: each input file's path, size and modification time, the recipe."""
+    files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs]
+    blob = json.dumps({"files": files, "recipe": recipe, "limit": limit}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _doc_row(doc: Document) -> dict:
+    return {"url": doc.url, "text": doc.text, "html": doc.html, "metadata": doc.metadata}
+
+
+def _doc(row: dict) -> Document:
+    return Document(row["url"], text=row["text"], html=row["html"], metadata=row["metadata"])
+
+
+class Checkpoint:
+    """The saved output of the first per-document segment in `folder`, for one fingerprint."""
+
+    def __init__(self, folder: Path, key: str, every_s: float = 30.0) -> None:
+        self.folder, self.key, self.every_s = folder, key, every_s
+        self.consumed = 0
+        self.parts: list[str] = []
+        self.stats: list[StepStats] = []
+        self._pending: list[tuple[list[Document], list[Removed], list[StepStats]]] = []
+        self._pending_in = 0
+        self._last_save = time.monotonic()
+
+    def load(self) -> tuple[list[Document], list[Removed], list[StepStats]]:
+        """The saved kept documents, removals and step counters; nothing if there is no usable state."""
+        state_path = self.folder / "state.json"
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = None
+        if not state or state.get("format") != FORMAT or state.get("key") != self.key:
+            shutil.rmtree(self.folder, ignore_errors=True)  # another run's work, or none: start afresh
+            return [], [], []
+        kept: list[Document] = []
+        removed: list[Removed] = []
+        for part in state["parts"]:
+            with gzip.open(self.folder / part, "rt", encoding="utf-8") as f:
+                for line in f:
+                    row = json.loads(line)
+                    if "step" in row:
+                        removed.append(Removed(_doc(row["document"]), row["step"], row["reason"]))
+                    else:
+                        kept.append(_doc(row))
+        self.consumed, self.parts = state["consumed"], list(state["parts"])
+        self.stats = [StepStats(**{**s, "reasons": Counter(s["reasons"])}) for s in state["stats"]]
+        return kept, removed, self.stats
+
+    def add(self, kept: list[Document], removed: list[Removed], stats: list[StepStats]) -> None:
+        """Record one finished batch; save to disk once `every_s` seconds have passed since the last save."""
+        self._pending.append((kept, removed, stats))
+        self._pending_in += stats[0].docs_in if stats else len(kept) + len(removed)
+        if time.monotonic() - self._last_save >= self.every_s:
+            self.save()
+
+    def save(self) -> None:
+        if not self._pending:
+            return
+        part = f"part-{len(self.parts):05d}.jsonl.gz"
+        with atomic_write(self.folder / part, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
+            for kept, removed, stats in self._pending:
+                for doc in kept:
+                    f.write(json.dumps(_doc_row(doc), ensure_ascii=False, default=str) + "\n")
+                for r in removed:
+                    row = {"step": r.step, "reason": r.reason, "document": _doc_row(r.document)}
+                    f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                if not self.stats:
+                    self.stats = [StepStats(s.name, s.kind) for s in stats]
+                for total, s in zip(self.stats, stats):
+                    total.add(s)
+        self.parts.append(part)
+        self.consumed += self._pending_in
+        self._pending, self._pending_in = [], 0
+        self._last_save = time.monotonic()
+        # The part is on disk before the state names it: a kill in between leaves an unused file.
+        write_json(self.folder / "state.json", {
+            "format": FORMAT, "key": self.key, "consumed": self.consumed, "parts": self.parts,
+            "stats": [{**asdict(s), "reasons": dict(s.reasons)} for s in self.stats],
+        })
+
+    def remove(self) -> None:
+        """The run finished and its outputs are written: the saved work is no longer needed."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
