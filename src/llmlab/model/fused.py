@@ -86,8 +86,11 @@ def _split(qkv, n_heads, n_kv_heads, cos, sin):
     H, K = n_heads, n_kv_heads
     if cos is None:
         q, k = heads[:, :H], heads[:, H : H + K]
-    else:  # queries and keys rotated in one pass
-        q, k = _rotate(heads[:, : H + K], cos, sin).split([H, K], dim=1)
+    else:  # queries and keys rotated in one pass, into a (B, T, heads, D) buffer like the projection's:
+        # attention then returns (B, T, H, D) memory, and merging the heads back is a view, not a copy.
+        qk = heads[:, : H + K]
+        out = qk.new_empty(qk.size(0), qk.size(2), H + K, qk.size(3)).transpose(1, 2)
+        q, k = _rotate(qk, cos, sin, out=out).split([H, K], dim=1)
     return q, k, heads[:, H + K :]
 
 
