@@ -294,6 +294,6 @@ def linear_cross_entropy(
     elif int(n) < targets.numel():
         keep = valid.nonzero().squeeze(1)
         x, targets = x.index_select(0, keep), targets.index_select(0, keep)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if _needs_grad(x, weight):
         return _LinearCrossEntropy.apply(x, weight, targets, row_weight, n)
     return _head_and_loss(x, weight, targets, row_weight, n, with_grad=False)[0]
