@@ -165,6 +165,13 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
     return _SwiGLU.apply(h)
 
 
+def _first_backward(ctx) -> None:
+    """The losses' backward passes overwrite what they saved: a second backward would be wrong, so refuse it."""
+    if getattr(ctx, "used", False):
+        raise RuntimeError("backward through llmlab's loss twice: recompute the forward pass instead")
+    ctx.used = True
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
@@ -174,14 +181,11 @@ class _CrossEntropy(torch.autograd.Function):
         n = valid.sum()
         loss = -(logp.gather(1, safe).squeeze(1) * valid).sum() / n
         ctx.save_for_backward(logp, safe, valid, n)
-        ctx.used = False
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.used:
-            raise RuntimeError("backward through llmlab's loss twice: recompute the forward pass instead")
-        ctx.used = True
+        _first_backward(ctx)
         logp, safe, valid, n = ctx.saved_tensors
         g = logp.exp_()  # softmax, in the saved buffer
         g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=g.dtype))
@@ -266,14 +270,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, targets, row_weight, n):
         loss, dx, dw = _head_and_loss(x, weight, targets, row_weight, n, with_grad=True)
         ctx.save_for_backward(dx, dw)
-        ctx.used = False
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.used:
-            raise RuntimeError("backward through llmlab's loss twice: recompute the forward pass instead")
-        ctx.used = True
+        _first_backward(ctx)
         dx, dw = ctx.saved_tensors
         return dx.mul_(grad), dw.mul_(grad), None, None, None
 
