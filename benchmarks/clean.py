@@ -39,6 +39,8 @@ import sysconfig
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
+from typing import Iterator
 
 # datatrove.Trafilatura defaults to deduplicate=True and a 1 s timeout (which also counts importing
 # trafilatura in its sandbox process); FineWeb's settings otherwise.
@@ -77,21 +79,38 @@ BLOCKED_URLS = [
 ]
 
 
+@contextlib.contextmanager
+def quietly() -> Iterator[None]:
+    """No warnings and no stdout: some modules print or warn when imported or documented."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def stdlib_modules() -> Iterator[tuple[str, ModuleType]]:
+    """(name, module) of each importable public top-level standard-library module, in name order."""
+    for m in sorted(pkgutil.iter_modules([sysconfig.get_paths()["stdlib"]]), key=lambda m: m.name):
+        if m.name.startswith("_") or m.name in SKIP_MODULES:
+            continue
+        try:
+            with quietly():
+                module = importlib.import_module(m.name)
+        except BaseException:  # noqa: BLE001 - some modules refuse to import on this platform
+            continue
+        yield m.name, module
+
+
 def stdlib_pages() -> list[tuple[str, str]]:
     """(url, html) of pydoc's rendering of each importable top-level standard-library module."""
     import pydoc
 
     pages = []
-    for m in sorted(pkgutil.iter_modules([sysconfig.get_paths()["stdlib"]]), key=lambda m: m.name):
-        if m.name.startswith("_") or m.name in SKIP_MODULES:
-            continue
+    for name, module in stdlib_modules():
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(m.name)
-                pages.append((f"https://docs.example.com/stdlib/{m.name}.html",
-                              pydoc.html.page(pydoc.describe(module), pydoc.html.document(module, m.name))))
-        except BaseException:  # noqa: BLE001 - some modules refuse to import on this platform
+            with quietly():
+                pages.append((f"https://docs.example.com/stdlib/{name}.html",
+                              pydoc.html.page(pydoc.describe(module), pydoc.html.document(module, name))))
+        except BaseException:  # noqa: BLE001 - some modules refuse to be rendered
             continue
     return pages
 
@@ -140,15 +159,7 @@ def docstring_paragraphs() -> list[str]:
     import inspect
 
     seen, paragraphs = set(), []
-    for m in sorted(pkgutil.iter_modules([sysconfig.get_paths()["stdlib"]]), key=lambda m: m.name):
-        if m.name.startswith("_") or m.name in SKIP_MODULES:
-            continue
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(m.name)
-        except BaseException:  # noqa: BLE001
-            continue
+    for _, module in stdlib_modules():
         objects = [module] + [v for _, v in sorted(vars(module).items()) if inspect.isclass(v) or inspect.isfunction(v)]
         objects += [f for c in objects if inspect.isclass(c) for _, f in sorted(vars(c).items()) if inspect.isfunction(f)]
         for obj in objects:
