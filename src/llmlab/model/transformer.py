@@ -81,16 +81,18 @@ class KVCache:
         shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._layers = list(zip(self.k, self.v))  # per-layer views: a decode step indexes nothing twice
         self.max_len = max_len
         self.length = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were needed")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        n = k.size(2)
+        if self.length + n > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {self.length + n} were needed")
+        keys, values = self._layers[layer]
+        keys.narrow(2, self.length, n).copy_(k)
+        values.narrow(2, self.length, n).copy_(v)
+        return keys.narrow(2, 0, self.length + n), values.narrow(2, 0, self.length + n)
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -103,6 +105,7 @@ class KVCache:
         """Keep batch rows `index` (with repeats), e.g. the surviving beams."""
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
+        self._layers = list(zip(self.k, self.v))
 
 
 class CausalSelfAttention(nn.Module):
@@ -305,6 +308,29 @@ class GPT(nn.Module):
         tokens and 0 for padding serve left-padded batches. With `return_attention`, returns
         (logits, loss, weights) where weights is a list of (B, n_heads, T, S) tensors, one per layer.
         """
+        x, weights = self.hidden_states(idx, kv_cache, position_ids, attention_mask, return_attention)
+        logits = loss = None
+        if targets is None:
+            logits = self.lm_head(x)
+        elif type(self.lm_head) is nn.Linear:  # a plain head: never build the (B, T, V) logits
+            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+        else:  # an adapted or quantised head
+            full = self.lm_head(x)
+            loss = cross_entropy(full.float().view(-1, full.size(-1)), targets.reshape(-1))
+        if return_attention:
+            return logits, loss, weights
+        return logits, loss
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Everything before the head: the final-normed states (B, T, d_model) and each layer's
+        attention weights (None unless `return_attention`). Arguments as in `forward`."""
         T = idx.size(1)
         offset = kv_cache.length if kv_cache is not None else 0
         if offset + T > self.config.context_length:
@@ -332,15 +358,4 @@ class GPT(nn.Module):
             weights.append(w)
         if kv_cache is not None:
             kv_cache.advance(T)
-        x = self.final_norm(x)
-        logits = loss = None
-        if targets is None:
-            logits = self.lm_head(x)
-        elif type(self.lm_head) is nn.Linear:  # a plain head: never build the (B, T, V) logits
-            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
-        else:  # an adapted or quantised head
-            full = self.lm_head(x)
-            loss = cross_entropy(full.float().view(-1, full.size(-1)), targets.reshape(-1))
-        if return_attention:
-            return logits, loss, weights
-        return logits, loss
+        return self.final_norm(x), weights
