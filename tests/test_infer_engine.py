@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from llmlab.errors import ConfigError, InputError
 from llmlab.infer import Engine, SamplingParams
+from llmlab.infer.head import DecodeHead
 from llmlab.model import GPT, preset
 from llmlab.tokenizer.base import default_special_tokens
 from llmlab.tokenizer.bpe import Tokenizer
@@ -37,12 +38,16 @@ class BigramScript(nn.Module):
         for a, b in next_token.items():
             self.table[a] = b
         self.dummy = nn.Parameter(torch.zeros(1))
+        self.lm_head = nn.Identity()  # the "hidden states" are already the logits
 
-    def forward(self, idx, kv_cache=None, position_ids=None, attention_mask=None):
+    def hidden_states(self, idx, kv_cache=None, position_ids=None, attention_mask=None):
         if kv_cache is not None:
             kv_cache.advance(idx.size(1))
         logits = torch.full((*idx.shape, self.config.vocab_size), -10.0)
-        return logits.scatter(-1, self.table[idx][..., None], 10.0), None
+        return logits.scatter(-1, self.table[idx][..., None], 10.0), []
+
+    def forward(self, idx, kv_cache=None, position_ids=None, attention_mask=None):
+        return self.lm_head(self.hidden_states(idx, kv_cache, position_ids, attention_mask)[0]), None
 
 
 def cycle(text: str) -> dict[int, int]:
@@ -188,3 +193,34 @@ def test_generation_runs_without_dropout_and_restores_training_mode():
     assert model.training
     model.eval()
     assert [c.token_ids for c in during_training] == [c.token_ids for c in Engine(model).generate(PROMPTS, GREEDY)]
+
+
+def test_decode_head_gives_the_heads_logits_through_a_copy_only_for_small_batches(model):
+    head = DecodeHead(model.lm_head)
+    x = torch.randn(5, model.config.d_model)
+    assert torch.allclose(head(x), model.lm_head(x), atol=1e-5) and head.weight_t is None  # 5 rows: the head itself
+    for rows in (1, 2):
+        assert torch.allclose(head(x[:rows]), model.lm_head(x[:rows]), atol=1e-5)
+    assert head.weight_t.is_contiguous() and head.weight_t.shape == model.lm_head.weight.t().shape
+
+
+def test_engine_decodes_with_weights_changed_in_place_since_its_last_call():
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", vocab_size=300)).eval()
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=8, temperature=0, logprobs=True)
+    before = engine.generate([[1, 2, 3]], params)[0]
+    # A fused AdamW step changes the weights without moving their version counters.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, fused=True)
+    model(torch.tensor([[1, 2, 3, 4]]), targets=torch.tensor([[2, 3, 4, 5]]))[1].backward()
+    optimizer.step()
+    after = engine.generate([[1, 2, 3]], params)[0]
+    ids, logprobs = [1, 2, 3], []
+    with torch.no_grad():
+        for _ in range(params.max_new_tokens):  # greedy by hand, from the full logits
+            step = model(torch.tensor([ids]))[0][0, -1].log_softmax(-1)
+            ids.append(int(step.argmax()))
+            logprobs.append(float(step.max()))
+    assert after.token_ids == ids[3:]
+    assert [t.logprob for t in after.logprobs] == pytest.approx(logprobs, abs=1e-5)
+    assert [t.logprob for t in before.logprobs] != pytest.approx(logprobs, abs=1e-3)

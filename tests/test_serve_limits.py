@@ -23,13 +23,13 @@ HI = [{"role": "user", "content": "hello"}]
 
 
 class SlowGPT(GPT):
-    """The tiny GPT, `delay` seconds slower per forward pass (one decoded token)."""
+    """The tiny GPT, `delay` seconds slower per pass through its layers (one decoded token)."""
 
     delay = 0.02
 
-    def forward(self, *args, **kwargs):
+    def hidden_states(self, *args, **kwargs):
         time.sleep(self.delay)
-        return super().forward(*args, **kwargs)
+        return super().hidden_states(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

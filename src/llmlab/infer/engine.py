@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from llmlab.errors import ConfigError, InputError
+from llmlab.infer.head import DecodeHead
 from llmlab.infer.sampling import SamplingParams, make_generator, processed_logits, sample
 from llmlab.model.transformer import KVCache
 
@@ -139,10 +140,6 @@ def eval_mode(model: torch.nn.Module):
         yield model
     finally:
         model.train(was_training)
-
-
-def _keep_last_position(module: torch.nn.Module, args: tuple) -> tuple:
-    return (args[0][:, -1:], *args[1:])
 
 
 def end_token_ids(tokenizer: Any) -> set[int]:
@@ -283,17 +280,11 @@ class Engine:
             yield event
 
     @torch.inference_mode()
-    def _forward(self, ids, cache, positions, mask) -> torch.Tensor:
-        """Logits of the last position only. In a prefill the output head (vocab x d_model, often the
-        largest matrix) then projects one position instead of all: a hook hands it just the last one."""
-        head = getattr(self.model, "lm_head", None)
-        hook = head.register_forward_pre_hook(_keep_last_position) if head is not None and ids.size(1) > 1 else None
-        try:
-            logits, _ = self.model(ids, kv_cache=cache, position_ids=positions, attention_mask=mask)
-        finally:
-            if hook is not None:
-                hook.remove()
-        return logits[:, -1]
+    def _forward(self, ids, cache, positions, mask, head) -> torch.Tensor:
+        """Logits of the last position only: in a prefill the output head (vocab x d_model, often the
+        largest matrix) projects one position instead of all."""
+        x, _ = self.model.hidden_states(ids, kv_cache=cache, position_ids=positions, attention_mask=mask)
+        return head(x[:, -1])
 
     def _decode_tagged(self, sequences: list[_Sequence]) -> Iterator[tuple[_Sequence, StreamEvent]]:
         """Prefill and decode one batch until every sequence has finished."""
@@ -314,7 +305,8 @@ class Engine:
         # Without padding every row sits at positions 0, 1, ...: the model's default, sliced not gathered.
         positions = (mask[:, :P].cumsum(-1) - 1).clamp(min=0) if padded else None
         cache = KVCache(self.config, B, total, self.device, self.dtype) if self.use_kv_cache else None
-        logits = self._forward(ids, cache, positions, mask[:, :P] if padded else None)
+        logits = self._forward(ids, cache, positions, mask[:, :P] if padded else None, self.model.lm_head)
+        head = DecodeHead(self.model.lm_head)  # at batch 1-2, a faster layout of the head (llmlab.infer.head)
         seq_ids = ids  # the whole padded sequence, kept only to recompute it when there is no cache
         S = P
         while True:
@@ -340,8 +332,8 @@ class Engine:
                 pos = None
                 if padded:
                     pos = torch.tensor([len(s.prompt) + len(s.generated) - 1 for s in active], device=self.device)[:, None]
-                logits = self._forward(step, cache, pos, mask[:, :S] if padded else None)
+                logits = self._forward(step, cache, pos, mask[:, :S] if padded else None, head)
             else:
                 seq_ids = torch.cat([seq_ids, step], dim=1)
                 pos = (mask[:, :S].cumsum(-1) - 1).clamp(min=0) if padded else None
-                logits = self._forward(seq_ids, None, pos, mask[:, :S] if padded else None)
+                logits = self._forward(seq_ids, None, pos, mask[:, :S] if padded else None, head)
