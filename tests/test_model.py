@@ -146,7 +146,9 @@ def test_kv_cache_matches_full_forward(name):
         cache = KVCache(model.config, 2, 20)
         parts = [model(x[:, :7], kv_cache=cache)[0]]  # prefill, then a chunk, then one token at a time
         parts.append(model(x[:, 7:12], kv_cache=cache)[0])
-        parts += [model(x[:, t : t + 1], kv_cache=cache)[0] for t in range(12, 20)]
+        parts += [model(x[:, t : t + 1], kv_cache=cache)[0] for t in range(12, 16)]
+        # the engine's path: the states before the head, then the head
+        parts += [model.lm_head(model.hidden_states(x[:, t : t + 1], kv_cache=cache)[0]) for t in range(16, 20)]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
     assert cache.length == 20
 
