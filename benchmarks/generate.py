@@ -262,7 +262,8 @@ def main() -> None:
     if "layout" not in args.skip and args.device == "cpu":
         r = report["head_layout"] = head_layout(args)
         print("output head x @ W^T, GB/s of weights read: row-major (stored) vs column-major (the engine's copy)\n")
-        print("| head (vocab x d_model) | rows | row-major GB/s | column-major GB/s | speed-up |\n|---|---|---|---|---|")
+        print("| head (vocab x d_model) | rows | row-major GB/s | column-major GB/s | speed-up |")
+        print("|---|---|---|---|---|")
         for name, by_rows in r.items():
             for rows, x in by_rows.items():
                 print(f"| {name} | {rows} | {x['row_GB_s']:.1f} | {x['column_GB_s']:.1f} | {x['speedup']:.2f}x |")

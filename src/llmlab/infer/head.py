@@ -4,8 +4,9 @@ At batch 1 the head is a matrix-vector product over what is often the model's la
 speed is the speed memory can be read. MKL's kernel for a row-major (vocab x d_model) weight, one short
 dot product per row, reads it at ~5-11 GB/s on our 2-core EPYC; the same values stored column-major
 (d_model x vocab contiguous) are read at 10-20 GB/s, 1.4-2.3x faster for heads of 256-768 columns
-(`benchmarks/generate.py`, `docs/inference.md`). For 4 rows or more MKL's matrix-matrix kernel sometimes prefers the original
-layout, so only batches of one or two rows use the copy, and only on the CPU.
+(`benchmarks/generate.py`, `docs/inference.md`). For 4 rows or more MKL's matrix-matrix kernel
+sometimes prefers the original layout, so only batches of one or two rows use the copy, and only on
+the CPU.
 
 The copy costs one more vocab x d_model matrix for as long as one generation runs. It is made at the
 first decoding step of each generation, not kept between them: a model may be trained between two calls
