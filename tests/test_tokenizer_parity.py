@@ -6,8 +6,10 @@ registry packages, hash-checked by tiktoken) without a download. Two llmlab enco
 `ReferenceEncoder`.
 """
 
+import unicodedata
+
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llmlab.tokenizer import load_tokenizer
@@ -81,11 +83,16 @@ def test_whitespace_digits_and_emoji_edge_cases(pair):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=60))
+@example(text="\U00018d09:A")  # a letter to regex 2026.11 (Unicode 17), not to tiktoken 0.14 (Unicode 16)
 def test_reference_encoder_matches_tiktoken_on_arbitrary_unicode(text):
+    # Code points unassigned in Python's Unicode tables may be assigned in `regex`'s newer ones but not
+    # in tiktoken's (see llmlab.tokenizer.bpe_encode); the pure-Python encoder is held to texts without them.
+    assigned = all(unicodedata.category(ch) != "Cn" for ch in text)
     for name in ("gpt2", "cl100k_base"):
         tok, official = _cached(name)
         expected = official.encode_ordinary(text)
-        assert ReferenceEncoder(tok).encode_ordinary(text) == expected
+        if assigned:
+            assert ReferenceEncoder(tok).encode_ordinary(text) == expected
         assert tok.encode_ordinary(text) == expected
         assert tok.decode(expected) == text
 

@@ -9,6 +9,11 @@ Encoding a text:
 
 `llmlab.tokenizer.Tokenizer.encode` runs the same algorithm in tiktoken's Rust; the tests check that
 both give identical ids on megabytes of real text.
+
+Step 2 uses the `regex` module's Unicode tables, and tiktoken's Rust regex has its own. They can be on
+different Unicode versions (regex 2026.11: 17.0; tiktoken 0.14: 16.0). A code point assigned between
+the two (e.g. U+18D09, a Tangut letter since 17.0) is then a letter to one and not to the other, and
+a text containing one can split, and encode, differently.
 """
 
 from __future__ import annotations
