@@ -240,6 +240,27 @@ def test_custom_batches_with_masked_targets_and_custom_loss(tmp_path):
     assert resolve_latest(tmp_path / "checkpoints").name == "step_000005"
 
 
+def test_mfu_counts_the_head_only_where_the_models_loss_takes_it(tmp_path):
+    x = torch.randint(0, 512, (2, 16))
+    y = x.roll(-1, 1).clone()
+    y[:, :12] = -100  # 8 of 32 positions have a target
+    batch = {"input_ids": x, "targets": y}
+    model = GPT(preset("tiny"))
+    body, full = model.flops_per_token(16, head=False), model.flops_per_token(16)
+    assert full - body == 6 * model.config.vocab_size * model.config.d_model
+
+    def cfg(out):
+        return TrainConfig(out_dir=str(tmp_path / out), max_steps=2, warmup_steps=0, checkpoint_every=100,
+                           peak_flops=1e11, threads=1)
+
+    own = Trainer(cfg("own"), model, ListBatches([batch]))  # lm_loss: the fused head skips masked rows
+    assert own._model_flops(batch) == 32 * body + 8 * (full - body)
+    other = Trainer(cfg("other"), GPT(preset("tiny")), ListBatches([batch]), loss_fn=lambda m, b: lm_loss(m, b))
+    assert other._model_flops(batch) == 32 * full  # a loss of its own may take every position's logits
+    result = own.fit()
+    assert result.mfu == pytest.approx(2 * own._model_flops(batch) / own.elapsed / 1e11)
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     x = torch.randint(0, 512, (2, 16))
     calls = []

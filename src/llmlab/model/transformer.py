@@ -259,17 +259,20 @@ class GPT(nn.Module):
                 n -= self.pos_emb.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: int | None = None) -> int:
+    def flops_per_token(self, seq_len: int | None = None, head: bool = True) -> int:
         """Training FLOPs per token: 6N for the weights' matmuls (forward 2N, backward 4N) plus attention.
 
         N counts every matrix a token passes through (embedding lookups are free, the head is not);
         attention adds 6 * 2 * n_layers * n_heads * head_dim * seq_len (QK^T and AV, Kaplan et al. 2020 /
-        PaLM appendix B), with the full context as seq_len unless given.
+        PaLM appendix B), with the full context as seq_len unless given. `head=False` leaves out the
+        head's 6 * V * d: a position without a target (SFT prompt, padding) never reaches the head.
         """
         c = self.config
         T = c.context_length if seq_len is None else seq_len
         # The head's V x d matmul: already among the non-embedding parameters when untied, not when tied.
         n_matmul = self.num_params(exclude_embeddings=True) + (c.vocab_size * c.d_model if c.tie_embeddings else 0)
+        if not head:
+            n_matmul -= c.vocab_size * c.d_model
         return 6 * n_matmul + 12 * c.n_layers * c.n_heads * c.head_dim * T
 
     def _mask(

@@ -111,6 +111,7 @@ class Trainer:
         self.last_eval: dict[str, Any] = {}
         self.elapsed = 0.0
         self.tokens_seen = 0
+        self.flops_done = 0.0  # model FLOPs of the steps taken, for MFU
 
         resume_from = ckpt.resolve_latest(self.checkpoints)
         if resume_from is not None and not resume:
@@ -134,6 +135,8 @@ class Trainer:
             self.last_eval = state.get("last_eval", {})
             self.elapsed = float(state.get("elapsed", 0.0))
             self.tokens_seen = int(state.get("tokens_seen", 0))
+            # Checkpoints written before FLOPs were counted: every token as a full pretraining token.
+            self.flops_done = float(state.get("flops_done", self.tokens_seen * model.flops_per_token()))
         if config.compile:
             self.model = torch.compile(self.model)
         self.peak, self.peak_source = (
@@ -142,12 +145,25 @@ class Trainer:
 
     # --- one optimizer step -----------------------------------------------------------------------
 
-    def _forward_backward(self) -> tuple[torch.Tensor, dict[str, float], int]:
+    def _model_flops(self, batch: dict[str, torch.Tensor]) -> int:
+        """Training FLOPs of one micro-batch: 6N per position plus attention at the batch's width. The
+        model's own loss sends only positions with a target through a plain head (SFT prompts and padding
+        skip it); any other loss takes the logits of every position."""
+        ids = batch["input_ids"]
+        body = self.gpt.flops_per_token(ids.size(-1), head=False)
+        head = self.gpt.flops_per_token(ids.size(-1)) - body
+        skips_head = self.loss_fn is lm_loss and type(self.gpt.lm_head) is nn.Linear and "targets" in batch
+        through_head = int((batch["targets"] != -100).sum()) if skips_head else ids.numel()
+        return body * ids.numel() + head * through_head
+
+    def _forward_backward(self) -> tuple[torch.Tensor, dict[str, float], int, int]:
         total = torch.zeros((), device=self.device)
         extras: dict[str, float] = {}
-        tokens = 0
+        tokens = flops = 0
         for micro in range(self.grad_accum):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in self.batches.next_batch().items()}
+            cpu_batch = self.batches.next_batch()
+            flops += self._model_flops(cpu_batch)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
             tokens += batch["input_ids"].numel()
             last = micro == self.grad_accum - 1
             sync = last or not self.info.enabled or self.fsdp
@@ -159,12 +175,12 @@ class Trainer:
             total += loss.detach()
             for k, v in metrics.items():
                 extras[k] = extras.get(k, 0.0) + float(v) / self.grad_accum
-        return total / self.grad_accum, extras, tokens
+        return total / self.grad_accum, extras, tokens, flops
 
-    def _step(self, step: int) -> tuple[float, float, dict[str, float], int]:
+    def _step(self, step: int) -> tuple[float, float, dict[str, float], int, int]:
         lr = lr_at(step, self.lr, self.config.warmup_steps, self.config.max_steps, self.config.min_lr_ratio)
         set_lr(self.optimizer, lr)
-        loss, extras, tokens = self._forward_backward()
+        loss, extras, tokens, flops = self._forward_backward()
         loss_value = mean_across(loss, self.info).item()
         if not math.isfinite(loss_value):
             self._diverged(f"the training loss became {loss_value} at step {step + 1}")
@@ -175,7 +191,7 @@ class Trainer:
                 self._diverged(f"the gradient norm became {grad_norm} at step {step + 1}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, lr, {"grad_norm": grad_norm, **extras}, tokens * self.info.world
+        return loss_value, lr, {"grad_norm": grad_norm, **extras}, tokens * self.info.world, flops * self.info.world
 
     def _diverged(self, what: str) -> None:
         """Stop before the bad update is applied; `latest` still names the last good checkpoint."""
@@ -201,19 +217,21 @@ class Trainer:
         bar = Progress(total=cfg.max_steps, desc=self.stage, unit="step", initial=self.start_step,
                        metrics_path=metrics_path if info.is_main else None,
                        disable=None if info.is_main else True)
-        window_tokens, window_time, window_losses = 0, 0.0, []
+        window_tokens, window_flops, window_time, window_losses = 0, 0, 0.0, []
         try:
             for step in range(self.start_step, end):
                 t0 = time.perf_counter()
                 try:
-                    loss, lr, extras, tokens = self._step(step)
+                    loss, lr, extras, tokens, flops = self._step(step)
                 except torch.cuda.OutOfMemoryError as e:
                     raise _oom_advice(cfg, self.grad_accum) from e
                 dt = time.perf_counter() - t0
                 done = step + 1
                 self.elapsed += dt
                 self.tokens_seen += tokens
+                self.flops_done += flops
                 window_tokens += tokens
+                window_flops += flops
                 window_time += dt
                 window_losses.append(loss)
                 result.losses.append((done, loss))
@@ -221,11 +239,11 @@ class Trainer:
                 if done % cfg.log_every == 0 or done == end:
                     # Loss and speed are averaged over the steps since the last log line.
                     tok_s = window_tokens / max(window_time, 1e-9)
-                    mfu = self._mfu(tok_s)
+                    mfu = self._mfu(window_flops / max(window_time, 1e-9))
                     bar.update(1, step=done, loss=round(sum(window_losses) / len(window_losses), 5), lr=lr,
                                tok_s=round(tok_s, 1), mfu=None if mfu is None else round(mfu, 4),
                                **{k: round(v, 5) for k, v in extras.items()})
-                    window_tokens, window_time, window_losses = 0, 0.0, []
+                    window_tokens, window_flops, window_time, window_losses = 0, 0, 0.0, []
                 else:
                     bar.update(1)
                 if self.evaluate_fn is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
@@ -241,14 +259,12 @@ class Trainer:
             bar.close()
         self.start_step = result.step  # a later fit() continues from here
         result.tokens_per_second = self.tokens_seen / max(self.elapsed, 1e-9)
-        result.mfu = self._mfu(result.tokens_per_second)
+        result.mfu = self._mfu(self.flops_done / max(self.elapsed, 1e-9))
         return result
 
-    def _mfu(self, tokens_per_second: float) -> float | None:
-        if not self.peak:
-            return None
-        seq_len = getattr(self.batches, "seq_len", None) or self.gpt.config.context_length
-        return self.gpt.flops_per_token(seq_len) * tokens_per_second / (self.peak * self.info.world)
+    def _mfu(self, flops_per_second: float) -> float | None:
+        """Model FLOP/s of all processes as a fraction of their peak."""
+        return flops_per_second / (self.peak * self.info.world) if self.peak else None
 
     def _evaluate(self, step: int) -> dict[str, Any]:
         # Evaluation must not move the training RNG, or a resumed run would diverge from an uninterrupted one.
@@ -268,6 +284,7 @@ class Trainer:
             "last_eval": {k: v for k, v in self.last_eval.items()},
             "elapsed": self.elapsed,
             "tokens_seen": self.tokens_seen,
+            "flops_done": self.flops_done,
         }
         path = ckpt.save_trainer_checkpoint(
             self.checkpoints, step, self.model, self.optimizer, state, self.info, fsdp=self.fsdp,
