@@ -50,7 +50,7 @@ def build_corpus(root: Path, size: dict, seed: int) -> Path:
     from llmlab.tokenizer import load_tokenizer, train_bpe
     from llmlab.tokenizer.corpus import shakespeare_texts
     from llmlab.tokenizer.shards import write_shards
-    from llmlab.train import tasks
+    from llmlab.train import checkable_tasks as tasks
 
     tok_path, shards = root / "tokenizer" / "tokenizer.json", root / "shards"
     if (shards / "meta.json").is_file() and tok_path.is_file():
@@ -71,7 +71,7 @@ def build_corpus(root: Path, size: dict, seed: int) -> Path:
 
 def pretrain_base(root: Path, shards: Path, steps: int, threads: int | None) -> Path:
     from llmlab.train import load_config, pretrain
-    from llmlab.train.checkpointing import resolve_latest
+    from llmlab.train.resume import resolve_latest
 
     out = root / "pretrain"
     latest = resolve_latest(out / "checkpoints") if (out / "checkpoints").exists() else None
@@ -105,7 +105,7 @@ def main() -> int:
 
     from llmlab.files import write_json, write_text
     from llmlab.infer import load_model
-    from llmlab.train import tasks
+    from llmlab.train import checkable_tasks as tasks
     from llmlab.train.dpo import DPOOptions, prepare_dpo, write_posttrain_report
     from llmlab.train.hardware import describe
     from llmlab.train.lora import LoRAConfig

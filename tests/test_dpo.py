@@ -12,7 +12,7 @@ import torch
 from llmlab.errors import ConfigError, InputError
 from llmlab.model import load_checkpoint
 from llmlab.tokenizer.chat import render_chat
-from llmlab.train import tasks
+from llmlab.train import checkable_tasks as tasks
 from llmlab.train.dpo import (DPOLoss, DPOOptions, add_reference_logprobs, collate_pairs, dpo, encode_pair,
                               prepare_dpo, read_preferences, sequence_logprobs)
 from llmlab.train.lora import LoRAConfig

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmlab.eval.generation import bleu, chrf, exact_match, gsm8k_extract, gsm8k_scores, pass_at_k, rouge
+from llmlab.eval.text_metrics import bleu, chrf, exact_match, gsm8k_extract, gsm8k_scores, pass_at_k, rouge
 from llmlab.eval.loglikelihood import encode_pair, loglikelihood, score_token_pairs
 from llmlab.eval.models import LanguageModel
 from llmlab.eval.multiple_choice import mean_stderr, score_choices

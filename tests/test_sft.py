@@ -11,7 +11,7 @@ import torch
 from llmlab.errors import CheckpointError, ConfigError, InputError
 from llmlab.model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 from llmlab.tokenizer.chat import render_chat
-from llmlab.train import tasks
+from llmlab.train import checkable_tasks as tasks
 from llmlab.train.lora import LoRAConfig
 from llmlab.train.sft import (IGNORE, ExampleBatches, PostTrainOptions, encode_conversation, pad_batch,
                               posttrain_config, prepare_sft, read_conversations, sft, split_validation)

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from llmlab.errors import CheckpointError, ConfigError, InputError
 from llmlab.model import GPT, load_checkpoint, preset
 from llmlab.train import TrainConfig, Trainer, TrainingDiverged, load_config, lm_loss
-from llmlab.train.checkpointing import resolve_latest
+from llmlab.train.resume import resolve_latest
 from llmlab.train.data import WindowBatches, split_stream
 from llmlab.train.optim import build_optimizer, decay_names, lr_at
 from llmlab.train.pretrain import prepare, pretrain

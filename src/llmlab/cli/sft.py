@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.export_tasks:
-        from llmlab.train.tasks import export
+        from llmlab.train.checkable_tasks import export
 
         for path in export(args.export_tasks, args.tasks_train, args.tasks_eval):
             print(path)

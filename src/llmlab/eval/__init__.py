@@ -5,7 +5,7 @@ docs/evaluation.md for the definitions and the agreement check against the harne
 """
 
 from llmlab.eval.evaluate import TaskResult, evaluate_task
-from llmlab.eval.generation import bleu, chrf, exact_match, gsm8k_extract, pass_at_k, rouge
+from llmlab.eval.text_metrics import bleu, chrf, exact_match, gsm8k_extract, pass_at_k, rouge
 from llmlab.eval.loglikelihood import Score, encode_pair, loglikelihood, score_token_pairs
 from llmlab.eval.models import LanguageModel, load_language_model
 from llmlab.eval.multiple_choice import mean_stderr, score_choices

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.eval.generation import generate_greedy, gsm8k_scores
+from llmlab.eval.text_metrics import generate_greedy, gsm8k_scores
 from llmlab.eval.loglikelihood import loglikelihood
 from llmlab.eval.models import LanguageModel, display_name, load_language_model
 from llmlab.eval.multiple_choice import mean, mean_stderr, score_choices

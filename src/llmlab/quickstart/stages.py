@@ -204,7 +204,7 @@ def instruction_sets(run: RunDir, seed: int) -> tuple[list[QA], list[QA]]:
 
 def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
     """Fine-tune the pretrained model on the docstring questions for the stage's time budget."""
-    from llmlab.infer.loading import resolve_checkpoint
+    from llmlab.model.loading import resolve_checkpoint
     from llmlab.train.sft import PostTrainOptions, posttrain_config, prepare_sft, write_posttrain_report
 
     train, held_out = instruction_sets(run, config.seed)
@@ -250,8 +250,8 @@ def _answers(model_dir: Path, questions: list[QA], max_new_tokens: int = 48) -> 
 
 def evaluate(run: RunDir, config) -> dict[str, Any]:
     """Held-out docstring questions answered by the base model (before) and the SFT model (after)."""
-    from llmlab.eval.generation import bleu, chrf, exact_match
-    from llmlab.infer.loading import resolve_checkpoint
+    from llmlab.eval.text_metrics import bleu, chrf, exact_match
+    from llmlab.model.loading import resolve_checkpoint
 
     _, held_out = instruction_sets(run, config.seed)
     references = [qa.answer for qa in held_out]

@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from llmlab import __version__
 from llmlab.serve import history, openai_api, playground_api
 from llmlab.serve.api_errors import APIError, install_handlers
-from llmlab.serve.generation import Generator
+from llmlab.serve.dispatch import Generator
 from llmlab.serve.history import HistoryStore
 from llmlab.serve.limits import BodySizeLimit, Limits
 from llmlab.serve.registry import ModelRegistry

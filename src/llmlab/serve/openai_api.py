@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmlab.serve.api_errors import APIError, error_body, unknown_model
-from llmlab.serve.generation import (
+from llmlab.serve.dispatch import (
     ChoiceResult, Generator, Sampling, add_event, until_disconnected,
 )
 from llmlab.serve.lookinside import prompt_logprobs

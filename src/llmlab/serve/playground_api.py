@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from llmlab.serve.api_errors import APIError
-from llmlab.serve.generation import Generator, Sampling
+from llmlab.serve.dispatch import Generator, Sampling
 from llmlab.serve.lookinside import attention_maps, next_token_distribution
 from llmlab.serve.openai_api import ChatMessage
 

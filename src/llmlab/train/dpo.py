@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.errors import ConfigError, InputError
-from llmlab.train import tasks as builtin_tasks
+from llmlab.train import checkable_tasks
 from llmlab.train.config import TrainConfig
 from llmlab.train.distributed import DistInfo
 from llmlab.train.loop import TrainResult
@@ -185,8 +185,8 @@ def preference_metrics(model: torch.nn.Module, batches: Sequence[dict[str, torch
 def _pairs(options: DPOOptions, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]] | None]:
     """(training pairs, held-out pairs or None to split them off the training data)."""
     if options.data == "tasks":
-        train = builtin_tasks.preference_records(builtin_tasks.generate(options.tasks_train, "train", seed))
-        held = builtin_tasks.preference_records(builtin_tasks.generate(options.tasks_eval, "held_out", seed + 1))
+        train = checkable_tasks.preference_records(checkable_tasks.generate(options.tasks_train, "train", seed))
+        held = checkable_tasks.preference_records(checkable_tasks.generate(options.tasks_eval, "held_out", seed + 1))
         return train, held
     return read_preferences(options.data), read_preferences(options.eval_data) if options.eval_data else None
 

@@ -26,7 +26,7 @@ from llmlab.errors import ConfigError, LlmlabError
 from llmlab.files import write_text
 from llmlab.model import GPT
 from llmlab.progress import Progress, read_metrics
-from llmlab.train import checkpointing as ckpt
+from llmlab.train import resume as ckpt
 from llmlab.train import hardware
 from llmlab.train.config import TrainConfig
 from llmlab.train.data import BatchSource

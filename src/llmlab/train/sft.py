@@ -6,7 +6,7 @@
 
 Two line forms are read: `{"instruction": ..., "input"?: ..., "response": ...}` (one exchange) and
 `{"messages": [{"role": ..., "content": ...}, ...]}` (any conversation with at least one assistant turn).
-`data="tasks"` trains on the built-in checkable tasks (`llmlab.train.tasks`) and scores exact match
+`data="tasks"` trains on the built-in checkable tasks (`llmlab.train.checkable_tasks`) and scores exact match
 on their held-out split at every evaluation.
 
 Post-training differs from pretraining in its data and its numbers (a smaller learning rate, a few
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from llmlab.errors import CheckpointError, ConfigError, InputError
 from llmlab.train import hardware
-from llmlab.train import tasks as builtin_tasks
-from llmlab.train.checkpointing import resolve_latest
+from llmlab.train import checkable_tasks
+from llmlab.train.resume import resolve_latest
 from llmlab.train.config import TrainConfig, load_config, parse_override, recipe_path
 from llmlab.train.distributed import DistInfo, init_distributed
 from llmlab.train.loop import TrainResult, Trainer, lm_loss
@@ -248,7 +248,7 @@ def load_start(config: TrainConfig, options: PostTrainOptions, resume: bool) -> 
     if config.tokens_per_step is not None:
         raise ConfigError("tokens_per_step does not apply to post-training: examples differ in length",
                           hint="set micro_batch and grad_accum (examples per step = micro_batch x grad_accum)")
-    from llmlab.infer.loading import load_model, resolve_checkpoint
+    from llmlab.model.loading import load_model, resolve_checkpoint
 
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.init_from, tokenizer=config.tokenizer)
@@ -323,15 +323,15 @@ def masked_loss(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor
 class ExactMatchEval:
     """Greedy answers to held-out prompts, scored by exact match; a few kept as samples."""
 
-    def __init__(self, tokenizer, examples: Sequence[builtin_tasks.Example], max_new_tokens: int, samples: int = 3):
+    def __init__(self, tokenizer, examples: Sequence[checkable_tasks.Example], max_new_tokens: int, samples: int = 3):
         self.tokenizer, self.examples, self.max_new_tokens, self.samples = tokenizer, list(examples), max_new_tokens, samples
 
     def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
         if not self.examples:
             return {}
         prompts = [e.prompt for e in self.examples]
-        answers = builtin_tasks.answer(model, self.tokenizer, prompts, self.max_new_tokens)
-        metrics: dict[str, Any] = builtin_tasks.score(self.examples, answers)
+        answers = checkable_tasks.answer(model, self.tokenizer, prompts, self.max_new_tokens)
+        metrics: dict[str, Any] = checkable_tasks.score(self.examples, answers)
         metrics["samples"] = list(zip(prompts[: self.samples], answers[: self.samples]))
         return metrics
 
@@ -346,10 +346,10 @@ class SFTEval:
         return {"val_loss": masked_loss(model, self.val_batches, self.device), **self.exact(model)}
 
 
-def held_out_examples(options: PostTrainOptions, seed: int) -> list[builtin_tasks.Example]:
+def held_out_examples(options: PostTrainOptions, seed: int) -> list[checkable_tasks.Example]:
     """The examples scored by exact match: the tasks' held-out split, or `eval_data`'s single exchanges."""
     if options.data == "tasks":
-        return builtin_tasks.generate(options.tasks_eval, "held_out", seed + 1)
+        return checkable_tasks.generate(options.tasks_eval, "held_out", seed + 1)
     if not options.eval_data:
         return []
     out = []
@@ -357,14 +357,14 @@ def held_out_examples(options: PostTrainOptions, seed: int) -> list[builtin_task
         messages = conversation(record, where)
         if len(messages) != 2 or messages[0]["role"] != "user":
             raise InputError(f"{where}: exact-match data must be one user message and one answer")
-        out.append(builtin_tasks.Example(str(record.get("task", "data")), messages[0]["content"],
+        out.append(checkable_tasks.Example(str(record.get("task", "data")), messages[0]["content"],
                                          messages[1]["content"], ""))
     return out
 
 
 def conversations_for(options: PostTrainOptions, seed: int) -> list[list[dict[str, str]]]:
     if options.data == "tasks":
-        records = builtin_tasks.sft_records(builtin_tasks.generate(options.tasks_train, "train", seed))
+        records = checkable_tasks.sft_records(checkable_tasks.generate(options.tasks_train, "train", seed))
         return [conversation(r) for r in records]
     return read_conversations(options.data)
 

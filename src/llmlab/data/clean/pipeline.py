@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from llmlab.data.clean.checkpoint import Checkpoint, fingerprint
+from llmlab.data.clean.resume_log import ResumeLog, fingerprint
 from llmlab.data.clean.dedup import ExactDedup, MinHashDedup
 from llmlab.data.clean.documents import Document, Removed
 from llmlab.data.clean.extract import Extract
@@ -178,23 +178,23 @@ def run_pipeline(
     workers: int = 1,
     batch_size: int = 32,
     progress: Progress | None = None,
-    checkpoint: Checkpoint | None = None,
+    resume_log: ResumeLog | None = None,
 ) -> PipelineResult:
     """Run `steps` over `documents` with `workers` processes; output order follows input order.
 
-    With a `checkpoint`, the first segment's saved output (`checkpoint.load()`, for the documents
+    With a `resume_log`, the first segment's saved output (`resume_log.load()`, for the documents
     `documents` no longer contains) comes first, and every batch it finishes is handed to it."""
     segments = split_segments(steps)
     totals = [StepStats(s.name, s.kind) for s in steps]
     removed: list[Removed] = []
     saved: list[Document] = []
-    if checkpoint is not None:
-        saved, removed, saved_stats = checkpoint.load()
+    if resume_log is not None:
+        saved, removed, saved_stats = resume_log.load()
         for total, s in zip(totals, saved_stats):
             total.add(s)
-        documents = itertools.islice(documents, checkpoint.consumed, None)
-        if progress is not None and checkpoint.consumed:
-            progress.update(checkpoint.consumed, kept=len(saved), removed=len(removed))
+        documents = itertools.islice(documents, resume_log.consumed, None)
+        if progress is not None and resume_log.consumed:
+            progress.update(resume_log.consumed, kept=len(saved), removed=len(removed))
     pool = None
     if workers > 1:
         pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
@@ -216,12 +216,12 @@ def run_pipeline(
                 for total, s in zip(totals[offset : offset + len(segment)], batch_stats):
                     total.add(s)
                 if index == 0:
-                    if checkpoint is not None:
-                        checkpoint.add(batch_kept, batch_removed, batch_stats)
+                    if resume_log is not None:
+                        resume_log.add(batch_kept, batch_removed, batch_stats)
                     if progress is not None:
                         progress.update(batch_stats[0].docs_in, kept=len(kept), removed=len(removed))
-            if index == 0 and checkpoint is not None:
-                checkpoint.save()
+            if index == 0 and resume_log is not None:
+                resume_log.save()
             offset += len(segment)
             docs = kept
         return PipelineResult(list(docs), removed, totals)
@@ -310,18 +310,18 @@ def clean(
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     key = fingerprint(input_files(inputs), {"name": recipe.name, "steps": recipe.steps}, limit)
-    checkpoint = Checkpoint(out / "checkpoint", key, checkpoint_every_s)
+    resume_log = ResumeLog(out / "checkpoint", key, checkpoint_every_s)
     metrics = out / "progress.jsonl"
     metrics.unlink(missing_ok=True)
     start = time.perf_counter()
     with Progress(total=limit, desc=f"clean ({recipe.name})", unit="doc", metrics_path=metrics) as progress:
-        result = run_pipeline(read_documents(inputs, limit), steps, workers, batch_size, progress, checkpoint)
+        result = run_pipeline(read_documents(inputs, limit), steps, workers, batch_size, progress, resume_log)
     seconds = time.perf_counter() - start
     write_documents(result.kept, out / "documents.parquet")
     write_removed(result.removed, out / "removed.parquet")
     report = build_report(recipe.name, [str(p) for p in inputs], result.steps, result.kept, seconds)
     write_report(out, report, result.kept)
-    checkpoint.remove()
+    resume_log.remove()
     return report
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from llmlab.errors import ConfigError
-from llmlab.train import tasks
+from llmlab.train import checkable_tasks as tasks
 from llmlab.train.dpo import read_preferences
 from llmlab.train.sft import read_conversations
 

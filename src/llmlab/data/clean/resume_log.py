@@ -42,7 +42,7 @@ def _doc(row: dict) -> Document:
     return Document(row["url"], text=row["text"], html=row["html"], metadata=row["metadata"])
 
 
-class Checkpoint:
+class ResumeLog:
     """The saved output of the first per-document segment in `folder`, for one fingerprint."""
 
     def __init__(self, folder: Path, key: str, every_s: float = 30.0) -> None:
