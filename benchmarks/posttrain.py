@@ -87,7 +87,7 @@ def pretrain_base(root: Path, shards: Path, steps: int, threads: int | None) -> 
 
 
 def posttrain_config(init_from: Path, out: Path, threads: int | None, **values):
-    from llmlab.train.sft import posttrain_config as build
+    from llmlab.train.posttrain import posttrain_config as build
 
     return build(overrides={"init_from": str(init_from), "out_dir": str(out), "threads": threads, "eval_every": 10_000,
                             "checkpoint_every": 10_000, "log_every": 25, "warmup_steps": 10, **values})
@@ -106,10 +106,12 @@ def main() -> int:
     from llmlab.files import write_json, write_text
     from llmlab.infer import load_model
     from llmlab.train import checkable_tasks as tasks
-    from llmlab.train.dpo import DPOOptions, prepare_dpo, write_posttrain_report
+    from llmlab.train.dpo import DPOOptions, prepare_dpo
+    from llmlab.train.posttrain import write_posttrain_report
     from llmlab.train.hardware import describe
     from llmlab.train.lora import LoRAConfig
-    from llmlab.train.sft import PostTrainOptions, sft
+    from llmlab.train.posttrain import PostTrainOptions
+    from llmlab.train.sft import sft
 
     size = SIZES["quick" if args.quick else "full"]
     root = Path(args.out)

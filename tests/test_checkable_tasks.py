@@ -10,7 +10,7 @@ import pytest
 from llmlab.errors import ConfigError
 from llmlab.train import checkable_tasks as tasks
 from llmlab.train.dpo import read_preferences
-from llmlab.train.sft import read_conversations
+from llmlab.train.examples import read_conversations
 
 
 def solve(prompt: str) -> str:

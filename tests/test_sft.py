@@ -13,8 +13,10 @@ from llmlab.model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 from llmlab.tokenizer.chat import render_chat
 from llmlab.train import checkable_tasks as tasks
 from llmlab.train.lora import LoRAConfig
-from llmlab.train.sft import (IGNORE, ExampleBatches, PostTrainOptions, encode_conversation, pad_batch,
-                              posttrain_config, prepare_sft, read_conversations, sft, split_validation)
+from llmlab.train.examples import (IGNORE, ExampleBatches, encode_conversation, pad_batch, read_conversations,
+                                   split_validation)
+from llmlab.train.posttrain import PostTrainOptions, posttrain_config
+from llmlab.train.sft import prepare_sft, sft
 
 
 def make_base(directory, family: str = "gpt2", seed: int = 0):

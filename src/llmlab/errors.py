@@ -30,7 +30,3 @@ class InputError(LlmlabError):
 
 class CheckpointError(InputError):
     """A checkpoint, tokenizer or shard on disk cannot be used."""
-
-
-class NotBuiltError(LlmlabError):
-    """A feature that llmlab has not built yet."""

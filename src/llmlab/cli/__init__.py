@@ -2,8 +2,7 @@
 
 Each subcommand lives in its own module `llmlab.cli.<name>` exposing `add_arguments(parser)` and
 `run(args) -> int`. Only the chosen subcommand's module is imported, so `llmlab --help` stays fast and
-a stage's heavy dependencies load only when that stage runs. A subcommand whose module does not exist
-yet says so and exits non-zero.
+a stage's heavy dependencies load only when that stage runs.
 """
 
 from __future__ import annotations
@@ -32,16 +31,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(name: str):
-    module_name = COMMANDS[name][0]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            return None
-        raise
-
-
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmlab",
@@ -50,7 +39,7 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, summary) in COMMANDS.items():
-        module = _load(name) if name == selected else None
+        module = importlib.import_module(COMMANDS[name][0]) if name == selected else None
         description = (module.__doc__ or summary) if module else summary
         p = sub.add_parser(
             name,
@@ -61,8 +50,6 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
         if module is not None:
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
-        elif name == selected:
-            p.description = f"{summary}\n\nllmlab {name} is not built yet."
     return parser
 
 
@@ -76,12 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    run = getattr(args, "_run", None)
-    if run is None:
-        print(f"llmlab {args.command}: not built yet. Nothing was done.", file=sys.stderr)
-        return 3
     try:
-        return int(run(args) or 0)
+        return int(args._run(args) or 0)
     except LlmlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.cli.sft import add_common_arguments, common_config, launch
+from llmlab.cli.posttrain import add_common_arguments, common_config, launch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

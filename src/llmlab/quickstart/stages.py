@@ -205,7 +205,8 @@ def instruction_sets(run: RunDir, seed: int) -> tuple[list[QA], list[QA]]:
 def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
     """Fine-tune the pretrained model on the docstring questions for the stage's time budget."""
     from llmlab.model.loading import resolve_checkpoint
-    from llmlab.train.sft import PostTrainOptions, posttrain_config, prepare_sft, write_posttrain_report
+    from llmlab.train.posttrain import PostTrainOptions, posttrain_config, write_posttrain_report
+    from llmlab.train.sft import prepare_sft
 
     train, held_out = instruction_sets(run, config.seed)
     if not train:

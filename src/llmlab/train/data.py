@@ -151,10 +151,6 @@ class WindowBatches:
         self.micro_step = 0
         self._cache: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
-    @property
-    def tokens_per_epoch(self) -> int:
-        return sum(len(s) for s in self.segments)
-
     def _global_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(segment, offset) of every row of step `step`'s global batch."""
         if self._cache is not None and self._cache[0] == step:

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from llmlab.train import hardware
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -41,6 +43,19 @@ def init_distributed(device_type: str) -> DistInfo:
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
     return info
+
+
+def setup_process(config, info: DistInfo | None = None) -> tuple[torch.device, DistInfo]:
+    """The device, process group and CPU thread count of a training run (`config` is a TrainConfig).
+
+    Every stage sets its process up here, once, before it builds a model: under torchrun each process
+    takes the GPU of its LOCAL_RANK.
+    """
+    device = hardware.resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    info = info or init_distributed(device.type)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return device, info
 
 
 def shutdown() -> None:

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from llmlab.errors import ConfigError, InputError
 from llmlab.train import checkable_tasks
 from llmlab.train.config import TrainConfig
-from llmlab.train.distributed import DistInfo
+from llmlab.train.distributed import DistInfo, setup_process
+from llmlab.train.examples import (IGNORE, ExampleBatches, encode_conversation, pad_batch, pad_id, read_jsonl,
+                                   split_validation)
 from llmlab.train.loop import TrainResult
 from llmlab.train.lora import adapters_off
-from llmlab.train.sft import (IGNORE, ExactMatchEval, ExampleBatches, PostTraining, PostTrainOptions,
-                              build_trainer, encode_conversation, held_out_examples, load_start, pad_batch, pad_id,
-                              read_jsonl, setup_process, split_validation, write_posttrain_report)
+from llmlab.train.posttrain import (ExactMatchEval, PostTraining, PostTrainOptions, build_trainer, held_out_examples,
+                                    load_start, write_posttrain_report)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from llmlab.train import resume as ckpt
 from llmlab.train import hardware
 from llmlab.train.config import TrainConfig
 from llmlab.train.data import BatchSource
-from llmlab.train.distributed import DistInfo, barrier, init_distributed, mean_across, wrap_model
+from llmlab.train.distributed import DistInfo, barrier, mean_across, setup_process, wrap_model
 from llmlab.train.optim import build_optimizer, lr_at, set_lr
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
@@ -96,12 +96,12 @@ class Trainer:
         resume: bool = False,
         stage: str = "pretrain",
     ) -> None:
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        if device is None or info is None:
+            default_device, info = setup_process(config, info)
+            device = device or default_device
         self.config, self.batches, self.grad_accum = config, batches, grad_accum
         self.loss_fn, self.evaluate_fn, self.stage = loss_fn, evaluate, stage
-        self.device = device or hardware.resolve_device(config.device)
-        self.info = info or init_distributed(self.device.type)
+        self.device, self.info = device, info
         self.amp_dtype = hardware.autocast_dtype(self.device, config.dtype)
         self.out_dir = Path(config.out_dir)
         self.checkpoints = self.out_dir / "checkpoints"
@@ -262,6 +262,18 @@ class Trainer:
         result.mfu = self._mfu(self.flops_done / max(self.elapsed, 1e-9))
         return result
 
+    def throughput(self, result: TrainResult) -> dict[str, Any]:
+        """The report's speed section: tokens/s and MFU over the training steps, and what they ran on."""
+        mfu = "n/a" if result.mfu is None else f"{100 * result.mfu:.1f}% of {self.peak / 1e9:.1f} GFLOP/s ({self.peak_source})"
+        return {
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "mfu": mfu,
+            "tokens_seen": self.tokens_seen,
+            "train_time_s": round(self.elapsed, 1),
+            "processes": self.info.world,
+            "precision": str(self.amp_dtype or torch.float32).removeprefix("torch."),
+        }
+
     def _mfu(self, flops_per_second: float) -> float | None:
         """Model FLOP/s of all processes as a fraction of their peak."""
         return flops_per_second / (self.peak * self.info.world) if self.peak else None
@@ -276,6 +288,9 @@ class Trainer:
             finally:
                 self.gpt.train()
 
+    def write_extra(self, directory: Path, step: int) -> None:
+        """Files a stage adds to each checkpoint, written before it is renamed into place (none here)."""
+
     def save(self, step: int) -> Path | None:
         state = {
             "data": self.batches.state_dict(),
@@ -289,6 +304,7 @@ class Trainer:
         path = ckpt.save_trainer_checkpoint(
             self.checkpoints, step, self.model, self.optimizer, state, self.info, fsdp=self.fsdp,
             tokenizer_file=self.tokenizer_file, metadata={"stage": self.stage}, keep=self.config.keep_checkpoints,
+            extra=lambda directory: self.write_extra(directory, step),
         )
         barrier(self.info)
         return path

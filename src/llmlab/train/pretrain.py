@@ -6,7 +6,6 @@ matching the shards and the model), so a mistake costs seconds, not a training r
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +16,11 @@ from llmlab.model import GPT, from_depth, load_checkpoint, preset
 from llmlab.train import hardware
 from llmlab.train.config import TrainConfig
 from llmlab.train.data import WindowBatches, check_compatible, open_shards, split_stream, token_byte_lengths, validation_batches
-from llmlab.train.distributed import DistInfo, init_distributed
+from llmlab.train.distributed import DistInfo, setup_process
 from llmlab.train.evaluation import PretrainEval
 from llmlab.train.loop import TrainResult, Trainer, accumulation_steps
 from llmlab.train.optim import decay_names
-from llmlab.train.report import write_report
+from llmlab.train.report import run_title, write_report
 
 
 @dataclass
@@ -75,8 +74,7 @@ def _load_tokenizer(path: Path | None):
 
 def prepare(config: TrainConfig, resume: bool = False, info: DistInfo | None = None) -> Pretraining:
     """Check the inputs and build the trainer for a pretraining run (nothing is trained yet)."""
-    device = hardware.resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    info = info or init_distributed(device.type)
+    device, info = setup_process(config, info)
     shards = open_shards(config.shards)
     tokenizer_path = find_tokenizer(config)
     tokenizer = _load_tokenizer(tokenizer_path)
@@ -131,15 +129,7 @@ def summarize(run: Pretraining, result: TrainResult) -> Path:
     tokens_per_step = cfg.micro_batch * trainer.grad_accum * trainer.info.world * seq_len
     final = {"step": result.step, "train_loss": result.losses[-1][1] if result.losses else float("nan")}
     final.update({k: v for k, v in result.last_eval.items() if k != "samples"})
-    throughput = {
-        "tokens_per_second": round(result.tokens_per_second, 1),
-        "mfu": "n/a" if result.mfu is None else f"{100 * result.mfu:.1f}% of {trainer.peak / 1e9:.1f} GFLOP/s ({trainer.peak_source})",
-        "tokens_seen": trainer.tokens_seen,
-        "tokens_per_step": tokens_per_step,
-        "train_time_s": round(trainer.elapsed, 1),
-        "processes": trainer.info.world,
-        "precision": str(trainer.amp_dtype or torch.float32).removeprefix("torch."),
-    }
+    throughput = {**trainer.throughput(result), "tokens_per_step": tokens_per_step}
     model = {
         "parameters": gpt.num_params(),
         "non_embedding_parameters": gpt.num_params(exclude_embeddings=True),
@@ -154,7 +144,8 @@ def summarize(run: Pretraining, result: TrainResult) -> Path:
         notes.append(run.evaluate.note)
     if result.step < cfg.max_steps:
         notes.append(f"stopped at step {result.step} of {cfg.max_steps}; `--resume` continues it")
+    config = {**cfg.to_dict(), "tokenizer": None if run.tokenizer_path is None else str(run.tokenizer_path)}
     return write_report(
-        trainer.out_dir, f"Pretraining report: {Path(cfg.out_dir).name}", cfg.to_dict(), model,
+        trainer.out_dir, run_title("Pretraining", trainer.out_dir, trainer.stage), config, model,
         hardware.describe(trainer.device), throughput, final, result.last_eval.get("samples"), notes,
     )

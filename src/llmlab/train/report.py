@@ -49,6 +49,14 @@ def _fmt(v: Any) -> str:
     return f"`{v}`" if isinstance(v, (list, dict)) else str(v)
 
 
+def run_title(kind: str, out_dir: str | Path, stage: str) -> str:
+    """"Pretraining report: demo" for runs/demo/pretrain: a stage's directory is named after the stage,
+    so the run it belongs to is the name that tells one report from another."""
+    path = Path(out_dir).resolve()
+    run = path.parent.name if path.name == stage and path.parent.name else path.name
+    return f"{kind} report: {run}"
+
+
 def write_report(
     out_dir: Path,
     title: str,
@@ -62,7 +70,7 @@ def write_report(
 ) -> Path:
     """Write report.md (and loss.png) into `out_dir`; returns the report's path."""
     has_plot = plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
-    parts = [f"# {title}", ""]
+    parts = [f"# {title}", "", f"Run directory: `{out_dir}`", ""]
     parts += ["## Final numbers", "", _table([(k, _fmt(v)) for k, v in final.items()]), ""]
     if has_plot:
         parts += ["![loss curve](loss.png)", ""]

@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llmlab.errors import CheckpointError
-from llmlab.files import atomic_path, write_json
+from llmlab.files import atomic_path, fsync_path, fsync_tree, write_json
 from llmlab.model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 from llmlab.train.distributed import DistInfo, unwrap
 
@@ -125,8 +125,13 @@ def save_trainer_checkpoint(
     tokenizer_file: str | os.PathLike | None = None,
     metadata: dict[str, Any] | None = None,
     keep: int = 0,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path | None:
     """Write step `step` atomically and point `latest` at it; returns its directory on the main process.
+
+    `extra(directory)` adds a stage's own files (a LoRA adapter) before the directory is renamed into
+    place, so `latest` never names a checkpoint that lacks them. A failed write (a full disk) removes
+    the partial directory and raises CheckpointError; the previous checkpoint stays `latest`.
 
     Collective in a distributed run: every process calls it (FSDP gathers shards, RNG states of all
     ranks are collected); only rank 0 writes.
@@ -143,6 +148,32 @@ def save_trainer_checkpoint(
     final = step_dir(checkpoints, step)
     tmp = checkpoints / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_step(tmp, step, model, model_sd, optim_sd, gathered, trainer_state, fsdp, tokenizer_file, metadata)
+        if extra is not None:
+            extra(tmp)
+        fsync_tree(tmp)
+    except (OSError, SafetensorError) as e:  # a full disk, a quota: keep the last good checkpoint as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = resolve_latest(checkpoints)
+        raise CheckpointError(
+            f"could not write the checkpoint of step {step} to {checkpoints} ({getattr(e, 'strerror', None) or e}); nothing was replaced",
+            hint=(f"free disk space, then --resume continues from {last.name}" if last is not None
+                  else "free disk space and start the run again"),
+        ) from e
+    if final.exists():  # a re-run of a step after resuming from an earlier one
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    point_latest(checkpoints, final.name)
+    fsync_path(checkpoints)
+    prune(checkpoints, keep)
+    return final
+
+
+def _write_step(tmp: Path, step: int, model: nn.Module, model_sd: dict, optim_sd: dict, gathered: list,
+                trainer_state: dict[str, Any], fsdp: bool, tokenizer_file: str | os.PathLike | None,
+                metadata: dict[str, Any] | None) -> None:
+    """The files of one trainer checkpoint, written into the directory `tmp`."""
     gpt: GPT = unwrap(model)
     if fsdp:  # rebuild a plain CPU model from the gathered full state, for the standard format
         gpt = GPT(gpt.config)
@@ -160,12 +191,6 @@ def save_trainer_checkpoint(
         "rng": [j for _, j in gathered],
         **trainer_state,
     }, indent=None)
-    if final.exists():  # a re-run of a step after resuming from an earlier one
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    point_latest(checkpoints, final.name)
-    prune(checkpoints, keep)
-    return final
 
 
 def point_latest(checkpoints: Path, name: str) -> None:
