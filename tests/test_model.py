@@ -197,6 +197,18 @@ def test_depth_dial_derives_width_heads_and_lr():
     assert model.num_params() == gpt2_params(4096, 512, 256, 4)
 
 
+def test_overriding_a_preset_recomputes_the_fields_that_followed_their_rule():
+    narrow = preset("gpt2", d_model=64, n_heads=4)
+    assert (narrow.n_kv_heads, narrow.head_dim, narrow.d_ff) == (4, 16, 256)
+    assert preset("gpt2", d_model=1536).d_ff == 6144  # not GPT-2's 3072
+    assert preset("tiny", activation="swiglu").d_ff == 256  # the Llama rule for the new activation
+    half = preset("smollm2-135m", d_model=288)  # GQA's 3 key/value heads were chosen, not derived: kept
+    assert (half.n_kv_heads, half.head_dim, half.d_ff) == (3, 32, 768)
+    assert preset("gpt2", d_ff=1000, d_model=64, n_heads=4).d_ff == 1000  # an explicit value wins
+    with pytest.raises(ValueError, match="n_heads=4 must be a multiple of n_kv_heads=3 .set n_kv_heads too"):
+        preset("smollm2-135m", n_heads=4)
+
+
 def test_context_window_is_enforced():
     model = GPT(preset("tiny"))
     with pytest.raises(ValueError, match="exceeds the context window of 128"):

@@ -262,3 +262,41 @@ def test_cli_fine_tunes_from_jsonl_and_resumes(base, tmp_path, capsys):
     assert any("exact_match" in r for r in records)
     assert main(["sft", "--export-tasks", str(tmp_path / "t"), "--tasks-train", "10", "--tasks-eval", "5"]) == 0
     assert len(read_conversations(tmp_path / "t" / "sft_train.jsonl")) == 10
+
+
+def test_a_lora_run_killed_while_saving_its_adapter_still_resumes(base, tmp_path, monkeypatch):
+    """`latest` moves only after the checkpoint, adapter included, is complete."""
+    from llmlab.train import posttrain
+
+    directory, _ = base
+    options = PostTrainOptions(data="tasks", epochs=None, tasks_train=48, tasks_eval=0, lora=LoRAConfig(rank=2))
+    sft(tiny(directory, tmp_path, max_steps=4), options)
+    real_save = posttrain.save_adapter
+
+    def killed(model, path, *args, **kwargs):
+        real_save(model, path, *args, **kwargs)
+        raise KeyboardInterrupt  # the process dies after the adapter's files, before anything else
+
+    monkeypatch.setattr(posttrain, "save_adapter", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sft(tiny(directory, tmp_path, max_steps=8), options, resume=True)
+    monkeypatch.setattr(posttrain, "save_adapter", real_save)
+    assert (tmp_path / "checkpoints" / "latest").resolve().name == "step_000004"
+    result = sft(tiny(directory, tmp_path, max_steps=8), options, resume=True)
+    assert [s for s, _ in result.losses] == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("command, extra, message", [
+    ("sft", ["--epochs", "0"], "epochs must be positive"),
+    ("sft", ["--lr=-1e-3"], "lr=-0.001 must be a positive number"),
+    ("dpo", ["--lr", "0"], "lr=0.0 must be a positive number"),
+])
+def test_bad_post_training_options_are_one_line_errors(base, tmp_path, capsys, command, extra, message):
+    from llmlab.cli import main
+
+    directory, _ = base
+    args = [command, "--init-from", str(directory), "--data", "tasks", "--out", str(tmp_path / "out"), *extra]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

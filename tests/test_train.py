@@ -375,3 +375,91 @@ def test_fsdp_matches_ddp_and_resumes_exactly(run_dir, tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path / "resumed.json"), True), nprocs=2, join=True)
     resumed = json.loads((tmp_path / "resumed.json").read_text())["losses"]
     assert resumed == losses["fsdp"][4:]
+
+
+# --- review fixes: exact resume, derived model fields, one-line errors, safe checkpoints, honest reports --------
+
+def test_resume_with_dropout_is_exact_when_the_matmul_peak_is_measured(run_dir, tmp_path, monkeypatch):
+    """Measuring the peak (for MFU) after the RNG is restored must not draw from it."""
+    from llmlab.train import loop
+
+    kw = dict(model={"dropout": 0.1}, peak_flops=None)
+    monkeypatch.setattr(loop, "_PEAKS", {})
+    full = pretrain(tiny_config(run_dir, tmp_path / "full", **kw))
+    first = pretrain(tiny_config(run_dir, tmp_path / "cut", **kw), until_step=4)
+    monkeypatch.setattr(loop, "_PEAKS", {})  # a new process: the resumed run measures again
+    rest = pretrain(tiny_config(run_dir, tmp_path / "cut", **kw), resume=True)
+    assert first.losses + rest.losses == full.losses
+
+
+def test_the_best_measured_peak_is_remembered(tmp_path, monkeypatch):
+    from llmlab.train.hardware import best_measured_peak, peak_cache_path
+
+    monkeypatch.setenv("LLMLAB_CACHE_DIR", str(tmp_path))
+    assert best_measured_peak("cpu x", 5e10) == 5e10
+    assert best_measured_peak("cpu x", 2e10) == 5e10  # measured under load: the machine can do more
+    assert best_measured_peak("cpu y", 1e10) == 1e10
+    assert json.loads(peak_cache_path().read_text()) == {"cpu x": 5e10, "cpu y": 1e10}
+
+
+def test_preset_with_a_new_width_gets_the_derived_fields_of_that_width(run_dir, tmp_path, capsys):
+    from llmlab.cli import main
+
+    out = tmp_path / "out"
+    args = ["train", "--preset", "gpt2", "--shards", str(run_dir / "shards"), "--out", str(out), "--steps", "2",
+            "--set", "model.d_model=64", "--set", "model.n_heads=4", "--set", "model.context_length=32",
+            "--set", "model.n_layers=1", "--set", "peak_flops=1e11", "--set", "threads=1",
+            "--set", "eval_every=100", "--set", "sample_tokens=0"]
+    assert main(args) == 0, capsys.readouterr().err
+    config = load_checkpoint(out / "checkpoints" / "latest").config
+    assert (config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.d_ff) == (64, 4, 4, 16, 256)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "context_length=0"], "context_length=0 must be at least 2"),
+    (["--lr=-1e-3"], "lr=-0.001 must be a positive number"),
+    (["--lr", "0"], "lr=0.0 must be a positive number"),
+    (["--set", "weight_decay=-0.1"], "weight_decay=-0.1 must not be negative"),
+    (["--set", "grad_clip=-1"], "grad_clip=-1 must not be negative"),
+    (["--out", "FILE"], "is a file, not a directory"),
+])
+def test_bad_training_options_are_one_line_errors_before_any_work(run_dir, tmp_path, capsys, extra, message):
+    from llmlab.cli import main
+
+    (tmp_path / "FILE").write_text("not a directory")
+    extra = [str(tmp_path / "FILE") if a == "FILE" else a for a in extra]
+    args = ["train", "--shards", str(run_dir / "shards"), "--out", str(tmp_path / "out"), "--steps", "2",
+            "--set", "threads=1", *extra]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_while_saving_keeps_the_last_checkpoint_and_says_so(run_dir, tmp_path, monkeypatch):
+    import errno
+
+    from llmlab.train import resume
+
+    trainer = prepare(tiny_config(run_dir, tmp_path, max_steps=8)).trainer
+    trainer.fit(until_step=4)
+    real_save = resume.save_file
+
+    def full_disk(tensors, path, *args, **kwargs):
+        real_save(tensors, path, *args, **kwargs)  # part of the file reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(resume, "save_file", full_disk)
+    with pytest.raises(CheckpointError, match="(?s)No space left on device.*--resume continues from step_000004"):
+        trainer.fit()
+    checkpoints = tmp_path / "checkpoints"
+    assert resolve_latest(checkpoints).name == "step_000004"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_000004"]  # no partial .tmp left
+
+
+def test_report_names_the_run_and_the_tokenizer_it_used(run_dir, tmp_path):
+    out = tmp_path / "demo" / "pretrain"
+    pretrain(tiny_config(run_dir, out, max_steps=2, eval_every=2))
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Pretraining report: demo\n")
+    assert f"| tokenizer | {run_dir / 'tokenizer' / 'tokenizer.json'} |" in report

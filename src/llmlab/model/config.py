@@ -38,6 +38,9 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -45,11 +48,7 @@ class GPTConfig:
                 raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
             self.head_dim = self.d_model // self.n_heads
         if self.d_ff is None:
-            if self.activation == "swiglu":
-                # Llama: 2/3 of 4d so that three matrices cost what two 4d ones would, rounded up to 256.
-                self.d_ff = 256 * math.ceil(int(8 * self.d_model / 3) / 256)
-            else:
-                self.d_ff = 4 * self.d_model
+            self.d_ff = self._rule_d_ff()
         for name, allowed in (
             ("positions", POSITIONS),
             ("activation", ACTIVATIONS),
@@ -59,9 +58,28 @@ class GPTConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} "
+                             "(set n_kv_heads too)")
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    def _rule_d_ff(self) -> int:
+        if self.activation == "swiglu":
+            # Llama: 2/3 of 4d so that three matrices cost what two 4d ones would, rounded up to 256.
+            return 256 * math.ceil(int(8 * self.d_model / 3) / 256)
+        return 4 * self.d_model
+
+    def derived_fields(self) -> set[str]:
+        """The fields whose values are what their rule gives (n_kv_heads = n_heads, head_dim = d_model /
+        n_heads, d_ff from the width and activation): such a value is indistinguishable from a derived one."""
+        derived = set()
+        if self.n_kv_heads == self.n_heads:
+            derived.add("n_kv_heads")
+        if self.head_dim * self.n_heads == self.d_model:
+            derived.add("head_dim")
+        if self.d_ff == self._rule_d_ff():
+            derived.add("d_ff")
+        return derived
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +93,10 @@ class GPTConfig:
         return cls(**d)
 
     def replace(self, **changes: Any) -> "GPTConfig":
-        return replace(self, **changes)
+        """A copy with `changes`; the fields that followed their rule follow it again, so GPT-2's preset
+        with d_model=64 and n_heads=4 gets head_dim 16, d_ff 256 and 4 key/value heads, not GPT-2's."""
+        derived = {name: None for name in self.derived_fields() if name not in changes}
+        return replace(self, **derived, **changes)
 
 
 def _gpt2(n_layers: int, n_heads: int, d_model: int) -> GPTConfig:

@@ -6,6 +6,7 @@ explicit `key=value` overrides. Nested model fields are set as `model.<field>` (
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -79,6 +80,17 @@ class TrainConfig:
             (self.dtype in ("auto", "float32", "bfloat16"), f"dtype={self.dtype!r}; choose auto, float32 or bfloat16"),
             (0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must lie strictly between 0 and 1"),
             (self.micro_batch >= 1, "micro_batch must be at least 1"),
+            (self.context_length >= 2, f"context_length={self.context_length} must be at least 2 (an input and its next token)"),
+            (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"lr={self.lr} must be a positive number"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay={self.weight_decay} must not be negative"),
+            (math.isfinite(self.grad_clip) and self.grad_clip >= 0, f"grad_clip={self.grad_clip} must not be negative (0 turns clipping off)"),
+            (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, f"beta1={self.beta1} and beta2={self.beta2} must lie in [0, 1)"),
+            (self.eps > 0, f"eps={self.eps} must be positive"),
+            (self.eval_tokens >= 1, "eval_tokens must be at least 1"),
+            (self.peak_flops is None or self.peak_flops > 0, f"peak_flops={self.peak_flops} must be positive"),
+            (self.threads is None or self.threads >= 1, f"threads={self.threads} must be at least 1"),
+            (not Path(self.out_dir).exists() or Path(self.out_dir).is_dir(),
+             f"out_dir={self.out_dir} is a file, not a directory: choose another output directory"),
             (self.max_steps >= 1, "max_steps must be at least 1"),
             (self.depth >= 1, "depth must be at least 1"),
             (self.grad_accum is None or self.grad_accum >= 1, "grad_accum must be at least 1"),
