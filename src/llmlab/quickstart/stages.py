@@ -238,15 +238,11 @@ def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
 
 
 def _answers(model_dir: Path, questions: list[QA], max_new_tokens: int = 48) -> list[str]:
-    from llmlab.infer import Engine, SamplingParams, load_model
-    from llmlab.tokenizer.chat import render_chat
+    from llmlab.infer.answers import chat_answers
+    from llmlab.model.loading import load_model
 
     model, tok = load_model(model_dir)
-    engine = Engine(model, tok)
-    prompts = [render_chat([{"role": "user", "content": q.question}], tok, add_generation_prompt=True).ids
-               for q in questions]
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    return [c.text.strip() for c in engine.generate(prompts, params)]
+    return chat_answers(model, tok, [q.question for q in questions], max_new_tokens)
 
 
 def evaluate(run: RunDir, config) -> dict[str, Any]:

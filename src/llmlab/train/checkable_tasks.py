@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from llmlab.errors import ConfigError
 from llmlab.files import atomic_write
+from llmlab.infer.answers import chat_answers
 
 SPLITS = ("train", "held_out")
 HELD_OUT_PER_MILLE = 100  # 10% of all possible prompts are reserved for evaluation
@@ -207,18 +208,6 @@ def score(examples: Sequence[Example], predictions: Sequence[str]) -> dict[str, 
     return out
 
 
-def answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24) -> list[str]:
-    """Greedy chat answers of `model` to each prompt (one user turn, rendered with the chat template)."""
-    from llmlab.infer import Engine, SamplingParams
-    from llmlab.tokenizer.chat import render_chat
-
-    limit = model.config.context_length - 1
-    ids = [render_chat([{"role": "user", "content": p}], tokenizer, add_generation_prompt=True,
-                       max_tokens=limit).ids for p in prompts]
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    return [c.text for c in Engine(model, tokenizer).generate(ids, params)]
-
-
 def evaluate(model, tokenizer, examples: Sequence[Example], max_new_tokens: int = 24) -> dict[str, float]:
     """Exact match of the model's greedy answers on `examples`."""
-    return score(examples, answer(model, tokenizer, [e.prompt for e in examples], max_new_tokens))
+    return score(examples, chat_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens))

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from llmlab.errors import CheckpointError, ConfigError, InputError
+from llmlab.infer.answers import chat_answers
 from llmlab.model import suggested_lr
 from llmlab.model.loading import load_model, resolve_checkpoint
 from llmlab.train import checkable_tasks, hardware
@@ -177,7 +178,7 @@ class ExactMatchEval:
         if not self.examples:
             return {}
         prompts = [e.prompt for e in self.examples]
-        answers = checkable_tasks.answer(model, self.tokenizer, prompts, self.max_new_tokens)
+        answers = chat_answers(model, self.tokenizer, prompts, self.max_new_tokens)
         metrics: dict[str, Any] = checkable_tasks.score(self.examples, answers)
         metrics["samples"] = list(zip(prompts[: self.samples], answers[: self.samples]))
         return metrics
