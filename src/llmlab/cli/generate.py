@@ -84,12 +84,17 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
     if args.quantize:
         quantize_model(model, bits=8 if args.quantize == "int8" else 4)
+    draft = load_model(args.draft, device=args.device)[0] if args.draft else None
     engine = Engine(model, tokenizer, use_kv_cache=not args.no_kv_cache)
     prompts: list = _prompts(args)
     if args.chat:
         system = [{"role": "system", "content": args.system}] if args.system else []
         prompts = [render_chat(system + [{"role": "user", "content": p}], tokenizer, add_generation_prompt=True,
                                max_tokens=model.config.context_length - 1).ids for p in prompts]
+    context = min(m.config.context_length for m in (model, draft) if m is not None)
+    notice = context_notice([len(engine.encode(p)) for p in prompts], args.max_new_tokens, context)
+    if notice:
+        print(notice, file=sys.stderr)
     start, produced = time.perf_counter(), 0
     if args.beams:
         for prompt in prompts:
@@ -98,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 text = tokenizer.decode([t for t in h.token_ids if t not in engine.end_ids])
                 print(f"[score {h.score:.3f}  log P {h.logprob:.3f}  {'finished' if h.finished else 'length'}] {text}")
                 produced += len(h.token_ids)
-    elif args.draft:
-        draft, _ = load_model(args.draft, device=args.device)
+    elif draft is not None:
         for prompt in prompts:
             completion, stats = speculative_generate(engine, draft, prompt, params, args.draft_tokens)
             print(completion.text)
@@ -124,6 +128,20 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(f"[{produced} tokens in {seconds:.2f} s, {produced / max(seconds, 1e-9):.1f} tokens/s]", file=sys.stderr)
     return 0
+
+
+def context_notice(prompt_lengths: list[int], max_new_tokens: int, context_length: int) -> str | None:
+    """A one-line note when the context window leaves room for fewer than `max_new_tokens` new tokens.
+
+    Every decoder here stops when prompt + output fill the window, so without this note a long
+    --max-new-tokens would end early with no word why. Prompts that do not fit at all are an error elsewhere.
+    """
+    longest = max((n for n in prompt_lengths if n < context_length), default=None)
+    if longest is None or longest + max_new_tokens <= context_length:
+        return None
+    which = "the prompt" if len(prompt_lengths) == 1 else "the longest prompt"
+    return (f"note: at most {context_length - longest} new tokens instead of {max_new_tokens}: {which} takes "
+            f"{longest} of the {context_length}-token context window")
 
 
 def _print_logprobs(logprobs) -> None:
