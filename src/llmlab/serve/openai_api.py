@@ -61,7 +61,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-EXPOSED = {s.api: s for s in sampling_settings() if s.exposed}  # by request field name
+SETTINGS = {s.api: s for s in sampling_settings() if s.exposed}  # the exposed settings, by request field name
 
 
 def _request_field(s: Setting) -> tuple[Any, Any]:
@@ -70,7 +70,7 @@ def _request_field(s: Setting) -> tuple[Any, Any]:
     return kind | None, Field(None, description=s.help)
 
 
-class SamplingFields(create_model("SamplingSettings", **{name: _request_field(s) for name, s in EXPOSED.items()})):
+class SamplingFields(create_model("SamplingSettings", **{name: _request_field(s) for name, s in SETTINGS.items()})):
     """One request field per exposed SamplingParams field, under its API name, checked against its range.
 
     A field left out (None) takes the engine's default; `Generator.params` adds OpenAI's defaults.
@@ -88,17 +88,17 @@ class SamplingFields(create_model("SamplingSettings", **{name: _request_field(s)
             raise ValueError("at most 4 stop sequences")
         return v
 
-    @field_validator(*EXPOSED)
+    @field_validator(*SETTINGS)
     @classmethod
     def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
-        problem = EXPOSED[info.field_name].problem(value, api=True)
+        problem = SETTINGS[info.field_name].problem(value, api=True)
         if problem:
             raise PydanticCustomError("invalid_value", "{problem}", {"problem": problem})
         return value
 
     def settings(self) -> dict[str, Any]:
         """The sampling values this request sets, by SamplingParams field name (for `Generator.params`)."""
-        return {s.name: getattr(self, name) for name, s in EXPOSED.items() if getattr(self, name) is not None}
+        return {s.name: getattr(self, name) for name, s in SETTINGS.items() if getattr(self, name) is not None}
 
 
 class SamplingRequest(SamplingFields):
