@@ -77,3 +77,13 @@ def test_chat_keeps_history_and_ends_on_eof(checkpoint, capsys):
     assert chat_cli.run(args, input_fn=fake_input) == 0
     out = capsys.readouterr()
     assert out.out.count("model> ") == 2 and "history cleared" in out.err
+
+
+def test_generate_says_when_the_context_window_cuts_max_new_tokens(checkpoint, capsys):
+    # The tiny model's context window is 128 tokens; "Hi" is 2 byte tokens, so 126 new ones fit.
+    assert main(["generate", str(checkpoint), "-p", "Hi", "-n", "500", "-t", "0", "--no-stream"]) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if "context window" in line]
+    assert len(notices) == 1
+    assert "at most 126 new tokens" in notices[0] and "500" in notices[0] and "128" in notices[0]
+    assert main(["generate", str(checkpoint), "-p", "Hi", "-n", "126", "-t", "0", "--no-stream"]) == 0
+    assert "context window" not in capsys.readouterr().err

@@ -1,5 +1,7 @@
-"""Sampling filters keep exactly the tokens they should, match transformers' processors, and reject bad values."""
+"""Sampling filters keep exactly the tokens they should, match transformers' processors, and reject bad values;
+every sampling setting reaches the engine from the CLI and the API alike."""
 
+import argparse
 import math
 
 import pytest
@@ -13,6 +15,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from llmlab.cli import chat as chat_cli
+from llmlab.cli import generate as generate_cli
 from llmlab.errors import ConfigError
 from llmlab.infer.sampling import (
     SamplingParams,
@@ -21,9 +25,12 @@ from llmlab.infer.sampling import (
     min_p_filter,
     processed_logits,
     sample,
+    sampling_settings,
     top_k_filter,
     top_p_filter,
 )
+from llmlab.serve.openai_api import ChatCompletionRequest, CompletionRequest
+from llmlab.serve.playground_api import NextTokenRequest
 
 logit_vectors = st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=1, max_size=64).map(
     lambda xs: torch.tensor(xs, dtype=torch.float32)
@@ -132,3 +139,43 @@ def test_same_seed_same_draws_and_sampling_follows_the_distribution():
 def test_invalid_sampling_values_raise_config_error(kwargs, word):
     with pytest.raises(ConfigError, match=word):
         SamplingParams(**kwargs)
+
+
+# A value other than the default for every setting the CLI and the API offer.
+EXAMPLES = dict(max_new_tokens=5, temperature=0.5, top_k=7, top_p=0.9, min_p=0.05, repetition_penalty=1.2,
+                frequency_penalty=0.5, presence_penalty=-0.5, stop=["\n\n", "END"], seed=3, ignore_eos=True, n=2)
+
+
+def cli_params(command, pick: int) -> SamplingParams:
+    """SamplingParams from a command's flags set to EXAMPLES, each by its first or last spelling (-n, -t)."""
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    argv = ["model"]
+    for s in sampling_settings():
+        if not s.exposed or (command is chat_cli and s.name == "n"):  # chat gives one answer at a time
+            continue
+        value, flag = EXAMPLES[s.name], s.cli_flags[pick]
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list):
+            argv += [arg for item in value for arg in (flag, item)]
+        else:
+            argv += [flag, str(value)]
+    return generate_cli.sampling_params(parser.parse_args(argv))
+
+
+def test_every_exposed_setting_reaches_the_engine_from_the_cli_and_the_api():
+    exposed = [s for s in sampling_settings() if s.exposed]
+    assert {s.name for s in exposed} == set(EXAMPLES), "give each exposed SamplingParams field an example here"
+    assert all(EXAMPLES[s.name] != s.default for s in exposed)
+    from_cli = {(command, pick): cli_params(command, pick) for command in (generate_cli, chat_cli) for pick in (0, -1)}
+    body = {s.api: EXAMPLES[s.name] for s in exposed}
+    requests = [ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], **body),
+                CompletionRequest(model="m", prompt="x", **body), NextTokenRequest(model="m", prompt="x", **body)]
+    from_api = {type(r).__name__: SamplingParams(**r.settings()) for r in requests}
+    for s in exposed:
+        for (command, pick), params in from_cli.items():
+            expected = 1 if (command, s.name) == (chat_cli, "n") else EXAMPLES[s.name]
+            assert getattr(params, s.name) == expected, (command.__name__, s.cli_flags[pick])
+        for request, params in from_api.items():
+            assert getattr(params, s.name) == EXAMPLES[s.name], (request, s.api)

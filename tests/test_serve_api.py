@@ -188,6 +188,15 @@ def test_invalid_values_are_400_in_openais_error_shape(client, http):
     assert e.value.code == "context_length_exceeded"
 
 
+def test_out_of_range_sampling_values_name_the_request_field(http):
+    for field, value in {"temperature": 2.5, "top_k": -2, "frequency_penalty": 3, "max_tokens": -1}.items():
+        r = http.post("/v1/completions", json={"model": GPT_ID, "prompt": "x", field: value})
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == field and f"{field} must be" in err["message"], err
+    off = http.post("/v1/completions", json={"model": GPT_ID, "prompt": "x", "max_tokens": 2, "top_k": -1})
+    assert off.status_code == 200  # -1: no top-k, as in vLLM
+
+
 def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", messages=HI)

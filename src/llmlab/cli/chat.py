@@ -13,17 +13,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmlab.cli.generate import add_sampling_arguments
+from llmlab.cli.generate import add_model_arguments, add_sampling_arguments, sampling_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint directory, run directory, .gguf file, or smollm2-135m")
     parser.add_argument("--system", help="system message that starts the conversation")
-    add_sampling_arguments(parser, max_new_tokens=256, temperature=0.7, top_p=0.95)
+    add_model_arguments(parser)
+    # One answer at a time: no --num-samples.
+    add_sampling_arguments(parser, skip=("n",), max_new_tokens=256, temperature=0.7, top_p=0.95)
 
 
 def run(args: argparse.Namespace, input_fn=input) -> int:
-    from llmlab.infer import Engine, SamplingParams, load_model
+    from llmlab.infer import Engine, load_model
     from llmlab.infer.quantize import quantize_model
     from llmlab.tokenizer.chat import chat_format, render_chat
 
@@ -32,9 +34,7 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
     if args.quantize:
         quantize_model(model, bits=8 if args.quantize == "int8" else 4)
     engine = Engine(model, tokenizer)
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                            seed=args.seed)
+    params = sampling_params(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = []
     print(f"chatting with {args.model} (/reset, /exit; Ctrl-C stops an answer)", file=sys.stderr)

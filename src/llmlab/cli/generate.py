@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any, get_args, get_origin
 
 from llmlab.errors import ConfigError
+# The sampling flags are made from SamplingParams, so building this command's parser imports torch.
+from llmlab.infer.sampling import SamplingParams, sampling_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--prompt-file", help="file with one prompt per line")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the model's chat template")
     parser.add_argument("--system", help="system message for --chat")
-    add_sampling_arguments(parser, max_new_tokens=64, temperature=0.8, top_p=1.0)
-    parser.add_argument("--frequency-penalty", type=float, default=0.0, help="subtract this x count of each generated token")
-    parser.add_argument("--presence-penalty", type=float, default=0.0, help="subtract this once for each generated token")
-    parser.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); not printed")
-    parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt (seeds seed, seed+1, ...)")
+    add_model_arguments(parser)
+    add_sampling_arguments(parser)
     parser.add_argument("--logprobs", type=int, default=None, metavar="K",
                         help="print each token's log-probability and its K most likely alternatives")
     parser.add_argument("--beams", type=int, default=0, help="beam search with this many beams (deterministic)")
@@ -39,22 +39,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stream", action="store_true", help="print each completion when done instead of token by token")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
-                           top_p: float) -> None:
-    """The model, tokenizer, device, quantization and sampling flags `generate` and `chat` share."""
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tokenizer, quantization and device flags `generate` and `chat` share."""
     parser.add_argument("--tokenizer", help="tokenizer file, if the checkpoint has none")
-    parser.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens,
-                        help=f"most tokens to generate (default {max_new_tokens})")
-    parser.add_argument("--temperature", "-t", type=float, default=temperature,
-                        help=f"0 = greedy; higher = more random (default {temperature})")
-    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=top_p,
-                        help=f"nucleus: smallest set of tokens with this total probability (default {top_p})")
-    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top token's probability")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already seen (CTRL)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
     parser.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the Linear layers")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), **defaults: Any) -> None:
+    """One flag per exposed SamplingParams field, made from its Setting, so a new field needs no new code here.
+
+    `defaults` replace the engine's defaults for one command (chat answers at temperature 0.7);
+    `skip` names fields a command does not offer. `sampling_params(args)` reads the flags back.
+    """
+    for s in sampling_settings():
+        if not s.exposed or s.name in skip:
+            continue
+        default = defaults.get(s.name, s.default)
+        options: dict[str, Any] = {"dest": s.name, "default": default}
+        if s.kind is bool:
+            options.update(action="store_true", help=s.help)
+        elif get_origin(s.kind) is list:
+            options.update(action="append", type=get_args(s.kind)[0], help=f"{s.help} (repeatable)")
+        else:
+            kind = next(t for t in get_args(s.kind) or (s.kind,) if t is not type(None))  # int | None -> int
+            shown = "" if default is None else f" (default {default})"
+            options.update(type=kind, help=s.help + shown)
+        parser.add_argument(*s.cli_flags, **options)
+
+
+def sampling_params(args: argparse.Namespace, **extra: Any) -> SamplingParams:
+    """The SamplingParams the sampling flags ask for; a skipped flag keeps the engine's default."""
+    given = {s.name: getattr(args, s.name) for s in sampling_settings() if s.exposed and hasattr(args, s.name)}
+    return SamplingParams(**given, **extra)
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -67,46 +84,45 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmlab.infer import Engine, SamplingParams, load_model
+    from llmlab.infer import Engine, load_model
     from llmlab.infer.beam import beam_search
     from llmlab.infer.quantize import quantize_model
     from llmlab.infer.speculative import speculative_generate
     from llmlab.tokenizer.chat import render_chat
 
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
-        presence_penalty=args.presence_penalty, stop=args.stop, seed=args.seed, n=args.num_samples,
-        logprobs=args.logprobs is not None, top_logprobs=args.logprobs or 0,
-    )
+    params = sampling_params(args, logprobs=args.logprobs is not None, top_logprobs=args.logprobs or 0)
     if args.beams and args.draft:
         raise ConfigError("choose beam search or speculative decoding, not both")
     model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
     if args.quantize:
         quantize_model(model, bits=8 if args.quantize == "int8" else 4)
+    draft = load_model(args.draft, device=args.device)[0] if args.draft else None
     engine = Engine(model, tokenizer, use_kv_cache=not args.no_kv_cache)
     prompts: list = _prompts(args)
     if args.chat:
         system = [{"role": "system", "content": args.system}] if args.system else []
         prompts = [render_chat(system + [{"role": "user", "content": p}], tokenizer, add_generation_prompt=True,
                                max_tokens=model.config.context_length - 1).ids for p in prompts]
+    context = min(m.config.context_length for m in (model, draft) if m is not None)
+    notice = context_notice([len(engine.encode(p)) for p in prompts], params.max_new_tokens, context)
+    if notice:
+        print(notice, file=sys.stderr)
     start, produced = time.perf_counter(), 0
     if args.beams:
         for prompt in prompts:
-            for h in beam_search(model, engine.encode(prompt), args.beams, args.max_new_tokens, args.length_penalty,
+            for h in beam_search(model, engine.encode(prompt), args.beams, params.max_new_tokens, args.length_penalty,
                                  engine.end_ids):
                 text = tokenizer.decode([t for t in h.token_ids if t not in engine.end_ids])
                 print(f"[score {h.score:.3f}  log P {h.logprob:.3f}  {'finished' if h.finished else 'length'}] {text}")
                 produced += len(h.token_ids)
-    elif args.draft:
-        draft, _ = load_model(args.draft, device=args.device)
+    elif draft is not None:
         for prompt in prompts:
             completion, stats = speculative_generate(engine, draft, prompt, params, args.draft_tokens)
             print(completion.text)
             print(f"[acceptance rate {stats.acceptance_rate:.1%}, {stats.tokens_per_round:.2f} tokens per target "
                   f"forward]", file=sys.stderr)
             produced += completion.completion_tokens
-    elif args.no_stream or len(prompts) > 1 or args.num_samples > 1:
+    elif args.no_stream or len(prompts) > 1 or params.n > 1:
         for completion in engine.generate(prompts, params):
             print(completion.text)
             _print_logprobs(completion.logprobs)
@@ -124,6 +140,20 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(f"[{produced} tokens in {seconds:.2f} s, {produced / max(seconds, 1e-9):.1f} tokens/s]", file=sys.stderr)
     return 0
+
+
+def context_notice(prompt_lengths: list[int], max_new_tokens: int, context_length: int) -> str | None:
+    """A one-line note when the context window leaves room for fewer than `max_new_tokens` new tokens.
+
+    Every decoder here stops when prompt + output fill the window, so without this note a long
+    --max-new-tokens would end early with no word why. Prompts that do not fit at all are an error elsewhere.
+    """
+    longest = max((n for n in prompt_lengths if n < context_length), default=None)
+    if longest is None or longest + max_new_tokens <= context_length:
+        return None
+    which = "the prompt" if len(prompt_lengths) == 1 else "the longest prompt"
+    return (f"note: at most {context_length - longest} new tokens instead of {max_new_tokens}: {which} takes "
+            f"{longest} of the {context_length}-token context window")
 
 
 def _print_logprobs(logprobs) -> None:

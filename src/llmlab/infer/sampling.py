@@ -11,12 +11,69 @@ in the softmax. The filters are separate functions so that tests can check exact
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, get_type_hints
 
 import torch
 
 from llmlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the CLI and the API need to know about one SamplingParams field: its help, its valid range,
+    its API name and flags. Kept in the field's metadata, so that adding a field adds a flag and a request
+    field, and each range is written once.
+    """
+
+    help: str
+    low: float | None = None  # the smallest valid value
+    high: float | None = None  # the largest valid value
+    above_low: bool = False  # `low` itself is out of range (top_p > 0)
+    note: str = ""  # how to read special values, quoted in errors ("0 is greedy")
+    api_high: float | None = None  # OpenAI's tighter upper bound, applied to API requests (temperature <= 2)
+    api_name: str | None = None  # the request field, where OpenAI's name differs from the field's
+    flags: tuple[str, ...] = ()  # the CLI flags, where they are more than --field-name
+    exposed: bool = True  # a CLI flag of `generate` and a field of every completion request
+    # Taken from the field itself by `sampling_settings()`:
+    name: str = ""
+    kind: Any = None  # the field's type: int, float, bool, int | None, list[str]
+    default: Any = None
+
+    @property
+    def api(self) -> str:
+        return self.api_name or self.name
+
+    @property
+    def cli_flags(self) -> tuple[str, ...]:
+        return self.flags or ("--" + self.name.replace("_", "-"),)
+
+    def problem(self, value: Any, api: bool = False) -> str | None:
+        """Why `value` is out of range, named as the API (`api=True`) or the engine names it; None if it fits."""
+        high = self.api_high if api and self.api_high is not None else self.high
+        if value is None or (self.low is None and high is None):
+            return None
+        above = self.low is None or value > self.low or (value == self.low and not self.above_low)
+        if math.isfinite(value) and above and (high is None or value <= high):
+            return None
+        if self.low is not None and high is not None:
+            valid = f"in {'(' if self.above_low else '['}{self.low:g}, {high:g}]"
+        elif self.low is not None:
+            valid = f"{'>' if self.above_low else '>='} {self.low:g}"
+        else:
+            valid = f"<= {high:g}"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.api if api else self.name} must be {valid}{note}, got {value}"
+
+
+def _setting(default: Any, help: str, **rules: Any) -> Any:
+    """A SamplingParams field whose metadata holds its Setting."""
+    metadata = {"setting": Setting(help, **rules)}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -29,23 +86,32 @@ class SamplingParams:
     tokens already generated. `stop` strings end the completion and are not part of its text;
     `stop_token_ids` are extra end tokens besides the tokenizer's end-of-text / end-of-turn tokens.
     `n` samples per prompt use seeds seed, seed+1, ... so they differ but stay reproducible.
+
+    This class is the one definition of the sampling settings: the CLI flags and the server's request
+    fields are made from each field's `Setting` (see `sampling_settings()`).
     """
 
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    n: int = 1
+    max_new_tokens: int = _setting(64, "most tokens to generate", low=0, api_name="max_tokens",
+                                   flags=("--max-new-tokens", "-n"))
+    temperature: float = _setting(0.8, "0 = greedy; higher = more random", low=0, note="0 is greedy", api_high=2,
+                                  flags=("--temperature", "-t"))
+    top_k: int | None = _setting(None, "sample only from the k most likely tokens", low=0, note="0 or None keeps all")
+    top_p: float = _setting(1.0, "nucleus: the smallest set of tokens with this total probability", low=0, high=1,
+                            above_low=True)
+    min_p: float = _setting(0.0, "drop tokens below min-p x the top token's probability", low=0, high=1)
+    repetition_penalty: float = _setting(1.0, "> 1 discourages tokens already seen (CTRL)", low=0, above_low=True,
+                                         note="1 is off")
+    frequency_penalty: float = _setting(0.0, "subtract this x count of each generated token", low=-2, high=2)
+    presence_penalty: float = _setting(0.0, "subtract this once for each generated token", low=-2, high=2)
+    stop: list[str] = _setting([], "stop at this string; it is not part of the output")
+    seed: int | None = _setting(None, "random seed, for reproducible sampling")
+    # The CLI and OpenAI's two endpoints each spell log-probabilities their own way (one count in
+    # `--logprobs K` and in /v1/completions; a flag and a count in /v1/chat/completions), so each maps them.
+    logprobs: bool = _setting(False, "return each token's log-probability", exposed=False)
+    top_logprobs: int = _setting(0, "with each token, its this many most likely alternatives", low=0, exposed=False)
+    stop_token_ids: list[int] = _setting([], "extra token ids that end the completion", exposed=False)
+    ignore_eos: bool = _setting(False, "keep generating past end-of-text / end-of-turn tokens (for benchmarks)")
+    n: int = _setting(1, "samples per prompt (seeds seed, seed+1, ...)", low=1, flags=("--num-samples",))
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -54,23 +120,11 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid value."""
-        checks = [
-            (self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}"),
-            (math.isfinite(self.temperature) and self.temperature >= 0,
-             f"temperature must be >= 0 (0 is greedy), got {self.temperature}"),
-            (self.top_k is None or self.top_k >= 0, f"top_k must be >= 0 (0 or None keeps all), got {self.top_k}"),
-            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
-            (0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 is off), got {self.repetition_penalty}"),
-            (-2.0 <= self.frequency_penalty <= 2.0, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-            (-2.0 <= self.presence_penalty <= 2.0, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
-            (self.top_logprobs >= 0, f"top_logprobs must be >= 0, got {self.top_logprobs}"),
-            (self.n >= 1, f"n must be >= 1, got {self.n}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message, hint="see `llmlab generate --help` for each option's range")
+        """Raise ConfigError naming the first value outside its field's range."""
+        for s in sampling_settings():
+            problem = s.problem(getattr(self, s.name))
+            if problem:
+                raise ConfigError(problem, hint="see `llmlab generate --help` for each option's range")
 
     @property
     def greedy(self) -> bool:
@@ -82,6 +136,17 @@ class SamplingParams:
 
     def replace(self, **changes) -> "SamplingParams":
         return replace(self, **changes)
+
+
+@functools.cache
+def sampling_settings() -> tuple[Setting, ...]:
+    """Every SamplingParams field's Setting, in field order, with its name, type and default filled in."""
+    types = get_type_hints(SamplingParams)
+    return tuple(
+        replace(f.metadata["setting"], name=f.name, kind=types[f.name],
+                default=[] if f.default_factory is list else f.default)
+        for f in fields(SamplingParams)
+    )
 
 
 def apply_penalties(

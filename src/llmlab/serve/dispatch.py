@@ -19,25 +19,6 @@ from llmlab.serve.worker import Busy, GenerationWorker, Job, events_of
 
 
 @dataclass
-class Sampling:
-    """The sampling fields a request may set (OpenAI's names plus top_k, min_p, repetition_penalty, ignore_eos)."""
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    ignore_eos: bool = False
-
-
-@dataclass
 class ChoiceResult:
     """One finished choice, gathered from its stream events."""
 
@@ -84,8 +65,12 @@ class Generator:
             raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="prompt")
         return list(prompt)
 
-    def params(self, loaded: LoadedModel, prompt_len: int, s: Sampling) -> SamplingParams:
-        """SamplingParams for a prompt of `prompt_len` tokens, within the server's limits and the context window."""
+    def params(self, loaded: LoadedModel, prompt_len: int, settings: dict[str, Any]) -> SamplingParams:
+        """SamplingParams for a prompt of `prompt_len` tokens, within the server's limits and the context window.
+
+        `settings` are a request's sampling values by SamplingParams field name; one a request leaves out
+        takes the engine's default, except temperature (OpenAI's 1) and max_new_tokens (the server's default).
+        """
         ctx = loaded.context_length
         max_prompt = min(self.limits.max_prompt_tokens, ctx - 1)
         if prompt_len == 0:
@@ -93,26 +78,15 @@ class Generator:
         if prompt_len > max_prompt:
             raise APIError(400, f"the prompt has {prompt_len} tokens; this server accepts at most {max_prompt} for "
                            f"{loaded.id} (context window {ctx})", param="messages", code="context_length_exceeded")
-        if s.max_tokens is not None and s.max_tokens > self.limits.max_output_tokens:
-            raise APIError(400, f"max_tokens={s.max_tokens} is above this server's limit of "
+        wanted = settings.get("max_new_tokens")
+        if wanted is not None and wanted > self.limits.max_output_tokens:
+            raise APIError(400, f"max_tokens={wanted} is above this server's limit of "
                            f"{self.limits.max_output_tokens}", param="max_tokens")
-        wanted = self.limits.default_output_tokens if s.max_tokens is None else s.max_tokens
+        if wanted is None:
+            wanted = self.limits.default_output_tokens
         try:
-            return SamplingParams(
-                max_new_tokens=min(wanted, ctx - prompt_len),  # the rest of the context window at most
-                temperature=1.0 if s.temperature is None else s.temperature,  # OpenAI's default
-                top_k=s.top_k if s.top_k and s.top_k > 0 else None,
-                top_p=1.0 if s.top_p is None else s.top_p,
-                min_p=s.min_p or 0.0,
-                repetition_penalty=1.0 if s.repetition_penalty is None else s.repetition_penalty,
-                frequency_penalty=s.frequency_penalty or 0.0,
-                presence_penalty=s.presence_penalty or 0.0,
-                stop=list(s.stop),
-                seed=s.seed,
-                logprobs=s.logprobs or s.top_logprobs > 0,
-                top_logprobs=s.top_logprobs,
-                ignore_eos=s.ignore_eos,
-            )
+            return SamplingParams(**{"temperature": 1.0, **settings,  # OpenAI's default temperature
+                                     "max_new_tokens": min(wanted, ctx - prompt_len)})  # the rest of the window at most
         except LlmlabError as e:
             raise APIError(400, e.message, code="invalid_value") from e
 
@@ -122,16 +96,15 @@ class Generator:
         except Busy as e:
             raise APIError(429, f"{e}; retry shortly", code="server_busy") from e
 
-    def start(self, loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams, n: int = 1) -> Job:
-        """Queue the generation of `n` choices of one prompt (one batched job; event.index names the choice).
+    def start(self, loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams) -> Job:
+        """Queue the generation of `params.n` choices of one prompt (one batched job; event.index names the choice).
 
         The engine gives choice j the seed seed + j, so each choice is reproducible and they differ.
         """
-        if n > self.limits.max_n:
-            raise APIError(400, f"n={n} is above this server's limit of {self.limits.max_n}", param="n")
+        if params.n > self.limits.max_n:
+            raise APIError(400, f"n={params.n} is above this server's limit of {self.limits.max_n}", param="n")
         self._reserve()
         job = Job()
-        params = params.replace(n=n)
         self.worker.submit(job, lambda: Engine(loaded.model, loaded.tokenizer).stream(prompt_ids, params))
         return job
 

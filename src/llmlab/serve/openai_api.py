@@ -11,16 +11,16 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Literal, get_args, get_origin
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic_core import PydanticCustomError
 
+from llmlab.infer.sampling import Setting, sampling_settings
 from llmlab.serve.api_errors import APIError, error_body, unknown_model
-from llmlab.serve.dispatch import (
-    ChoiceResult, Generator, Sampling, add_event, until_disconnected,
-)
+from llmlab.serve.dispatch import ChoiceResult, Generator, add_event, until_disconnected
 from llmlab.serve.lookinside import prompt_logprobs
 from llmlab.serve.registry import LoadedModel
 from llmlab.serve.worker import Job, events_of
@@ -61,25 +61,25 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingRequest(BaseModel):
-    """Fields shared by chat and text completions. Unknown fields are ignored, as many clients send extras."""
+SETTINGS = {s.api: s for s in sampling_settings() if s.exposed}  # the exposed settings, by request field name
 
-    model_config = ConfigDict(extra="ignore")
-    model: str
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=0)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    top_k: int | None = Field(None, ge=-1)  # -1 or 0: no top-k (vLLM's convention)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
-    ignore_eos: bool = False  # keep going past end tokens (vLLM's field; for benchmarks)
+
+def _request_field(s: Setting) -> tuple[Any, Any]:
+    """A sampling setting as an optional request field; a list also takes one item alone, as OpenAI's `stop` does."""
+    kind = s.kind | get_args(s.kind)[0] if get_origin(s.kind) is list else s.kind
+    return kind | None, Field(None, description=s.help)
+
+
+class SamplingFields(create_model("SamplingSettings", **{name: _request_field(s) for name, s in SETTINGS.items()})):
+    """One request field per exposed SamplingParams field, under its API name, checked against its range.
+
+    A field left out (None) takes the engine's default; `Generator.params` adds OpenAI's defaults.
+    """
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _top_k_off(cls, v: Any) -> Any:
+        return None if v == -1 else v  # vLLM's spelling of "no top-k"; 0 and None mean the same
 
     @field_validator("stop")
     @classmethod
@@ -88,16 +88,26 @@ class SamplingRequest(BaseModel):
             raise ValueError("at most 4 stop sequences")
         return v
 
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+    @field_validator(*SETTINGS)
+    @classmethod
+    def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = SETTINGS[info.field_name].problem(value, api=True)
+        if problem:
+            raise PydanticCustomError("invalid_value", "{problem}", {"problem": problem})
+        return value
 
-    def sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> Sampling:
-        return Sampling(
-            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            min_p=self.min_p, repetition_penalty=self.repetition_penalty, frequency_penalty=self.frequency_penalty,
-            presence_penalty=self.presence_penalty, stop=self.stops(), seed=self.seed, logprobs=logprobs,
-            top_logprobs=top_logprobs, ignore_eos=self.ignore_eos,
-        )
+    def settings(self) -> dict[str, Any]:
+        """The sampling values this request sets, by SamplingParams field name (for `Generator.params`)."""
+        return {s.name: getattr(self, name) for name, s in SETTINGS.items() if getattr(self, name) is not None}
+
+
+class SamplingRequest(SamplingFields):
+    """Fields shared by chat and text completions. Unknown fields are ignored, as many clients send extras."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -122,7 +132,7 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)  # the legacy API's number of alternatives per token
-    max_tokens: int | None = Field(16, ge=0)  # the legacy API's default
+    max_tokens: int | None = 16  # the legacy API's default
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -225,19 +235,21 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     gen = _generator(request)
     loaded = await gen.load(req.model)
     prompt = gen.chat_prompt(loaded, [m.flat() for m in req.messages])
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     top = req.top_logprobs or 0
     if top and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-    params = gen.params(loaded, len(prompt), req.sampling(max_tokens, req.logprobs, top))
-    job = gen.start(loaded, prompt, params, req.n)
+    settings = req.settings() | {"logprobs": req.logprobs, "top_logprobs": top}
+    if req.max_completion_tokens is not None:
+        settings["max_new_tokens"] = req.max_completion_tokens
+    params = gen.params(loaded, len(prompt), settings)
+    job = gen.start(loaded, prompt, params)
     cid, created = _new_id("chatcmpl"), int(time.time())
     head = {"id": cid, "created": created, "model": req.model, "system_fingerprint": FINGERPRINT}
     if req.stream:
-        lines = _chat_chunks(head, loaded, job, req.n, len(prompt), req.logprobs, req.include_usage)
+        lines = _chat_chunks(head, loaded, job, params.n, len(prompt), req.logprobs, req.include_usage)
         return StreamingResponse(_guarded(lines, job), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    results = await _wait(request, gen, job, req.n)
+    results = await _wait(request, gen, job, params.n)
     choices = []
     for r in results:
         logprobs = {"content": [chat_logprob(loaded.tokenizer, e) for e in r.events], "refusal": None} if req.logprobs else None
@@ -283,10 +295,12 @@ async def completions(req: CompletionRequest, request: Request):
     wants_logprobs = req.logprobs is not None
     cid, created = _new_id("cmpl"), int(time.time())
     head = {"id": cid, "created": created, "model": req.model, "system_fingerprint": FINGERPRINT}
-    params = [gen.params(loaded, len(p), req.sampling(req.max_tokens, wants_logprobs, top)) for p in prompts]
+    settings = req.settings() | {"logprobs": wants_logprobs, "top_logprobs": top}
+    params = [gen.params(loaded, len(p), settings) for p in prompts]
+    n = params[0].n
     if req.stream:
-        job = gen.start(loaded, prompts[0], params[0], req.n)
-        lines = _completion_chunks(head, loaded, job, req.n, len(prompts[0]), wants_logprobs, req.include_usage)
+        job = gen.start(loaded, prompts[0], params[0])
+        lines = _completion_chunks(head, loaded, job, n, len(prompts[0]), wants_logprobs, req.include_usage)
         return StreamingResponse(_guarded(lines, job), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     choices, completion_tokens = [], 0
@@ -295,13 +309,13 @@ async def completions(req: CompletionRequest, request: Request):
         if req.echo and wants_logprobs:
             scored = await gen.compute(lambda prompt=prompt: prompt_logprobs(loaded, prompt, top))
         if p.max_new_tokens == 0:  # scoring the prompt only
-            results = [ChoiceResult(i, finish_reason="length") for i in range(req.n)]
+            results = [ChoiceResult(i, finish_reason="length") for i in range(n)]
         else:
-            results = await _wait(request, gen, gen.start(loaded, prompt, p, req.n), req.n)
+            results = await _wait(request, gen, gen.start(loaded, prompt, p), n)
         for r in results:
             completion_tokens += len(r.token_ids)
             text = (loaded.tokenizer.decode(prompt) if req.echo else "") + r.text
-            choice = {"index": p_index * req.n + r.index, "text": text, "finish_reason": r.finish_reason,
+            choice = {"index": p_index * n + r.index, "text": text, "finish_reason": r.finish_reason,
                       "logprobs": _legacy_logprobs(loaded, prompt, r, scored, req.echo) if wants_logprobs else None}
             if r.timings:
                 choice["timings"] = r.timings

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from llmlab.serve.api_errors import APIError
-from llmlab.serve.dispatch import Generator, Sampling
+from llmlab.serve.dispatch import Generator
 from llmlab.serve.lookinside import attention_maps, next_token_distribution
-from llmlab.serve.openai_api import ChatMessage
+from llmlab.serve.openai_api import ChatMessage, SamplingFields
 
 router = APIRouter(prefix="/api")
 
@@ -21,12 +21,9 @@ class InspectRequest(BaseModel):
     messages: list[ChatMessage] | None = None
 
 
-class NextTokenRequest(InspectRequest):
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_k: int | None = Field(None, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    min_p: float = Field(0.0, ge=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0)
+class NextTokenRequest(InspectRequest, SamplingFields):
+    """The completion requests' sampling fields, of which the filters and penalties shape one step."""
+
     k: int = Field(20, ge=1, le=100)
 
 
@@ -76,9 +73,7 @@ async def next_token(req: NextTokenRequest, request: Request) -> dict[str, Any]:
     """The next-token distribution for a prompt, raw and as the sampling settings reshape it."""
     gen = _generator(request)
     loaded, ids = await _prompt(gen, req)
-    params = gen.params(loaded, len(ids), Sampling(
-        max_tokens=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-        repetition_penalty=req.repetition_penalty))
+    params = gen.params(loaded, len(ids), req.settings() | {"max_new_tokens": 1})
     return await gen.compute(lambda: next_token_distribution(loaded, ids, params, req.k))
 
 
