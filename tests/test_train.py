@@ -7,6 +7,7 @@ import math
 import os
 import random
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -278,6 +279,80 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert resolve_latest(tmp_path / "checkpoints").name == "step_000004"
     assert not (tmp_path / "checkpoints" / "step_000006").exists()
     load_checkpoint(tmp_path / "checkpoints" / "latest")
+    # Noticed steps later (the loop does not wait for the device each step), the NaN step was still skipped.
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# --- no waiting on the device, prefetching, deadlines ----------------------------------------------------
+
+READS = ("item", "tolist", "__float__", "__int__", "__bool__")
+
+
+def test_the_loop_reads_device_values_only_where_it_logs_evaluates_or_saves(tmp_path, monkeypatch):
+    x = torch.randint(0, 512, (2, 16))
+    reads = []
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **kw):
+            caller = __import__("sys")._getframe(1)
+            if caller.f_code.co_filename.endswith(os.path.join("train", "loop.py")):
+                reads.append(caller.f_code.co_name)
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=12, warmup_steps=0, checkpoint_every=100, log_every=4,
+                      peak_flops=1e11, threads=1)
+    result = Trainer(cfg, GPT(preset("tiny")), ListBatches([{"input_ids": x, "targets": x.roll(-1, 1)}])).fit()
+    assert [s for s, _ in result.losses] == list(range(1, 13))
+    # One transfer per log line (steps 4, 8, 12); the host batch is counted before it is copied over.
+    assert [r for r in reads if r != "_model_flops"] == ["_numbers"] * 3
+
+
+@pytest.mark.parametrize("sampling", ["random", "packed"])
+def test_prefetching_changes_nothing_and_resumes_exactly(run_dir, tmp_path, sampling):
+    plain = pretrain(tiny_config(run_dir, tmp_path / "plain", sampling=sampling, checkpoint_every=3))
+    kw = dict(sampling=sampling, prefetch=True, checkpoint_every=3)
+    first = pretrain(tiny_config(run_dir, tmp_path / "cut", **kw), until_step=5)  # the thread has read step 6's batch
+    rest = pretrain(tiny_config(run_dir, tmp_path / "cut", **kw), resume=True)  # from the checkpoint at step 3
+    assert first.losses == plain.losses[:5]
+    assert first.losses[:3] + rest.losses == plain.losses
+
+
+def test_prefetcher_position_is_after_the_batches_handed_out():
+    from llmlab.train.prefetch import Prefetcher
+
+    batches = [{"input_ids": torch.full((1, 2), i)} for i in range(6)]
+    ahead = Prefetcher(ListBatches(batches), pin_memory=False)
+    assert ahead.state_dict() == {"i": 0}
+    assert [int(ahead.next_batch()["input_ids"][0, 0]) for _ in range(2)] == [0, 1]
+    assert ahead.state_dict() == {"i": 2}  # the batch read ahead is not counted as taken
+    ahead.load_state_dict({"i": 4})
+    assert int(ahead.next_batch()["input_ids"][0, 0]) == 4 and ahead.state_dict() == {"i": 5}
+    ahead.close()
+
+
+def test_a_time_limit_ends_the_run_on_its_deadline_with_the_schedule_finished(tmp_path):
+    x = torch.randint(0, 512, (2, 16))
+
+    def slow(model, batch):  # ~20 steps fit in the limit, whatever the machine's load
+        time.sleep(0.1)
+        return lm_loss(model, batch)
+
+    limit = 2.5
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=100_000, time_limit_s=limit, warmup_steps=2, lr=1e-3,
+                      checkpoint_every=8, log_every=1, peak_flops=1e11, threads=1)
+    trainer = Trainer(cfg, GPT(preset("tiny")), ListBatches([{"input_ids": x, "targets": x.roll(-1, 1)}]),
+                      loss_fn=slow)
+    started = time.perf_counter()
+    result = trainer.fit()
+    took = time.perf_counter() - started
+    assert result.out_of_time and 5 <= result.step <= 25, result.step
+    assert took <= limit + 0.5, took  # the last step left room for the final checkpoint
+    assert resolve_latest(tmp_path / "checkpoints").name == f"step_{result.step:06d}"
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    assert lrs[1] == pytest.approx(1e-3) and lrs[-1] < 0.2e-3  # warmup, then the cosine ran out with the time
+    assert trainer.throughput(result)["wall_time_s"] <= limit + 0.5
 
 
 # --- data ------------------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class Progress:
         initial: int = 0,
         metrics_path: str | os.PathLike | None = None,
         disable: bool | None = None,
+        bar_format: str | None = None,
     ) -> None:
         if disable is None:
             disable = os.environ.get("LLMLAB_PROGRESS", "1") == "0"
@@ -83,6 +84,7 @@ class Progress:
             dynamic_ncols=True,
             mininterval=0.5 if sys.stderr.isatty() else 10.0,
             file=sys.stderr,
+            bar_format=bar_format,
         )
         self.metrics = MetricsLog(metrics_path) if metrics_path else None
 
@@ -93,6 +95,12 @@ class Progress:
             if self.metrics:
                 self.metrics.write(**metrics)
         self.bar.update(n)
+
+    def record(self, **metrics: Any) -> None:
+        """Show `metrics` beside the bar and append them to the log, without moving the bar."""
+        self.bar.set_postfix({k: _fmt(v) for k, v in metrics.items()}, refresh=False)
+        if self.metrics:
+            self.metrics.write(**metrics)
 
     def log(self, **metrics: Any) -> None:
         """Record metrics without moving the bar (e.g. an evaluation between steps)."""

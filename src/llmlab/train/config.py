@@ -42,6 +42,7 @@ class TrainConfig:
     tokens_per_step: int | None = None  # global tokens per optimizer step; sets gradient accumulation
     grad_accum: int | None = None  # explicit accumulation steps (overrides tokens_per_step)
     max_steps: int = 1000
+    time_limit_s: float | None = None  # end on this wall-clock deadline (schedule follows time); max_steps caps it
     # --- optimiser and schedule ---
     lr: float | None = None  # peak learning rate; None: llmlab.model.suggested_lr(config)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -65,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast where supported, else fp32) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
+    prefetch: bool | None = None  # read the next batch in a background thread; None: on for CUDA
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     distributed: str = "ddp"  # under torchrun: "ddp" (replicate) or "fsdp" (fully_shard)
     peak_flops: float | None = None  # for MFU; None: measured (CPU) or looked up (GPU)
@@ -92,6 +94,7 @@ class TrainConfig:
             (not Path(self.out_dir).exists() or Path(self.out_dir).is_dir(),
              f"out_dir={self.out_dir} is a file, not a directory: choose another output directory"),
             (self.max_steps >= 1, "max_steps must be at least 1"),
+            (self.time_limit_s is None or self.time_limit_s > 0, f"time_limit_s={self.time_limit_s} must be positive"),
             (self.depth >= 1, "depth must be at least 1"),
             (self.grad_accum is None or self.grad_accum >= 1, "grad_accum must be at least 1"),
             (self.warmup_steps >= 0, "warmup_steps must not be negative"),

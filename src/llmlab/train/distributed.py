@@ -86,7 +86,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def mean_across(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """The average of a scalar tensor over all processes (loss for logging)."""
+    """The average of a tensor over all processes (losses for logging)."""
     if info.enabled:
         value = value.detach().clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)

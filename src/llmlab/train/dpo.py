@@ -125,7 +125,7 @@ class DPOLoss:
             raise ConfigError(f"nll_weight must not be negative, got {nll_weight}")
         self.beta, self.nll_weight = beta, nll_weight
 
-    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logps = sequence_logprobs(model, batch["input_ids"], batch["targets"])
         ref = batch["ref_logps"].to(logps.device, logps.dtype)
         half = logps.shape[0] // 2
@@ -135,7 +135,7 @@ class DPOLoss:
             nll = -(logps[:half] / lengths).mean()
             loss = loss + self.nll_weight * nll
             stats["chosen_nll"] = nll.detach()
-        return loss, {k: float(v) for k, v in stats.items()}
+        return loss, stats  # detached device scalars: the loop reads them when it logs
 
 
 @torch.no_grad()

@@ -54,17 +54,21 @@ def _has_dtensor(groups: list[dict]) -> bool:
     return any(type(p).__name__ == "DTensor" for g in groups for p in g["params"])
 
 
-def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
+def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float,
+          time_fraction: float | None = None) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine decay to peak * min_ratio.
 
     Step 0 already gets peak / warmup (not zero, which would waste a step); the warmup ends at
-    `warmup`, the cosine reaches its floor at `total` and stays there.
+    `warmup`, the cosine reaches its floor at `total` and stays there. A run with a deadline passes the
+    fraction of its time spent: the cosine then follows whichever of steps and time is further along.
     """
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
     floor = peak * min_ratio
     span = max(1, total - warmup)
     progress = min(1.0, (step - warmup) / span)
+    if time_fraction is not None:
+        progress = max(progress, min(1.0, time_fraction))
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
