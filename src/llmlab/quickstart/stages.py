@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from llmlab.errors import InputError
-from llmlab.files import RunDir, write_json, write_text
+from llmlab.files import RunDir, write_text
 from llmlab.quickstart import plan
 from llmlab.quickstart.instructions import QA, build_instructions
 from llmlab.quickstart.site import render_site, serve_directory
@@ -122,36 +122,21 @@ def tokenize(run: RunDir, vocab_size: int, seed: int) -> dict[str, Any]:
     }
 
 
-CALIBRATION_STEPS = 8
-UNPLANNED = 10**9  # max_steps / eval / checkpoint cadence until the calibration has measured the speed
+WARMUP_STEPS = 24
+SUMMARY_S = 2.0  # the training report and its loss curve, written after the deadline
 
 
-def fit_within(trainer, seconds: float, plan_path: Path, max_steps: int | None = None):
-    """Train for about `seconds` (at most `max_steps`): time the first steps on the trainer, then fix max_steps.
-
-    The warmup outlasts the calibration, so the learning-rate schedule is the same as if max_steps had
-    been known from the start. The plan is saved, so a resumed run keeps the schedule it started with.
-    """
-    cfg = trainer.config
-    if plan_path.exists():
-        plan_ = json.loads(plan_path.read_text(encoding="utf-8"))
-    else:
-        trainer.fit(until_step=2)  # the first steps pay for allocation and warm caches: not timed
-        t0 = time.perf_counter()
-        trainer.fit(until_step=CALIBRATION_STEPS)
-        per_step = (time.perf_counter() - t0) / (CALIBRATION_STEPS - 2)
-        # 10% of the time goes to the four evaluations, checkpoints and samples.
-        steps = max(CALIBRATION_STEPS + 1, int(0.9 * seconds / per_step))
-        steps = min(steps, max_steps) if max_steps else steps
-        plan_ = {"max_steps": steps, "seconds_per_step": round(per_step, 4), "budget_seconds": round(seconds)}
-        write_json(plan_path, plan_)
-    cfg.max_steps = plan_["max_steps"]
-    cfg.eval_every = cfg.checkpoint_every = max(1, cfg.max_steps // 4)
-    return trainer.fit(), plan_
+def time_left(seconds: float, started: float) -> float:
+    """The training deadline: the stage's budget less what setting up took and what the report will."""
+    return max(1.0, seconds - (time.monotonic() - started) - SUMMARY_S)
 
 
 def pretrain(run: RunDir, config, seconds: float) -> dict[str, Any]:
-    """Size a model for the time budget (the estimator's arithmetic) and train it for that long."""
+    """Size a model for the time budget (the estimator's arithmetic) and train it until the budget is spent.
+
+    The run ends on its deadline, whatever the machine's speed: the learning-rate schedule follows the
+    time spent, so a busy machine trains fewer steps but still finishes its cosine.
+    """
     import torch
 
     from llmlab.tokenizer.shards import read_shards
@@ -159,20 +144,24 @@ def pretrain(run: RunDir, config, seconds: float) -> dict[str, Any]:
     from llmlab.train.hardware import peak_flops
     from llmlab.train.pretrain import prepare, summarize
 
+    started = time.monotonic()
     meta = read_shards(run.shards).meta
     tokens, vocab_size = meta["tokens"], meta["vocab_size"]
     peak, _ = peak_flops(torch.device("cpu"), None)
     # Expect about half of the matmul peak end to end (attention, norms, optimizer and data cost the rest).
     sized = plan.plan_model(seconds, 0.5 * peak, tokens, vocab_size, config.context_length)
     micro_batch = 8
+    expected = max(1, round(sized.compute_flops / (6 * sized.params * micro_batch * config.context_length)))
     train_config = TrainConfig(
         shards=str(run.shards), out_dir=str(run.pretrain), tokenizer=str(run.tokenizer / "tokenizer.json"),
-        depth=sized.depth, context_length=config.context_length, micro_batch=micro_batch, max_steps=UNPLANNED,
-        warmup_steps=3 * CALIBRATION_STEPS, eval_every=UNPLANNED, eval_tokens=16384, checkpoint_every=UNPLANNED,
-        sample_prompts=SAMPLE_PROMPTS, sample_tokens=32, seed=config.seed,
+        depth=sized.depth, context_length=config.context_length, micro_batch=micro_batch,
+        max_steps=4 * expected,  # the deadline ends the run; this only bounds a machine far faster than planned
+        warmup_steps=min(WARMUP_STEPS, expected // 10), eval_every=max(1, expected // 4), eval_tokens=16384,
+        checkpoint_every=max(1, expected // 4), sample_prompts=SAMPLE_PROMPTS, sample_tokens=32, seed=config.seed,
     )
     training = prepare(train_config, resume=(run.pretrain / "checkpoints" / "latest").exists())
-    result, _ = fit_within(training.trainer, seconds, run.pretrain / "quickstart_plan.json")
+    training.trainer.config.time_limit_s = time_left(seconds, started)
+    result = training.trainer.fit()
     summarize(training, result)
     return {
         "depth": sized.depth,
@@ -180,6 +169,7 @@ def pretrain(run: RunDir, config, seconds: float) -> dict[str, Any]:
         "target_parameters": round(sized.target_params),
         "sizing": sized.reason,
         "planned_seconds": round(seconds),
+        "expected_steps": expected,
         "steps": result.step,
         "tokens_seen": result.step * micro_batch * config.context_length,
         "corpus_tokens": tokens,
@@ -203,11 +193,12 @@ def instruction_sets(run: RunDir, seed: int) -> tuple[list[QA], list[QA]]:
 
 
 def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
-    """Fine-tune the pretrained model on the docstring questions for the stage's time budget."""
+    """Fine-tune the pretrained model on the docstring questions until the stage's time budget is spent."""
     from llmlab.model.loading import resolve_checkpoint
     from llmlab.train.posttrain import PostTrainOptions, posttrain_config, write_posttrain_report
     from llmlab.train.sft import prepare_sft
 
+    started = time.monotonic()
     train, held_out = instruction_sets(run, config.seed)
     if not train:
         raise InputError("no docstring questions could be built from the cleaned pages",
@@ -215,17 +206,18 @@ def sft(run: RunDir, config, seconds: float) -> dict[str, Any]:
     data = run.root / SFT_DIR
     _write_jsonl(data / "train.jsonl", train)
     _write_jsonl(data / "held_out.jsonl", held_out)
+    # Many epochs raise the validation loss (memorised answers) but also held-out chrF: 13.8 after 55
+    # epochs vs 11.5 after 6 on the same pretrained model. The cap only bounds a very fast machine.
+    cap = max(2, SFT_EPOCHS * len(train) // 16)
     train_config = posttrain_config(
-        out_dir=str(run.sft), init_from=str(resolve_checkpoint(run.pretrain)), micro_batch=16,
-        max_steps=UNPLANNED, warmup_steps=3 * CALIBRATION_STEPS, eval_every=UNPLANNED,
-        checkpoint_every=UNPLANNED, seed=config.seed,
+        out_dir=str(run.sft), init_from=str(resolve_checkpoint(run.pretrain)), micro_batch=16, max_steps=cap,
+        warmup_steps=min(WARMUP_STEPS, cap // 10), eval_every=max(1, cap // 4), checkpoint_every=max(1, cap // 4),
+        seed=config.seed,
     )
     options = PostTrainOptions(data=str(data / "train.jsonl"), epochs=None)
     training = prepare_sft(train_config, options, resume=(run.sft / "checkpoints" / "latest").exists())
-    # Many epochs raise the validation loss (memorised answers) but also held-out chrF: 13.8 after 55
-    # epochs vs 11.5 after 6 on the same pretrained model. The cap only bounds a very fast machine.
-    cap = max(CALIBRATION_STEPS + 1, SFT_EPOCHS * len(train) // 16)
-    result, _ = fit_within(training.trainer, seconds, run.sft / "quickstart_plan.json", max_steps=cap)
+    training.trainer.config.time_limit_s = time_left(seconds, started)
+    result = training.trainer.fit()
     write_posttrain_report(training, result, options, "Supervised fine-tuning")
     return {
         "train_questions": len(train),
