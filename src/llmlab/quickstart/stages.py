@@ -38,7 +38,7 @@ def _port_free(port: int) -> bool:
 
 def crawl_site(config, run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
     """Serve the rendered site on 127.0.0.1 and crawl it for real; a re-run reuses the port to resume."""
-    from llmlab.data.crawl.crawler import CrawlConfig, crawl
+    from llmlab.data.crawl import CrawlConfig, crawl
 
     if config.url:
         result = crawl(CrawlConfig(start_urls=[config.url], out_dir=run.crawl, max_pages=config.max_pages))

@@ -7,6 +7,7 @@
 See docs/crawler.md for how each part works and why.
 """
 
-from llmlab.data.crawl.crawler import DEFAULT_USER_AGENT, CrawlConfig, Crawler, CrawlResult, crawl
+from llmlab.data.crawl.config import DEFAULT_USER_AGENT, CrawlConfig
+from llmlab.data.crawl.crawler import Crawler, CrawlResult, crawl
 
 __all__ = ["DEFAULT_USER_AGENT", "CrawlConfig", "CrawlResult", "Crawler", "crawl"]

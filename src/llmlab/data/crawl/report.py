@@ -9,13 +9,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from llmlab.data.crawl.config import CrawlConfig
 from llmlab.data.crawl.frontier import Frontier
 from llmlab.files import write_json, write_text
-
-if TYPE_CHECKING:
-    from llmlab.data.crawl.crawler import CrawlConfig
 
 MAX_LISTED = 50
 
