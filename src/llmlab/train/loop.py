@@ -229,6 +229,8 @@ class Trainer:
         # Clipping at infinity changes nothing but still measures the norm, which the guard below needs.
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP returns a replicated DTensor; its local value is the norm
+            grad_norm = grad_norm.full_tensor()
         if self.skips_nonfinite:
             # The norm comes from the all-reduced gradients, so every process skips the same steps.
             self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
