@@ -22,6 +22,8 @@ import regex
 
 from llmlab.tokenizer.base import _special_regex
 
+Pair = tuple[int, int]  # the (left id, right id) a merge joins
+
 
 def bpe_merge(piece: bytes, ranks: dict[bytes, int], max_rank: int | None = None) -> list[int]:
     """BPE one piece: merge the lowest-ranked adjacent pair until none is left (ranks < max_rank only)."""
@@ -38,7 +40,7 @@ def bpe_merge(piece: bytes, ranks: dict[bytes, int], max_rank: int | None = None
     return [ranks[p] for p in parts]
 
 
-def recover_merges(ranks: dict[bytes, int]) -> list[tuple[int, int]]:
+def recover_merges(ranks: dict[bytes, int]) -> list[Pair]:
     """The (left id, right id) pair behind each multi-byte token, in rank order.
 
     BPE-encoding a token's bytes with only the tokens ranked below it leaves exactly the two parts it
