@@ -24,7 +24,7 @@ import tiktoken
 
 from llmlab.errors import ConfigError, InputError
 from llmlab.tokenizer.base import DEFAULT_SPECIAL_TOKENS, BaseTokenizer, default_special_tokens, header
-from llmlab.tokenizer.bpe_encode import Pair, recover_merges
+from llmlab.tokenizer.bpe_encode import Pair, recover_merges, replace_surrogates
 from llmlab.tokenizer.bpe_fast import train_vocab_fast, vocab_from_merges
 from llmlab.tokenizer.bpe_train import count_pieces, train_merges
 from llmlab.tokenizer.bytelevel import bytes_to_text, text_to_bytes
@@ -185,7 +185,7 @@ class Tokenizer(BaseTokenizer):
         # those bytes from each piece, then BPE what is left of the piece.
         missing = set(self.missing_bytes)
         ids: list[int] = []
-        for piece in regex.findall(self.pattern, text):
+        for piece in regex.findall(self.pattern, replace_surrogates(text)):
             data = piece.encode("utf-8")
             if self._dropped_chars.search(piece):
                 data = bytes(b for b in data if b not in missing)
