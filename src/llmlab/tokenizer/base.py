@@ -117,9 +117,6 @@ class BaseTokenizer(ABC):
             ids.extend(self.encode_ordinary(text[start:]))
         return ids
 
-    def encode_batch(self, texts: list[str], allowed_special: AllowedSpecial = frozenset()) -> list[list[int]]:
-        return [self.encode(t, allowed_special=allowed_special) for t in texts]
-
     def _allowed(self, allowed_special: AllowedSpecial) -> set[str]:
         if allowed_special == "all":
             return set(self.special_tokens)
