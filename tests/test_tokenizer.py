@@ -363,6 +363,17 @@ def test_vocabularies_missing_some_bytes_drop_them_like_hugging_face(tmp_path):
         Tokenizer(tok.mergeable_ranks, tok.pattern)  # by default a missing byte is an error
 
 
+def test_surrogates_become_u_fffd_when_bytes_are_dropped():
+    # The path for vocabularies without some bytes pre-splits in Python; it must mend surrogates as
+    # tiktoken does (a lone one is U+FFFD) instead of failing to encode them as UTF-8.
+    from llmlab.tokenizer.bpe_encode import ReferenceEncoder
+
+    tok = Tokenizer({bytes([i]): i for i in range(256) if i != 0x04}, missing_bytes="drop")
+    expected = tok.encode("a\x04\ufffdb \U0001f600")
+    assert tok.encode("a\x04\ud800b \ud83d\ude00") == expected
+    assert ReferenceEncoder(tok).encode("a\x04\ud800b \ud83d\ude00") == expected
+
+
 @pytest.mark.slow
 def test_smollm2_tokenizer_from_its_gguf_matches_transformers():
     # The constructor the model stage uses for SmolLM2: vocabulary, merges and control tokens from GGUF.

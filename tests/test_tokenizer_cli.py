@@ -76,3 +76,11 @@ def test_compare_prints_the_trade_off_table(tmp_path, capsys):
 def test_missing_tokenizer_is_a_clear_error(tmp_path, capsys):
     assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "nope.json"), "x"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_disallowed_special_token_error_names_the_cli_flag(tmp_path, capsys):
+    # The library's hint is Python (allowed_special=...); on the command line it must be the flag.
+    assert main(["tokenizer", "encode", "--tokenizer", "gpt2", "Hi<|endoftext|>"]) == 1
+    err = capsys.readouterr().err
+    assert "not allowed" in err and "--allowed-special" in err and "allowed_special=" not in err
+    assert main(["tokenizer", "encode", "--tokenizer", "gpt2", "Hi<|endoftext|>", "--allowed-special", "all"]) == 0

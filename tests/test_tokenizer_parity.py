@@ -97,6 +97,29 @@ def test_reference_encoder_matches_tiktoken_on_arbitrary_unicode(text):
         assert tok.decode(expected) == text
 
 
+SURROGATE_CASES = ["a\ud800b", "\udfff", "x \ud83d\ude00 y", "\ud83d<|endoftext|>\ude00", "\ud800\ud800 z\udc00 ", "1\udc001"]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+def test_surrogates_encode_like_tiktoken(name):
+    # A Python string can hold surrogates, which have no UTF-8 bytes: tiktoken joins a pair into its
+    # character and turns a lone one into U+FFFD; both llmlab encoders must do the same.
+    tok, official = _cached(name)
+    reference = ReferenceEncoder(tok)
+    for text in SURROGATE_CASES:
+        expected = official.encode(text, allowed_special="all")
+        assert reference.encode(text, allowed_special="all") == expected, ascii(text)
+        assert tok.encode(text, allowed_special="all") == expected, ascii(text)
+        assert reference.encode_ordinary(text) == official.encode_ordinary(text), ascii(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet=st.one_of(st.characters(categories=("Cs",)), st.sampled_from(" a1é😀\n.'")), max_size=30))
+def test_reference_encoder_matches_tiktoken_on_text_with_surrogates(text):
+    tok, official = _cached("gpt2")
+    assert ReferenceEncoder(tok).encode_ordinary(text) == official.encode_ordinary(text)
+
+
 _CACHE: dict = {}
 
 

@@ -41,7 +41,7 @@ def corpus(n_docs: int = 150, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory with tokenizer/tokenizer.json and shards/ written by llmlab's own tokenizer stage."""
-    from llmlab.tokenizer.bpe_train import train_bpe
+    from llmlab.tokenizer import train_bpe
     from llmlab.tokenizer.shards import write_shards
 
     root = tmp_path_factory.mktemp("run")
@@ -409,7 +409,7 @@ def test_vocab_and_tokenizer_mismatches_are_refused_before_training(run_dir, tmp
     vocab = json.loads((run_dir / "shards" / "meta.json").read_text())["vocab_size"]
     with pytest.raises(CheckpointError, match=f"vocabulary of {vocab} tokens but the model's embedding has 256"):
         prepare(tiny_config(run_dir, tmp_path, model={"vocab_size": 256}))
-    from llmlab.tokenizer.bpe_train import train_bpe
+    from llmlab.tokenizer import train_bpe
 
     other = tmp_path / "other.json"
     train_bpe(corpus(seed=5)[:20], vocab_size=280).save(other)

@@ -159,13 +159,18 @@ def _read_text(args) -> str:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from llmlab.tokenizer import load_tokenizer
+    from llmlab.tokenizer import DisallowedSpecialError, load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     allowed = {"none": set(), "all": "all"}.get(args.allowed_special)
     if allowed is None:
         allowed = {t for t in args.allowed_special.split(",") if t}
-    ids = tok.encode(_read_text(args), allowed_special=allowed)
+    try:
+        ids = tok.encode(_read_text(args), allowed_special=allowed)
+    except DisallowedSpecialError as e:  # the library's hint names a Python argument
+        raise DisallowedSpecialError(
+            e.token, hint=f"pass --allowed-special '{e.token}' (or all) to encode it as a special token"
+        ) from None
     if args.show:
         for i in ids:
             print(f"{i}\t{tok.token_bytes(i)!r}"[:200])

@@ -6,10 +6,12 @@
     ids = tok.encode("Hello <|endoftext|>", allowed_special="all"); tok.decode(ids)
     gpt2 = load_tokenizer("gpt2"); cl100k = load_tokenizer("cl100k_base")
 
-One idea per file: `base` (interface, special tokens), `bpe` (the BPE `Tokenizer`), `bpe_encode`
-(pure-Python reference encoder), `bpe_train` (reference trainer), `bpe_fast` (fast trainer), `char`,
-`word`, `patterns`, `bytelevel`, `pretrained` (GPT-2 / .tiktoken files), `hf` (tokenizer.json),
-`shards`, `compare`. The file formats are documented in docs/tokenizer.md.
+One idea per file: `base` (interface, special tokens), `bpe_encode` (pure-Python reference encoder),
+`bpe_train` (reference trainer), `bpe_fast` (fast trainer), `bpe` (the BPE `Tokenizer` and
+`train_bpe`), `char`, `word`, `patterns`, `bytelevel`, `pretrained` (GPT-2 / .tiktoken files), `hf`
+(tokenizer.json), `shards`, `compare`. They import each other one way only, at the top of the file
+(base -> bpe_encode -> bpe_train -> bpe_fast -> bpe); `load_tokenizer` loads `hf` and `pretrained`
+when a file needs them. The file formats are documented in docs/tokenizer.md.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from llmlab.tokenizer.base import (
     BaseTokenizer,
     DisallowedSpecialError,
 )
-from llmlab.tokenizer.bpe import Tokenizer
-from llmlab.tokenizer.bpe_train import train_bpe
+from llmlab.tokenizer.bpe import Tokenizer, train_bpe
 from llmlab.tokenizer.char import CharTokenizer
 from llmlab.tokenizer.word import WordTokenizer
 

@@ -38,7 +38,20 @@ AllowedSpecial = AbstractSet[str] | Collection[str] | Literal["all"]
 
 
 class DisallowedSpecialError(InputError, ValueError):
-    """The text contains a special token's string that the caller did not allow."""
+    """The text contains the string of special token `token`, which the caller did not allow.
+
+    The hint speaks Python (`allowed_special=`); a front end with other words for it (the CLI's
+    `--allowed-special`) passes its own `hint`."""
+
+    def __init__(self, token: str, hint: str | None = None) -> None:
+        super().__init__(
+            f"the text contains the special token {token!r}, which is not allowed here",
+            hint=hint or (
+                "pass allowed_special={%r} (or \"all\") to encode it as a special token, or use "
+                "encode_ordinary() to encode it as plain text" % token
+            ),
+        )
+        self.token = token
 
 
 @lru_cache(maxsize=64)
@@ -104,9 +117,6 @@ class BaseTokenizer(ABC):
             ids.extend(self.encode_ordinary(text[start:]))
         return ids
 
-    def encode_batch(self, texts: list[str], allowed_special: AllowedSpecial = frozenset()) -> list[list[int]]:
-        return [self.encode(t, allowed_special=allowed_special) for t in texts]
-
     def _allowed(self, allowed_special: AllowedSpecial) -> set[str]:
         if allowed_special == "all":
             return set(self.special_tokens)
@@ -128,13 +138,7 @@ class BaseTokenizer(ABC):
             return
         m = _special_regex(frozenset(disallowed)).search(text)
         if m:
-            raise DisallowedSpecialError(
-                f"the text contains the special token {m.group()!r}, which is not allowed here",
-                hint=(
-                    "pass allowed_special={%r} (or \"all\") to encode it as a special token, or use "
-                    "encode_ordinary() to encode it as plain text" % m.group()
-                ),
-            )
+            raise DisallowedSpecialError(m.group())
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one token (a special token as its UTF-8 text)."""

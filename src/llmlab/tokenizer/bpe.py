@@ -9,6 +9,9 @@ were learned and the special tokens after them; GPT-2 and cl100k_base keep their
 
 Encoding goes through a `tiktoken.Encoding` built from these ranks, so llmlab encodes as fast as
 tiktoken; `llmlab.tokenizer.bpe_encode` reproduces the same ids in pure Python.
+
+`train_bpe` makes a `Tokenizer` from text with either trainer (`bpe_fast` or `bpe_train`): the
+modules import one way, bpe_encode -> bpe_train -> bpe_fast -> bpe.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Iterable
 
+import regex
 import tiktoken
 
-from llmlab.errors import InputError
-from llmlab.tokenizer.base import BaseTokenizer, header
+from llmlab.errors import ConfigError, InputError
+from llmlab.tokenizer.base import DEFAULT_SPECIAL_TOKENS, BaseTokenizer, default_special_tokens, header
+from llmlab.tokenizer.bpe_encode import Pair, recover_merges, replace_surrogates
+from llmlab.tokenizer.bpe_fast import train_vocab_fast, vocab_from_merges
+from llmlab.tokenizer.bpe_train import count_pieces, train_merges
 from llmlab.tokenizer.bytelevel import bytes_to_text, text_to_bytes
 from llmlab.tokenizer.patterns import DEFAULT_PATTERN, fast_equivalent
 
@@ -77,14 +84,12 @@ class Tokenizer(BaseTokenizer):
     @classmethod
     def from_merges(
         cls,
-        merges: Iterable[tuple[int, int]],
+        merges: Iterable[Pair],
         pattern: str = DEFAULT_PATTERN,
         special_tokens: dict[str, int] | None = None,
         name: str = "llmlab",
     ) -> "Tokenizer":
         """llmlab numbering: byte b is id b, merge k (pair of ids) creates id 256 + k."""
-        from llmlab.tokenizer.bpe_fast import vocab_from_merges
-
         vocab = vocab_from_merges(list(merges))
         return cls({t: i for i, t in enumerate(vocab)}, pattern, special_tokens, name)
 
@@ -178,11 +183,9 @@ class Tokenizer(BaseTokenizer):
     def _encode_dropping(self, text: str) -> list[int]:
         # Hugging Face's rule for bytes outside the vocabulary: pre-split the text as usual, remove
         # those bytes from each piece, then BPE what is left of the piece.
-        import regex
-
         missing = set(self.missing_bytes)
         ids: list[int] = []
-        for piece in regex.findall(self.pattern, text):
+        for piece in regex.findall(self.pattern, replace_surrogates(text)):
             data = piece.encode("utf-8")
             if self._dropped_chars.search(piece):
                 data = bytes(b for b in data if b not in missing)
@@ -199,10 +202,8 @@ class Tokenizer(BaseTokenizer):
 
     # ---- merges, derived from the ranks --------------------------------------------------------
     @cached_property
-    def merges(self) -> list[tuple[int, int]]:
+    def merges(self) -> list[Pair]:
         """The (left id, right id) pair that creates each multi-byte token, in rank order."""
-        from llmlab.tokenizer.bpe_encode import recover_merges
-
         try:
             return recover_merges(self.mergeable_ranks)
         except ValueError as e:
@@ -241,8 +242,6 @@ class Tokenizer(BaseTokenizer):
 
 def _chars_with_bytes(missing: list[int]):
     """A regex matching the characters whose UTF-8 encoding contains one of the `missing` bytes."""
-    import regex
-
     ranges = []
     for b in missing:
         if b < 0x80:
@@ -260,3 +259,49 @@ def _chars_with_bytes(missing: list[int]):
         return None
     body = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
     return regex.compile(f"[{body}]")
+
+
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    pattern: str | None = None,
+    special_tokens: Iterable[str] | None = None,
+    method: str = "fast",
+    name: str = "llmlab",
+    progress: bool = False,
+) -> Tokenizer:
+    """Train a byte-level BPE `Tokenizer` whose vocabulary, special tokens included, has `vocab_size` ids.
+
+    Ids: bytes 0..255, then the merges in the order learned, then the special tokens (default
+    `<|endoftext|>`, `<|system|>`, `<|user|>`, `<|assistant|>`, `<|end|>`). `method` is "fast"
+    (`bpe_fast`, rustbpe's Rust merge loop; identical merges) or "reference" (`bpe_train.train_merges`).
+    Each text is pre-split on its own: pass documents, not one concatenated string, if documents
+    should not share pieces across their boundaries.
+    """
+    pattern = pattern or DEFAULT_PATTERN
+    specials = list(DEFAULT_SPECIAL_TOKENS if special_tokens is None else special_tokens)
+    num_merges = vocab_size - 256 - len(specials)
+    if num_merges < 0:
+        raise ConfigError(
+            f"vocab_size {vocab_size} is too small: 256 byte tokens and {len(specials)} special tokens need "
+            f"at least {256 + len(specials)}",
+            hint="pass a larger --vocab-size",
+        )
+    if method == "fast":
+        vocab = train_vocab_fast(texts, pattern, num_merges)
+    elif method == "reference":
+        piece_counts = count_pieces(texts, pattern)
+        if progress:
+            from llmlab.progress import Progress
+
+            with Progress(total=num_merges, desc="bpe merges", unit="merge") as bar:
+                merges = train_merges(piece_counts, num_merges, on_merge=lambda k, p, c: bar.update(1))
+        else:
+            merges = train_merges(piece_counts, num_merges)
+        vocab = vocab_from_merges(merges)
+    else:
+        raise ConfigError(f"unknown BPE training method {method!r}", hint='use "fast" or "reference"')
+    if len(set(vocab)) != len(vocab):  # cannot happen in BPE (a merged pair never reappears); checked anyway
+        raise RuntimeError("BPE training produced the same token twice")
+    ranks = {token: i for i, token in enumerate(vocab)}
+    return Tokenizer(ranks, pattern, default_special_tokens(len(vocab), specials), name=name)

@@ -7,6 +7,9 @@ Encoding a text:
 4. otherwise start from the piece's bytes and repeatedly merge the adjacent pair whose concatenation
    has the lowest rank, the leftmost such pair on ties, until no adjacent pair is in the vocabulary.
 
+A Python string can hold surrogates, which have no UTF-8 bytes. Like tiktoken, the text is mended
+first (`replace_surrogates`): a surrogate pair becomes its character, a lone surrogate U+FFFD.
+
 `llmlab.tokenizer.Tokenizer.encode` runs the same algorithm in tiktoken's Rust; the tests check that
 both give identical ids on megabytes of real text.
 
@@ -21,6 +24,17 @@ from __future__ import annotations
 import regex
 
 from llmlab.tokenizer.base import _special_regex
+
+Pair = tuple[int, int]  # the (left id, right id) a merge joins
+
+
+def replace_surrogates(text: str) -> str:
+    """`text` as tiktoken encodes it: surrogate pairs joined into their character, lone ones as U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def bpe_merge(piece: bytes, ranks: dict[bytes, int], max_rank: int | None = None) -> list[int]:
@@ -38,7 +52,7 @@ def bpe_merge(piece: bytes, ranks: dict[bytes, int], max_rank: int | None = None
     return [ranks[p] for p in parts]
 
 
-def recover_merges(ranks: dict[bytes, int]) -> list[tuple[int, int]]:
+def recover_merges(ranks: dict[bytes, int]) -> list[Pair]:
     """The (left id, right id) pair behind each multi-byte token, in rank order.
 
     BPE-encoding a token's bytes with only the tokens ranked below it leaves exactly the two parts it
@@ -69,7 +83,7 @@ class ReferenceEncoder:
     def encode_ordinary(self, text: str) -> list[int]:
         ids: list[int] = []
         cache, ranks = self._cache, self.ranks
-        for piece in self.split.findall(text):
+        for piece in self.split.findall(replace_surrogates(text)):
             cached = cache.get(piece)
             if cached is None:
                 data = piece.encode("utf-8")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-Pair = tuple[int, int]
+from llmlab.tokenizer.bpe_encode import Pair, recover_merges
+from llmlab.tokenizer.bpe_train import count_pieces, train_merges
+from llmlab.tokenizer.patterns import fast_equivalent
 
 
 def train_vocab_fast(texts: Iterable[str], pattern: str, num_merges: int) -> list[bytes]:
@@ -27,17 +29,14 @@ def train_vocab_fast(texts: Iterable[str], pattern: str, num_merges: int) -> lis
     try:
         import rustbpe
     except ImportError:  # not installed: the reference trainer gives the same merges, only slower
-        from llmlab.tokenizer.bpe_train import count_pieces, train_merges
-
         return vocab_from_merges(train_merges(count_pieces(texts, pattern), num_merges))
-    from llmlab.tokenizer.patterns import fast_equivalent
-
     trainer = rustbpe.Tokenizer()
     trainer.train_from_iterator(iter(texts), 256 + num_merges, pattern=fast_equivalent(pattern))
     return [token for token, _ in sorted(trainer.get_mergeable_ranks(), key=lambda kv: kv[1])]
 
 
 def vocab_from_merges(merges: list[Pair]) -> list[bytes]:
+    """The bytes of every token, by id, for merges numbered from 256 in order (the inverse of `merges_from_vocab`)."""
     vocab = [bytes([b]) for b in range(256)]
     for left, right in merges:
         vocab.append(vocab[left] + vocab[right])
@@ -46,6 +45,4 @@ def vocab_from_merges(merges: list[Pair]) -> list[bytes]:
 
 def merges_from_vocab(vocab: list[bytes]) -> list[Pair]:
     """The merge pairs behind a vocabulary numbered bytes 0..255, merges 256.. in learned order."""
-    from llmlab.tokenizer.bpe_encode import recover_merges
-
     return recover_merges({token: i for i, token in enumerate(vocab)})

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 import regex
 
-Pair = tuple[int, int]
+from llmlab.tokenizer.bpe_encode import Pair
 
 
 def count_pieces(texts: Iterable[str], pattern: str) -> Counter[str]:
@@ -134,57 +134,3 @@ def train_naive(texts: Iterable[str], pattern: str, num_merges: int) -> list[Pai
         chunks = [merge_pair(chunk, pair, 256 + k) for chunk in chunks]
     return merges
 
-
-def train_bpe(
-    texts: Iterable[str],
-    vocab_size: int,
-    pattern: str | None = None,
-    special_tokens: Iterable[str] | None = None,
-    method: str = "fast",
-    name: str = "llmlab",
-    progress: bool = False,
-):
-    """Train a byte-level BPE `Tokenizer` whose vocabulary, special tokens included, has `vocab_size` ids.
-
-    Ids: bytes 0..255, then the merges in the order learned, then the special tokens (default
-    `<|endoftext|>`, `<|system|>`, `<|user|>`, `<|assistant|>`, `<|end|>`). `method` is "fast"
-    (`bpe_fast`, rustbpe's Rust merge loop; identical merges) or "reference" (`train_merges`).
-    Each text is pre-split on its own: pass documents, not one concatenated string, if documents
-    should not share pieces across their boundaries.
-    """
-    from llmlab.errors import ConfigError
-    from llmlab.tokenizer.base import DEFAULT_SPECIAL_TOKENS, default_special_tokens
-    from llmlab.tokenizer.bpe import Tokenizer
-    from llmlab.tokenizer.patterns import DEFAULT_PATTERN
-
-    pattern = pattern or DEFAULT_PATTERN
-    specials = list(DEFAULT_SPECIAL_TOKENS if special_tokens is None else special_tokens)
-    num_merges = vocab_size - 256 - len(specials)
-    if num_merges < 0:
-        raise ConfigError(
-            f"vocab_size {vocab_size} is too small: 256 byte tokens and {len(specials)} special tokens need "
-            f"at least {256 + len(specials)}",
-            hint="pass a larger --vocab-size",
-        )
-    if method == "fast":
-        from llmlab.tokenizer.bpe_fast import train_vocab_fast
-
-        vocab = train_vocab_fast(texts, pattern, num_merges)
-    elif method == "reference":
-        piece_counts = count_pieces(texts, pattern)
-        if progress:
-            from llmlab.progress import Progress
-
-            with Progress(total=num_merges, desc="bpe merges", unit="merge") as bar:
-                merges = train_merges(piece_counts, num_merges, on_merge=lambda k, p, c: bar.update(1))
-        else:
-            merges = train_merges(piece_counts, num_merges)
-        from llmlab.tokenizer.bpe_fast import vocab_from_merges
-
-        vocab = vocab_from_merges(merges)
-    else:
-        raise ConfigError(f"unknown BPE training method {method!r}", hint='use "fast" or "reference"')
-    if len(set(vocab)) != len(vocab):  # cannot happen in BPE (a merged pair never reappears); checked anyway
-        raise RuntimeError("BPE training produced the same token twice")
-    ranks = {token: i for i, token in enumerate(vocab)}
-    return Tokenizer(ranks, pattern, default_special_tokens(len(vocab), specials), name=name)

@@ -12,9 +12,14 @@ including its default system prompt when the conversation has none::
 
     <|im_start|>system\\nYou are ...<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n
 
+Each stretch of text between two special tokens is encoded at once, as Hugging Face encodes the
+whole rendered string: in ChatML "assistant\\n" and the content are one stretch, so content that
+starts with whitespace gets SmolLM2's ids ("\\n\\n\\n" is [1116, 198], not three 198s).
+
 The loss mask is 1 exactly on the assistant's content tokens and the end-of-turn token that closes
-them (the model must learn to stop), 0 elsewhere. Message content is encoded as ordinary text, so a
-user typing "<|end|>" cannot forge a control token.
+them (the model must learn to stop), 0 elsewhere; a token that spans the end of "assistant\\n" and the
+start of the content counts as content, since the model has to write it. Message content is encoded
+as ordinary text, so a user typing "<|end|>" cannot forge a control token.
 """
 
 from __future__ import annotations
@@ -75,20 +80,35 @@ def _check(messages: Sequence[Mapping[str, Any]]) -> None:
             )
 
 
+def _tokens_within(ids: list[int], n_bytes: int, tokenizer: Any) -> int:
+    """How many of the leading `ids` end within the first `n_bytes` bytes of the text they encode
+    (a token that crosses that boundary is not counted)."""
+    end = 0
+    for k, i in enumerate(ids):
+        end += len(tokenizer.decode_bytes([i]))
+        if end > n_bytes:
+            return k
+    return len(ids)
+
+
 def _segments(messages, tokenizer, fmt: str) -> tuple[list[tuple[list[int], list[int]]], list[int], list[int]]:
     """(ids, mask) per message, the prefix ids before the first message, and the generation prompt ids."""
     sp = tokenizer.special_tokens
     per_message = []
     for m in messages:
         trained = int(m["role"] == "assistant")
-        content = tokenizer.encode_ordinary(m["content"]) if m["content"] else []
         if fmt == "chatml":
-            head = [sp[CHATML_START], *tokenizer.encode_ordinary(m["role"] + "\n")]
+            start, label = [sp[CHATML_START]], m["role"] + "\n"
             tail, after = [sp[CHATML_END]], tokenizer.encode_ordinary("\n")
         else:
-            head, tail, after = [sp[LLMLAB_TOKENS[m["role"]]]], [sp[LLMLAB_END]], []
-        ids = head + content + tail + after
-        mask = [0] * len(head) + [trained] * (len(content) + len(tail)) + [0] * len(after)
+            start, label = [sp[LLMLAB_TOKENS[m["role"]]]], ""
+            tail, after = [sp[LLMLAB_END]], []
+        # The label and the content lie between two special tokens: one stretch, encoded at once.
+        text = label + m["content"]
+        text_ids = tokenizer.encode_ordinary(text) if text else []
+        n_label = _tokens_within(text_ids, len(label.encode("utf-8")), tokenizer)
+        ids = start + text_ids + tail + after
+        mask = [0] * (len(start) + n_label) + [trained] * (len(text_ids) - n_label + len(tail)) + [0] * len(after)
         per_message.append((ids, mask))
     if fmt == "chatml":
         prefix = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmlab.tokenizer import CharTokenizer, WordTokenizer, load_tokenizer, train_bpe
 from llmlab.tokenizer.base import BaseTokenizer
 
 
@@ -61,8 +62,6 @@ def format_table(rows: list[Row]) -> str:
 def standard_tokenizers(train_texts: list[str], bpe_sizes=(512, 2048, 8192), word_vocab: int = 8192,
                         pretrained=("gpt2", "cl100k_base")) -> list[tuple[str, BaseTokenizer]]:
     """Char, word and BPE tokenizers trained on `train_texts`, plus pretrained ones for reference."""
-    from llmlab.tokenizer import CharTokenizer, WordTokenizer, load_tokenizer, train_bpe
-
     out: list[tuple[str, BaseTokenizer]] = [
         ("char", CharTokenizer.train(train_texts)),
         (f"word (top {word_vocab:,})", WordTokenizer.train(train_texts, vocab_size=word_vocab)),

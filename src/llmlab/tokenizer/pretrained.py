@@ -15,14 +15,18 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
 from pathlib import Path
 
+import tiktoken
+
 from llmlab.errors import InputError
-from llmlab.files import write_text
+from llmlab.files import write_bytes, write_text
 from llmlab.tokenizer.bpe import Tokenizer
+from llmlab.tokenizer.corpus import default_cache_dir
 from llmlab.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, O200K_PATTERN
 
 # tiktoken's definitions of OpenAI's encodings (tiktoken_ext/openai_public.py).
@@ -178,13 +182,6 @@ _TIKTOKEN_URLS = {
 def official_tiktoken(name: str, cache_dir: str | os.PathLike | None = None):
     """`tiktoken.get_encoding(name)` without a download: the package files are placed in tiktoken's
     cache (named by the SHA-1 of each URL) and tiktoken loads them itself, checking their SHA-256."""
-    import hashlib
-
-    import tiktoken
-
-    from llmlab.files import write_bytes
-    from llmlab.tokenizer.corpus import default_cache_dir
-
     if name not in _TIKTOKEN_URLS:
         raise InputError(f"no offline files for tiktoken encoding {name!r}", hint=f"use one of {sorted(_TIKTOKEN_URLS)}")
     cache = Path(cache_dir or default_cache_dir() / "tiktoken")

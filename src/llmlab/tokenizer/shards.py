@@ -34,6 +34,7 @@ import numpy as np
 
 from llmlab.errors import CheckpointError, ConfigError, InputError
 from llmlab.files import write_json
+from llmlab.tokenizer import tokenizer_from_dict
 
 FORMAT = "llmlab-shards-v1"
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per file
@@ -127,8 +128,6 @@ _worker_tokenizer = None
 
 def _init_worker(tokenizer_dict: dict) -> None:
     global _worker_tokenizer
-    from llmlab.tokenizer import tokenizer_from_dict
-
     _worker_tokenizer = tokenizer_from_dict(tokenizer_dict)
 
 
