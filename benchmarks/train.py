@@ -9,8 +9,8 @@ lands on one pair rather than on one side. The ratio to quote is the median of t
 printed with their min, max and count. MFU is llmlab's median per-round tokens/s times the model's
 FLOPs per token, over the best fp32 matmul speed measured here between rounds.
 
-    .venv/bin/python benchmarks/train.py                      # ~5 minutes on 2 cores
-    .venv/bin/python benchmarks/train.py --rounds 20          # the figure in docs/benchmarks.md
+    .venv/bin/python benchmarks/train.py                      # about a minute on 2 quiet cores
+    .venv/bin/python benchmarks/train.py --rounds 40          # the figure in docs/benchmarks.md, ~7 minutes
     .venv/bin/python benchmarks/train.py --rounds 2 --steps 3  # quick look
 
 Targets on CPU: llmlab >= 1.1x the transformers loop, MFU >= 65%.
