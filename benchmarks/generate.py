@@ -2,7 +2,9 @@
 
 A GPT-2-style llmlab model with random weights is copied into a `GPT2LMHeadModel`
 (`llmlab.model.hf.to_transformers`); both decode greedily the same prompts (and must produce the same
-tokens). Measured, each as the median of alternating repeats (ABAB..., so machine noise hits both):
+tokens). Measured in repeats that run every variant back to back (in reverse order on odd repeats), so
+that machine noise lands on one repeat of all of them; each ratio is the median of the per-repeat
+ratios (printed with their min and max), each speed or time the median of its repeats:
 
 - time to first token (prefill of the prompt + one token);
 - decode tokens/s at batch 1 and batch 8: (new tokens - 1) x batch / (time(N tokens) - time(1 token));
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -49,7 +52,8 @@ def machine(device: str) -> str:
     except OSError:
         pass
     gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
-    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+    return (f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}, "
+            f"load average {os.getloadavg()[0]:.1f} at start")
 
 
 def sync(device: str) -> None:
@@ -65,15 +69,23 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
-def alternate(fns: dict, repeats: int, device: str) -> dict[str, float]:
-    """Median seconds of each function, run in alternation after one warm-up each."""
+def alternate(fns: dict, repeats: int, device: str) -> dict[str, list[float]]:
+    """Seconds of each function in each repeat, after one warm-up each. A repeat runs all of them back to
+    back, in reverse order on odd repeats, so repeat i of one pairs with repeat i of another."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for i in range(repeats):
+        for name, fn in order if i % 2 == 0 else order[::-1]:
             times[name].append(timed(fn, device))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def paired_ratio(xs: list[float], ys: list[float]) -> dict[str, float]:
+    """Median, min and max of x_i / y_i over the repeats."""
+    ratios = [x / y for x, y in zip(xs, ys)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "repeats": len(ratios)}
 
 
 def speed(args, model: GPT, hf, device: str) -> dict:
@@ -100,14 +112,15 @@ def speed(args, model: GPT, hf, device: str) -> dict:
         t = alternate({"llmlab_1": ours(1), "hf_1": theirs(1), "llmlab_n": ours(args.new_tokens),
                        "hf_n": theirs(args.new_tokens)}, args.repeats, device)
         decoded = (args.new_tokens - 1) * batch
+        # Each repeat's decode rate: N tokens minus 1 token, both timed in that repeat.
+        rate = {side: [decoded / (n - one) for n, one in zip(t[f"{side}_n"], t[f"{side}_1"])] for side in ("llmlab", "hf")}
+        ratio = paired_ratio(rate["llmlab"], rate["hf"])
         results[f"batch{batch}"] = {
-            "llmlab_ttft_ms": 1000 * t["llmlab_1"], "hf_ttft_ms": 1000 * t["hf_1"],
-            "llmlab_tok_s": decoded / (t["llmlab_n"] - t["llmlab_1"]),
-            "hf_tok_s": decoded / (t["hf_n"] - t["hf_1"]),
-            "same_greedy_tokens": f"{agree}/{batch}",
+            "llmlab_ttft_ms": 1000 * statistics.median(t["llmlab_1"]), "hf_ttft_ms": 1000 * statistics.median(t["hf_1"]),
+            "llmlab_tok_s": statistics.median(rate["llmlab"]), "hf_tok_s": statistics.median(rate["hf"]),
+            "speedup": ratio["median"], "speedup_min": ratio["min"], "speedup_max": ratio["max"],
+            "repeats": ratio["repeats"], "same_greedy_tokens": f"{agree}/{batch}",
         }
-        r = results[f"batch{batch}"]
-        r["speedup"] = r["llmlab_tok_s"] / r["hf_tok_s"]
     return results
 
 
@@ -141,8 +154,10 @@ def head_layout(args) -> dict:
 
             t = alternate({"row": cycle(lambda w: torch.nn.functional.linear(x, w), row_major),
                            "column": cycle(lambda w: x @ w, column_major)}, args.repeats, "cpu")
-            gbs = {k: copies * vocab * d * 4 / v / 1e9 for k, v in t.items()}
-            out[name][rows] = {"row_GB_s": gbs["row"], "column_GB_s": gbs["column"], "speedup": t["row"] / t["column"]}
+            gbs = {k: copies * vocab * d * 4 / statistics.median(v) / 1e9 for k, v in t.items()}
+            ratio = paired_ratio(t["row"], t["column"])
+            out[name][rows] = {"row_GB_s": gbs["row"], "column_GB_s": gbs["column"], "speedup": ratio["median"],
+                               "speedup_min": ratio["min"], "speedup_max": ratio["max"]}
     return out
 
 
@@ -247,10 +262,12 @@ def main() -> None:
         hf = to_transformers(model).to(args.device)
         report["speed"] = speed(args, model, hf, args.device)
         print(f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, greedy\n")
-        print("| batch | llmlab tok/s | transformers tok/s | ratio | llmlab TTFT ms | transformers TTFT ms | same tokens |")
+        print("| batch | llmlab tok/s | transformers tok/s | ratio (min-max of repeats) | llmlab TTFT ms | "
+              "transformers TTFT ms | same tokens |")
         print("|---|---|---|---|---|---|---|")
         for key, r in report["speed"].items():
-            print(f"| {key[5:]} | {r['llmlab_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['speedup']:.2f}x | "
+            print(f"| {key[5:]} | {r['llmlab_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['speedup']:.2f}x "
+                  f"({r['speedup_min']:.2f}-{r['speedup_max']:.2f}, {r['repeats']}) | "
                   f"{r['llmlab_ttft_ms']:.1f} | {r['hf_ttft_ms']:.1f} | {r['same_greedy_tokens']} |")
         verdict = "met" if report["speed"]["batch1"]["speedup"] >= 1.5 else "NOT met"
         print(f"\ntarget llmlab >= 1.5x transformers at batch 1: {verdict}\n")
@@ -262,11 +279,12 @@ def main() -> None:
     if "layout" not in args.skip and args.device == "cpu":
         r = report["head_layout"] = head_layout(args)
         print("output head x @ W^T, GB/s of weights read: row-major (stored) vs column-major (the engine's copy)\n")
-        print("| head (vocab x d_model) | rows | row-major GB/s | column-major GB/s | speed-up |")
+        print("| head (vocab x d_model) | rows | row-major GB/s | column-major GB/s | speed-up (min-max) |")
         print("|---|---|---|---|---|")
         for name, by_rows in r.items():
             for rows, x in by_rows.items():
-                print(f"| {name} | {rows} | {x['row_GB_s']:.1f} | {x['column_GB_s']:.1f} | {x['speedup']:.2f}x |")
+                print(f"| {name} | {rows} | {x['row_GB_s']:.1f} | {x['column_GB_s']:.1f} | {x['speedup']:.2f}x "
+                      f"({x['speedup_min']:.2f}-{x['speedup_max']:.2f}) |")
         print()
     if "quant" not in args.skip:
         q = report["quantization"] = quantization(args)

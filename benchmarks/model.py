@@ -2,9 +2,11 @@
 
 The same config, the same weights (copied with `llmlab.model.hf.to_transformers`) and the same batch go
 through both; each step is `loss = model(x, targets); loss.backward()` (transformers' logits go through
-F.cross_entropy, as its own `labels=` path does). The two models are timed in alternation (ABAB...) so
-that noise from other processes hits both alike; the median of each is reported, and the ratio
-llmlab / transformers (target: <= 0.9). Each config runs in a fresh process: the C allocator's state
+F.cross_entropy, as its own `labels=` path does). The two models are timed in pairs, one step of each
+back to back (alternating which goes first), so that noise from other processes lands on a pair rather
+than on one side; the ratio llmlab / transformers (target: <= 0.9) is the median of the pairs' ratios,
+with their min and max, and each side's median time is shown beside it. Each config runs in a fresh
+process: the C allocator's state
 left by one config (how much freed memory it keeps instead of returning to the OS) otherwise changes
 how many page faults the next one pays, and with it the ratio by several percent. On a shared machine
 the ratio of one such run still moves by +-4% as the machine's speed drifts, so each config runs
@@ -77,16 +79,24 @@ def bench(name: str, config: GPTConfig, batch: int, seq: int, steps: int, warmup
         timed(step_llmlab, ours, x, y)
         timed(step_hf, theirs, x, y)
     a, b = [], []
-    for _ in range(steps):
-        a.append(timed(step_llmlab, ours, x, y))
-        b.append(timed(step_hf, theirs, x, y))
+    for i in range(steps):  # a pair per step, back to back, alternating which model goes first
+        if i % 2 == 0:
+            a.append(timed(step_llmlab, ours, x, y))
+            b.append(timed(step_hf, theirs, x, y))
+        else:
+            b.append(timed(step_hf, theirs, x, y))
+            a.append(timed(step_llmlab, ours, x, y))
     wa, wb = (statistics.median(t[0] for t in r) for r in (a, b))
     ca, cb = (statistics.median(t[1] for t in r) for r in (a, b))
+    wall_ratios = [ta[0] / tb[0] for ta, tb in zip(a, b)]
+    cpu_ratios = [ta[1] / tb[1] for ta, tb in zip(a, b)]
     return {
         "config": name, "params": ours.num_params(), "batch": batch, "seq": seq, "steps": steps,
         "threads": torch.get_num_threads(),
-        "llmlab_ms": 1000 * wa, "transformers_ms": 1000 * wb, "ratio": wa / wb,
-        "llmlab_cpu_ms": 1000 * ca, "transformers_cpu_ms": 1000 * cb, "cpu_ratio": ca / cb,
+        "llmlab_ms": 1000 * wa, "transformers_ms": 1000 * wb,
+        "ratio": statistics.median(wall_ratios), "ratio_min": min(wall_ratios), "ratio_max": max(wall_ratios),
+        "llmlab_cpu_ms": 1000 * ca, "transformers_cpu_ms": 1000 * cb,
+        "cpu_ratio": statistics.median(cpu_ratios), "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios),
         "llmlab_tok_s": batch * seq / wa, "transformers_tok_s": batch * seq / wb,
     }
 
@@ -126,13 +136,15 @@ def main() -> None:
         row = dict(rounds[len(rounds) // 2], rounds=[r["ratio"] for r in rounds])
         rows.append(row)
     print("\n| config | params | batch x seq | threads | llmlab ms | transformers ms | ratio (target <= 0.9) "
-          "| all rounds, sorted | CPU ms llmlab / transformers | CPU ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+          "| its pairs, min-max | all rounds, sorted | CPU ms llmlab / transformers | CPU ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|")
     for r in rows:
         every = ", ".join(f"{x:.2f}" for x in r["rounds"])
         print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['batch']}x{r['seq']} | {r['threads']} | "
-              f"{r['llmlab_ms']:.0f} | {r['transformers_ms']:.0f} | {r['ratio']:.2f}x | {every} | "
+              f"{r['llmlab_ms']:.0f} | {r['transformers_ms']:.0f} | {r['ratio']:.2f}x | "
+              f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f} ({r['steps']} pairs) | {every} | "
               f"{r['llmlab_cpu_ms']:.0f} / {r['transformers_cpu_ms']:.0f} | {r['cpu_ratio']:.2f}x |")
+    print(f"\nload average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

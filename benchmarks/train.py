@@ -2,11 +2,15 @@
 
 Both train the same GPT-2-style model (same width, depth, heads, context, vocabulary; learned positions,
 LayerNorm, GELU, tied embeddings) on the same token shards (Shakespeare, llmlab BPE), with the same
-batches, AdamW hyperparameters, weight-decay groups and gradient clipping, in fp32. The two run
-interleaved in rounds in one process, so load from other programs hits both alike; the ratio is the
-number to quote. MFU is llmlab's model FLOPs/s over this machine's fp32 matmul peak, measured here.
+batches, AdamW hyperparameters, weight-decay groups and gradient clipping, in fp32. The two run in
+paired rounds in one process: each round times `--steps` steps of one loop and then of the other
+(alternating which goes first) and gives that round's ratio, so a burst of load from other programs
+lands on one pair rather than on one side. The ratio to quote is the median of the per-round ratios,
+printed with their min, max and count. MFU is llmlab's median per-round tokens/s times the model's
+FLOPs per token, over the best fp32 matmul speed measured here between rounds.
 
-    .venv/bin/python benchmarks/train.py                      # ~5 minutes on 2 cores
+    .venv/bin/python benchmarks/train.py                      # about a minute on 2 quiet cores
+    .venv/bin/python benchmarks/train.py --rounds 40          # the figure in docs/benchmarks.md, ~7 minutes
     .venv/bin/python benchmarks/train.py --rounds 2 --steps 3  # quick look
 
 Targets on CPU: llmlab >= 1.1x the transformers loop, MFU >= 65%.
@@ -47,7 +51,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each runs both loops)")
+    parser.add_argument("--rounds", type=int, default=5, help="paired rounds (each times both loops back to back)")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per loop per round")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -103,40 +107,67 @@ def main() -> int:
     def llmlab_steps(n: int) -> list[float]:
         nonlocal step
         step += n
-        return [loss for _, loss in trainer.fit(until_step=step).losses]
+        # The Trainer reads losses from the device only where it logs; with log_every this large that is
+        # the last step of each fit() call, which then returns every step's loss since the last read.
+        losses = [loss for _, loss in trainer.fit(until_step=step).losses]
+        if len(losses) != n:
+            raise RuntimeError(f"Trainer.fit returned {len(losses)} losses for {n} steps")
+        return losses
+
+    def timed(run) -> tuple[float, list[float]]:
+        started = time.perf_counter()
+        losses = run(args.steps)
+        return args.steps * tokens_per_step / (time.perf_counter() - started), losses
 
     llmlab_steps(1), hf_steps(1)  # warm-up: allocator, kernels
-    rates = {"llmlab": [], "transformers": []}
+    sides = (("llmlab", llmlab_steps), ("transformers", hf_steps))
+    load_start = os.getloadavg()
+    rounds: list[dict[str, float | str]] = []
     peaks = [measure_matmul_flops()]
     losses = {}
     for r in range(args.rounds):
-        for name, run in (("llmlab", llmlab_steps), ("transformers", hf_steps)) if r % 2 == 0 else \
-                ((("transformers", hf_steps), ("llmlab", llmlab_steps))):
-            t = time.perf_counter()
-            losses[name] = run(args.steps)
-            rates[name].append(args.steps * tokens_per_step / (time.perf_counter() - t))
+        rate = {}
+        for name, run in sides if r % 2 == 0 else sides[::-1]:  # both back to back, alternating who is first
+            rate[name], losses[name] = timed(run)
+        rounds.append({**rate, "ratio": rate["llmlab"] / rate["transformers"], "first": "llmlab" if r % 2 == 0 else "transformers"})
         peaks.append(measure_matmul_flops())
-        print(f"round {r + 1}: llmlab {rates['llmlab'][-1]:,.0f} tok/s, transformers {rates['transformers'][-1]:,.0f} tok/s")
+        print(f"round {r + 1}: llmlab {rate['llmlab']:,.0f} tok/s, transformers {rate['transformers']:,.0f} tok/s, "
+              f"ratio {rounds[-1]['ratio']:.2f}x ({rounds[-1]['first']} first)")
 
     peak = max(peaks)
-    llm, ref = statistics.median(rates["llmlab"]), statistics.median(rates["transformers"])
+    ratios = [r["ratio"] for r in rounds]
+    ratio = statistics.median(ratios)
+    llm, ref = (statistics.median(r[name] for r in rounds) for name in ("llmlab", "transformers"))
     flops_per_token = trainer.gpt.flops_per_token(args.context)
     mfu = flops_per_token * llm / peak
     result = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "transformers": __import__("transformers").__version__},
+                    "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+                    "load_average_start": [round(x, 2) for x in load_start],
+                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
         "model": {"params": n_params, "d_model": cfg.d_model, "layers": cfg.n_layers, "heads": cfg.n_heads,
                   "context": args.context, "vocab": vocab, "micro_batch": args.micro_batch,
                   "flops_per_token": flops_per_token},
-        "tokens_per_second": {"llmlab": round(llm, 1), "transformers": round(ref, 1)},
-        "ratio": round(llm / ref, 3),
+        "rounds": args.rounds, "steps_per_round": args.steps,
+        "ratio": round(ratio, 3),  # median of the per-round llmlab / transformers ratios
+        "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
+        # The side timed second can pay for what the first left behind (e.g. freed memory to fault in again):
+        # the median ratio of the rounds each side went first shows how much order matters here.
+        "ratio_by_first": {side: round(statistics.median(r["ratio"] for r in rounds if r["first"] == side), 3)
+                           for side in ("llmlab", "transformers") if any(r["first"] == side for r in rounds)},
+        "tokens_per_second_median": {"llmlab": round(llm, 1), "transformers": round(ref, 1)},
         "fp32_matmul_peak_gflops": round(peak / 1e9, 1),
         "llmlab_mfu": round(mfu, 3),
+        "per_round": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rounds],
         "last_losses": {k: round(v[-1], 4) for k, v in losses.items()},
     }
     print(json.dumps(result, indent=2))
-    print(f"\nllmlab {llm:,.0f} tok/s vs transformers {ref:,.0f} tok/s: {llm / ref:.2f}x (target >= 1.1x); "
-          f"MFU {100 * mfu:.0f}% of {peak / 1e9:.0f} GFLOP/s measured fp32 peak (target >= 65%)")
+    print(f"\nllmlab / transformers: {ratio:.2f}x, median of {len(ratios)} paired rounds "
+          f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x; target >= 1.1x; by who went first: "
+          f"{', '.join(f'{k} {v:.2f}x' for k, v in result['ratio_by_first'].items())}); "
+          f"median rates llmlab {llm:,.0f} tok/s, transformers {ref:,.0f} tok/s; "
+          f"MFU {100 * mfu:.0f}% of {peak / 1e9:.0f} GFLOP/s measured fp32 peak (target >= 65%); "
+          f"load average {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
