@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.model import GPT, KVCache, from_depth, preset, suggested_lr
-from llmlab.model import fused
-from llmlab.model.fused import linear_cross_entropy, rms_norm, split_heads, swiglu
-from llmlab.model.transformer import RMSNorm, cross_entropy, rope_tables, sinusoidal_table
+from llmlab.model import fused, transformer
+from llmlab.model.fused import cross_entropy, linear_cross_entropy, rms_norm, split_heads, swiglu
+from llmlab.model.transformer import RMSNorm, apply_rope, rope_tables, sinusoidal_table
 
 
 def meta_model(config):
@@ -286,3 +286,69 @@ def test_linear_cross_entropy_equals_logits_then_cross_entropy(monkeypatch, igno
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(got, want))
     with torch.no_grad():
         assert torch.allclose(linear_cross_entropy(x, w, t), theirs, atol=1e-12)
+
+
+def test_fused_split_heads_equals_the_plain_rope():
+    """The kernel's rotation against apply_rope as the paper writes it, with default and per-row positions."""
+    torch.manual_seed(0)
+    cos, sin = rope_tables(16, 8, 10000.0)
+    qkv = torch.randn(2, 6, 3 + 2 * 1, 8)
+    positions = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]])
+    for tables in [(cos[:6], sin[:6]), (cos[positions][:, None], sin[positions][:, None])]:
+        q, k, v = split_heads(qkv, 3, 1, tables)
+        heads = qkv.transpose(1, 2)
+        assert torch.allclose(q, apply_rope(heads[:, :3], *tables), atol=1e-6)
+        assert torch.allclose(k, apply_rope(heads[:, 3:4], *tables), atol=1e-6)
+        assert torch.equal(v, heads[:, 4:])
+
+
+def _loss_and_grads(model, x):
+    _, loss = model(x, targets=torch.where(torch.arange(x.size(1)) < 3, -100, x.roll(-1, 1)))
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return loss, grads
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_fused_kernels_equal_the_plain_reference_in_the_whole_model(monkeypatch, name):
+    """Eager CPU uses llmlab.model.fused, a compiled graph or a GPU the plain expressions: the same
+    logits, loss and gradients (fp32 and under bf16 autocast)."""
+    torch.manual_seed(0)
+    model = GPT(preset(name, dropout=0.0))
+    x = torch.randint(0, model.config.vocab_size, (2, 12))
+    for autocast, tol in [(False, 1e-5), (True, 2e-2)]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            fused_logits = model(x)[0].float()
+            fused_loss, fused_grads = _loss_and_grads(model, x)
+            monkeypatch.setattr(transformer, "FUSED_ON_CPU", False)
+            plain_logits = model(x)[0].float()
+            plain_loss, plain_grads = _loss_and_grads(model, x)
+            monkeypatch.setattr(transformer, "FUSED_ON_CPU", True)
+        assert torch.allclose(fused_logits, plain_logits, atol=tol, rtol=tol)
+        assert torch.allclose(fused_loss, plain_loss, atol=tol, rtol=tol)
+        for a, b in zip(fused_grads, plain_grads):
+            assert torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])  # GPT-2 style, and Llama style with RoPE and GQA
+def test_training_step_and_decode_step_compile_to_one_graph(name):
+    """fullgraph=True refuses any graph break: forward + loss + backward (AOT autograd traces the
+    backward), and one KV-cache decode step."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(preset(name))
+    x = torch.randint(0, model.config.vocab_size, (2, 16))
+
+    eager_loss = model(x, targets=x.roll(-1, 1))[1]
+    compiled_loss = torch.compile(model, backend="aot_eager", fullgraph=True)(x, targets=x.roll(-1, 1))[1]
+    compiled_loss.backward()
+    assert torch.allclose(eager_loss, compiled_loss, atol=1e-5)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+    model.eval()
+    cache = KVCache(model.config, 2, 32)
+    with torch.no_grad():
+        model(x, kv_cache=cache)
+        step = torch.compile(lambda tok: model(tok, kv_cache=cache)[0], backend="eager", fullgraph=True)
+        logits = step(x[:, -1:])
+        assert logits.shape == (2, 1, model.config.vocab_size) and cache.length == 17
+    torch._dynamo.reset()

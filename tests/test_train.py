@@ -58,6 +58,7 @@ def tiny_config(run_dir, out, **kw) -> TrainConfig:
         shards=str(run_dir / "shards"), out_dir=str(out), depth=1, context_length=32, micro_batch=4,
         max_steps=8, warmup_steps=2, lr=3e-3, eval_every=4, eval_tokens=256, checkpoint_every=4, log_every=2,
         sample_tokens=0, peak_flops=1e11, val_fraction=0.1, threads=1,  # tiny models: 1 thread is fastest
+        device="cpu",  # exact comparisons between runs: the same kernels with a GPU visible (no TF32)
     )
     values.update(kw)
     return TrainConfig(**values)
@@ -158,6 +159,18 @@ def test_gradient_accumulation_matches_one_big_batch(run_dir, tmp_path):
     big = pretrain(tiny_config(run_dir, tmp_path / "big", micro_batch=4, max_steps=4))
     accum = pretrain(tiny_config(run_dir, tmp_path / "acc", micro_batch=2, tokens_per_step=4 * 32, max_steps=4))
     np.testing.assert_allclose([l for _, l in accum.losses], [l for _, l in big.losses], rtol=1e-5)
+
+
+def test_each_process_takes_its_own_gpu_and_too_few_gpus_is_a_clear_error(monkeypatch):
+    from llmlab.train.hardware import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", 0) == torch.device("cuda", 0)
+    assert resolve_device("cpu", 1) == torch.device("cpu")
+    for name in ["auto", "cuda"]:
+        with pytest.raises(ConfigError, match="process 1 of this run needs GPU 1, but 1 are visible"):
+            resolve_device(name, 1)
 
 
 # --- optimiser and schedule -------------------------------------------------------------------------------

@@ -6,6 +6,11 @@
            -> final norm -> linear head (tied to the embedding or not) -> logits
 
 Every variant is a field of `GPTConfig`. This file does no I/O; checkpoints live in `llmlab.model.checkpoint`.
+
+RoPE, RMSNorm, SwiGLU and the loss are written here as plain PyTorch expressions, the way the papers
+give them; that is what runs under `torch.compile` (one graph: the compiler fuses them itself) and on a
+GPU. `llmlab.model.fused` holds hand-written backward passes of the same functions that pay in eager
+mode on a CPU (benchmarks/model.py), and `use_fused` picks them there; tests hold the two paths equal.
 """
 
 from __future__ import annotations
@@ -17,7 +22,51 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.model.config import GPTConfig
-from llmlab.model.fused import cross_entropy, linear_cross_entropy, rms_norm, split_heads, swiglu
+from llmlab.model import fused
+
+# Whether eager CPU runs use llmlab.model.fused; False runs the plain expressions everywhere.
+FUSED_ON_CPU = True
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    """The hand-written kernels for `x`: on a CPU in eager mode only. A compiled graph fuses the plain
+    expressions itself (and cannot trace the kernels' writes into strided buffers without breaking)."""
+    return FUSED_ON_CPU and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """w * x / sqrt(mean(x^2) + eps), normalised in fp32 and cast back to x's dtype as Llama does."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x_i, x_{i + D/2}) of the last dim by its position's angle (RoPE, Su et al. 2021,
+    in Llama's half-split layout): (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def split_heads(
+    qkv: torch.Tensor, n_heads: int, n_kv_heads: int, rope: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries (B, H, T, D), keys and values (B, K, T, D) from the fused projection's (B, T, H + 2K, D),
+    RoPE applied to queries and keys."""
+    if use_fused(qkv):
+        return fused.split_heads(qkv, n_heads, n_kv_heads, rope)
+    q, k, v = qkv.transpose(1, 2).split([n_heads, n_kv_heads, n_kv_heads], dim=1)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    return q, k, v
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for h = [gate; up] on the last dim (Shazeer, 2020)."""
+    if use_fused(h):
+        return fused.swiglu(h)
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 class RMSNorm(nn.Module):
@@ -30,7 +79,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)  # in fp32 for stability under bf16, as Llama does
+        if use_fused(x):
+            return fused.rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -129,7 +180,6 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
         H, K = self.n_heads, self.n_kv_heads
-        # (B, T, (H + 2K) * D) -> queries (B, H, T, D), keys and values (B, K, T, D), RoPE on q and k.
         q, k, v = split_heads(self.qkv(x).view(B, T, H + 2 * K, self.head_dim), H, K, rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
@@ -313,11 +363,12 @@ class GPT(nn.Module):
         logits = loss = None
         if targets is None:
             logits = self.lm_head(x)
-        elif type(self.lm_head) is nn.Linear:  # a plain head: never build the (B, T, V) logits
-            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
-        else:  # an adapted or quantised head
-            full = self.lm_head(x)
-            loss = cross_entropy(full.float().view(-1, full.size(-1)), targets.reshape(-1))
+        elif use_fused(x) and type(self.lm_head) is nn.Linear:  # a plain head: never build the (B, T, V) logits
+            loss = fused.linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+        else:  # mean -log p(target) over the targets that are not -100, from fp32 logits
+            full = self.lm_head(x).float()
+            cross_entropy = fused.cross_entropy if use_fused(x) else F.cross_entropy
+            loss = cross_entropy(full.view(-1, full.size(-1)), targets.reshape(-1), ignore_index=-100)
         if return_attention:
             return logits, loss, weights
         return logits, loss

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from llmlab.errors import ConfigError
 from llmlab.files import write_json
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), for MFU on GPUs.
@@ -27,13 +28,23 @@ GPU_PEAK_BF16 = {
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device named (auto: CUDA, then MPS, then CPU). Process `local_rank` of a multi-process run takes
+    the GPU of that index, and there must be one: two processes sharing a GPU would both slow down."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        else:
+            return torch.device("cpu")
+    if name != "cuda":
+        return torch.device(name)
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"process {local_rank} of this run needs GPU {local_rank}, but {torch.cuda.device_count()} "
+            "are visible: start at most that many processes per node, or train on the CPU (--set device=cpu)"
+        )
+    return torch.device("cuda", local_rank)
 
 
 def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
