@@ -36,6 +36,17 @@ def test_plan_model_picks_the_depth_closest_to_the_target():
     assert p.compute_flops == 600 * 5e10
 
 
+def test_a_gpu_buys_a_far_larger_compiled_model_and_stops_after_its_passes_over_the_data():
+    budget, corpus = 0.8 * (1200 - plan.EVAL_RESERVE_S), 2_000_000  # the default 20 minutes, a small crawl
+    cpu = plan.plan_pretraining(budget, "cpu", 2e11, corpus, 4096, 256)  # 200 GFLOP/s measured fp32
+    gpu = plan.plan_pretraining(budget, "cuda", 989e12, corpus, 4096, 256)  # H100/H200 datasheet bf16
+    assert not cpu.compile and gpu.compile and gpu.micro_batch > cpu.micro_batch
+    assert gpu.model.params > 10 * cpu.model.params and gpu.model.depth == 12
+    assert cpu.expected_steps < cpu.max_steps  # the CPU's deadline comes first
+    passes = plan.MAX_EPOCHS * corpus / (gpu.micro_batch * 256)
+    assert gpu.max_steps == gpu.expected_steps == pytest.approx(passes, abs=1)  # the GPU's data runs out first
+
+
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     from llmlab.cli import main

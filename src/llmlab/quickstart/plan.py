@@ -19,6 +19,10 @@ MIN_PRETRAIN_S = 20.0
 MIN_SFT_S = 10.0
 MAX_EPOCHS = 4
 PRETRAIN_SHARE = 0.8
+# The share of the matmul peak a whole training step reaches. CPU: about half of the measured fp32 peak
+# (attention, norms, optimizer and data cost the rest). GPU: of the datasheet bf16 peak, about a third:
+# `llmlab train` measured 33% on an H200 with compile (issue 17); small models reach less, so assume 25%.
+EXPECTED_MFU = {"cpu": 0.5, "cuda": 0.25}
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,31 @@ def plan_model(
             best = (distance, depth, config, params)
     _, depth, config, params = best
     return ModelPlan(config, depth, params, target, compute, reason)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    model: ModelPlan
+    micro_batch: int
+    compile: bool
+    expected_steps: int  # at the expected speed, the budget's steps
+    max_steps: int  # MAX_EPOCHS passes over the data, or a machine far faster than planned: the step cap
+
+
+def plan_pretraining(
+    seconds: float, device_type: str, peak_flops: float, tokens_available: int, vocab_size: int, context_length: int,
+) -> TrainingPlan:
+    """Model size, batch and step bounds for `seconds` of pretraining on a device of this kind and peak.
+
+    A GPU gets bf16 with torch.compile, a larger batch and the up-to-GPT-2-small sizes its speed buys;
+    it may finish its passes over a small corpus before the deadline (the step cap then ends the run
+    and the schedule, which follows whichever of steps and time is further along)."""
+    gpu = device_type == "cuda"
+    sized = plan_model(seconds, EXPECTED_MFU.get(device_type, 0.5) * peak_flops, tokens_available, vocab_size,
+                       context_length)
+    micro_batch = 32 if gpu else 8
+    tokens_per_step = micro_batch * context_length
+    expected = max(1, round(sized.compute_flops / (6 * sized.params * tokens_per_step)))
+    passes = max(1, math.ceil(MAX_EPOCHS * tokens_available / tokens_per_step))
+    return TrainingPlan(sized, micro_batch, compile=gpu, expected_steps=min(expected, passes),
+                        max_steps=min(4 * expected, passes))

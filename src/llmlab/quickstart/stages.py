@@ -137,27 +137,24 @@ def pretrain(run: RunDir, config, seconds: float) -> dict[str, Any]:
     The run ends on its deadline, whatever the machine's speed: the learning-rate schedule follows the
     time spent, so a busy machine trains fewer steps but still finishes its cosine.
     """
-    import torch
-
     from llmlab.tokenizer.shards import read_shards
     from llmlab.train.config import TrainConfig
-    from llmlab.train.hardware import peak_flops
+    from llmlab.train.hardware import autocast_dtype, peak_flops, resolve_device
     from llmlab.train.pretrain import prepare, summarize
 
     started = time.monotonic()
     meta = read_shards(run.shards).meta
     tokens, vocab_size = meta["tokens"], meta["vocab_size"]
-    peak, _ = peak_flops(torch.device("cpu"), None)
-    # Expect about half of the matmul peak end to end (attention, norms, optimizer and data cost the rest).
-    sized = plan.plan_model(seconds, 0.5 * peak, tokens, vocab_size, config.context_length)
-    micro_batch = 8
-    expected = max(1, round(sized.compute_flops / (6 * sized.params * micro_batch * config.context_length)))
+    device = resolve_device("auto")
+    peak, _ = peak_flops(device, autocast_dtype(device))
+    planned = plan.plan_pretraining(seconds, device.type, peak, tokens, vocab_size, config.context_length)
+    sized, micro_batch, expected = planned.model, planned.micro_batch, planned.expected_steps
     train_config = TrainConfig(
         shards=str(run.shards), out_dir=str(run.pretrain), tokenizer=str(run.tokenizer / "tokenizer.json"),
-        depth=sized.depth, context_length=config.context_length, micro_batch=micro_batch,
-        max_steps=4 * expected,  # the deadline ends the run; this only bounds a machine far faster than planned
-        warmup_steps=min(WARMUP_STEPS, expected // 10), eval_every=max(1, expected // 4), eval_tokens=16384,
-        checkpoint_every=max(1, expected // 4), sample_prompts=SAMPLE_PROMPTS, sample_tokens=32, seed=config.seed,
+        depth=sized.depth, context_length=config.context_length, micro_batch=micro_batch, compile=planned.compile,
+        max_steps=planned.max_steps, warmup_steps=min(WARMUP_STEPS, expected // 10),
+        eval_every=max(1, expected // 4), eval_tokens=16384, checkpoint_every=max(1, expected // 4),
+        sample_prompts=SAMPLE_PROMPTS, sample_tokens=32, seed=config.seed,
     )
     training = prepare(train_config, resume=(run.pretrain / "checkpoints" / "latest").exists())
     training.trainer.config.time_limit_s = time_left(seconds, started)
@@ -169,6 +166,8 @@ def pretrain(run: RunDir, config, seconds: float) -> dict[str, Any]:
         "target_parameters": round(sized.target_params),
         "sizing": sized.reason,
         "planned_seconds": round(seconds),
+        "device": str(device),
+        "compiled": planned.compile,
         "expected_steps": expected,
         "steps": result.step,
         "tokens_seen": result.step * micro_batch * config.context_length,
