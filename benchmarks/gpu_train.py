@@ -17,6 +17,8 @@ and MFU against the datasheet bf16 peak and against the bf16 matmul speed measur
     python benchmarks/gpu_train.py                         # on a CUDA machine: both shapes, ~5 minutes
     python benchmarks/gpu_train.py --shapes gpt2 --json gpu.json
     python benchmarks/gpu_train.py --device cpu --small --no-compile --rounds 1 --steps 2   # does it run?
+    python benchmarks/gpu_train.py --device cpu --small --no-compile --dtype float32 --context 256 \
+        --micro-batch 8 --rounds 10 --steps 4                 # the Trainer's overhead on a CPU
 
 Without CUDA (and without --device cpu) it says so and exits 0: there is nothing to measure.
 """
@@ -59,7 +61,8 @@ def measure(shape: str, args, device: torch.device, measured: float, datasheet: 
     from llmlab.train.hardware import autocast
     from llmlab.train.optim import param_groups
 
-    amp = lambda: autocast(device, torch.bfloat16)  # noqa: E731
+    amp_dtype = getattr(torch, args.dtype)
+    amp = lambda: autocast(device, None if amp_dtype == torch.float32 else amp_dtype)  # noqa: E731
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     overrides = dict(n_layers=2, d_model=128, n_heads=4, n_kv_heads=None) if args.small else {}
     cfg = preset(SHAPES[shape], context_length=args.context, dropout=0.0, **overrides)
@@ -74,7 +77,7 @@ def measure(shape: str, args, device: torch.device, measured: float, datasheet: 
     bare = GPT(cfg).to(device)
     bare.load_state_dict(reference.state_dict())
     out = Path(tempfile.mkdtemp(prefix="llmlab-gpu-bench-"))
-    tcfg = TrainConfig(out_dir=str(out), device=str(device), dtype="bfloat16", compile=args.compile,
+    tcfg = TrainConfig(out_dir=str(out), device=str(device), dtype=args.dtype, compile=args.compile,
                        lr=6e-4, warmup_steps=0, max_steps=10**6, checkpoint_every=10**6, eval_every=10**6,
                        log_every=10**6, micro_batch=args.micro_batch, context_length=args.context,
                        sample_tokens=0)
@@ -135,6 +138,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per side per round")
     parser.add_argument("--small", action="store_true", help="2 layers of width 128: checks the script, measures nothing")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="autocast precision (float32: the loop's overhead on a CPU)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -146,12 +151,12 @@ def main() -> int:
     from llmlab.train.hardware import GPU_PEAK_BF16, cpu_name, measure_matmul_flops
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    datasheet = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
-    measured = measure_matmul_flops(size=8192 if device.type == "cuda" else 512, seconds=2.0, dtype=torch.bfloat16,
+    datasheet = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None) if args.dtype == "bfloat16" else None
+    measured = measure_matmul_flops(size=8192 if device.type == "cuda" else 512, seconds=2.0, dtype=getattr(torch, args.dtype),
                                     device=device)
     results = {"machine": {"device": name, "torch": torch.__version__,
                            "transformers": __import__("transformers").__version__,
-                           "bf16_matmul_measured_tflops": round(measured / 1e12, 1),
+                           f"{args.dtype}_matmul_measured_tflops": round(measured / 1e12, 3),
                            "bf16_datasheet_tflops": datasheet and round(datasheet / 1e12, 1)},
                "micro_batch": args.micro_batch, "context": args.context, "rounds": args.rounds,
                "steps_per_round": args.steps, "compile": args.compile, "shapes": {}}
