@@ -11,6 +11,7 @@ from llmlab.estimate import (
     chinchilla_optimal,
     estimate,
     flops_per_token,
+    gpus_to_hold,
     kv_cache_bytes,
     mfu,
     param_breakdown,
@@ -26,6 +27,9 @@ CONFIGS = [
     preset("tiny", norm_placement="post", positions="sinusoidal", bias=False),
     preset("tiny-llama", bias=True, tie_embeddings=True, head_dim=24, activation="relu", d_ff=100),
     preset("tiny", norm="rmsnorm", positions="none", n_kv_heads=1),
+    preset("tiny-llama", n_experts=4, experts_per_token=2),
+    preset("tiny", n_experts=3, experts_per_token=1, n_shared_experts=2),  # GELU experts, a biased shared MLP
+    preset("mixtral-8x7b"), preset("llama-3-8b"),
 ]
 
 
@@ -37,6 +41,26 @@ def test_closed_form_matches_the_model(config):
     assert p["total"] == model.num_params()
     assert p["non-embedding"] == model.num_params(exclude_embeddings=True)
     assert flops_per_token(config, 64) == model.flops_per_token(64)
+
+
+def test_worked_examples_llama_3_and_mixtral_sizes():
+    """Llama 3 (Grattafiori et al. 2024): 8B, 70B, 405B; Mixtral 8x7B (Jiang et al. 2024): 46.7B in all,
+    12.9B active per token."""
+    sizes = {name: param_breakdown(preset(name))["total"] / 1e9 for name in ("llama-3-8b", "llama-3-70b", "llama-3-405b")}
+    assert [round(v, 1) for v in sizes.values()] == [8.0, 70.6, 405.9]
+    mixtral = param_breakdown(preset("mixtral-8x7b"))
+    assert round(mixtral["total"] / 1e9, 1) == 46.7 and round(mixtral["active"] / 1e9, 1) == 12.9
+    assert flops_per_token(preset("mixtral-8x7b"), 1) < 0.3 * 6 * mixtral["total"]  # only 2 of 8 experts
+
+
+def test_worked_example_405b_memory_and_the_gpus_to_hold_it():
+    """The course's arithmetic: 405B fp32 weights are ~1.6 TB; weights, gradients and AdamW states
+    (16 bytes per parameter) need 82 GPUs of 80 GB at the least, sharded; bf16 weights alone 11."""
+    config = preset("llama-3-405b")
+    assert training_memory(config, 1, 1, "fp32")["weights"] == pytest.approx(1.62e12, rel=0.01)
+    assert gpus_to_hold(config, 80, "bf16") == {"training_state": 82, "inference": 11}
+    assert gpus_to_hold(preset("gpt2"), 80) == {"training_state": 1, "inference": 1}
+    assert estimate(config, gpu="h100").gpus_to_hold["training_state"] == 82
 
 
 def test_worked_example_gpt2_small_has_124m_parameters():

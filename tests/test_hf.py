@@ -26,6 +26,11 @@ LLAMA_CONFIGS = {
     "llama-mqa": dict(num_key_value_heads=1, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
     "llama-bias-headdim": dict(num_key_value_heads=2, attention_bias=True, mlp_bias=True, head_dim=24),
 }
+MIXTRAL_CONFIGS = {  # Llama with a mixture of experts in each layer
+    "mixtral-gqa-top2": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    "mixtral-top1-of-8-mqa": dict(num_key_value_heads=1, num_local_experts=8, num_experts_per_tok=1,
+                                  tie_word_embeddings=True),
+}
 
 
 def hf_gpt2(**kw):
@@ -36,12 +41,15 @@ def hf_gpt2(**kw):
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**base)).eval()
 
 
-def hf_llama(**kw):
+def hf_llama(mixtral=False, **kw):
     base = dict(vocab_size=300, max_position_embeddings=64, hidden_size=64, intermediate_size=160,
                 num_hidden_layers=2, num_attention_heads=4, rms_norm_eps=1e-6)
     base.update(kw)
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base)).eval()
+    if mixtral:
+        model = transformers.MixtralForCausalLM(transformers.MixtralConfig(**base)).eval()
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base)).eval()
     with torch.no_grad():  # norms start at exactly 1; perturb them so a swapped norm would show
         for name, p in model.named_parameters():
             if "norm" in name or "bias" in name:
@@ -50,6 +58,8 @@ def hf_llama(**kw):
 
 
 def make_hf(name):
+    if name in MIXTRAL_CONFIGS:
+        return hf_llama(mixtral=True, **MIXTRAL_CONFIGS[name])
     return hf_gpt2(**GPT2_CONFIGS[name]) if name in GPT2_CONFIGS else hf_llama(**LLAMA_CONFIGS[name])
 
 
@@ -61,7 +71,7 @@ def max_diff(a, b):
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("name", [*GPT2_CONFIGS, *LLAMA_CONFIGS])
+@pytest.mark.parametrize("name", [*GPT2_CONFIGS, *LLAMA_CONFIGS, *MIXTRAL_CONFIGS])
 def test_transformers_model_imports_with_same_logits(name):
     hf = make_hf(name)
     ours = from_transformers(hf)
@@ -71,7 +81,7 @@ def test_transformers_model_imports_with_same_logits(name):
     assert ours.num_params() == hf.num_parameters()
 
 
-@pytest.mark.parametrize("name", [*GPT2_CONFIGS, *LLAMA_CONFIGS])
+@pytest.mark.parametrize("name", [*GPT2_CONFIGS, *LLAMA_CONFIGS, *MIXTRAL_CONFIGS])
 def test_save_pretrained_directory_loads_with_same_logits(tmp_path, name):
     hf = make_hf(name)
     hf.save_pretrained(tmp_path)  # config.json + model.safetensors, transformers' own writer
@@ -89,7 +99,9 @@ LLMLAB_EXPORTABLE = {
     "gpt2-untied": preset("tiny", tie_embeddings=False),
     "llama-gqa": preset("tiny-llama"),
     "llama-mqa-tied": preset("tiny-llama", n_kv_heads=1, tie_embeddings=True, rope_theta=1e5),
+    "mixtral": preset("tiny-llama", n_experts=4, experts_per_token=2),
 }
+ARCHITECTURE = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}
 
 
 @pytest.mark.parametrize("name", LLMLAB_EXPORTABLE)
@@ -102,7 +114,7 @@ def test_exported_model_loads_in_transformers_with_same_logits(tmp_path, name):
                 p.add_(0.1 * torch.randn_like(p))
     save_hf(ours, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["architectures"] == [("GPT2LMHeadModel" if name.startswith("gpt2") else "LlamaForCausalLM")]
+    assert config["architectures"] == [ARCHITECTURE[name.split("-")[0]]]
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     x = tokens(vocab=ours.config.vocab_size)
     with torch.no_grad():
@@ -137,6 +149,8 @@ def test_unsupported_configs_are_refused_with_reasons():
         config_from_hf({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_attention_heads": 2,
                         "num_hidden_layers": 1, "intermediate_size": 16,
                         "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(ConfigError, match="n_shared_experts must be 0"):  # DeepSeekMoE's shared experts
+        save_hf(GPT(preset("tiny-llama", n_experts=4, n_shared_experts=1)), "/nonexistent")
     with pytest.raises(ConfigError, match="unsupported Hugging Face model type"):
         config_from_hf({"model_type": "mistral"})
 

@@ -112,6 +112,9 @@ VARIANTS = {
     "layernorm-nobias-dropout": dict(bias=False, dropout=0.1),
     "llama": dict(positions="rope", n_kv_heads=2, activation="swiglu", norm="rmsnorm", bias=False,
                   tie_embeddings=False, head_dim=24),
+    "moe-top2-shared-jitter": dict(positions="rope", activation="swiglu", norm="rmsnorm", n_experts=4,
+                                   experts_per_token=2, n_shared_experts=1, router_jitter=0.01),
+    "moe-gelu-top1-capacity": dict(n_experts=4, experts_per_token=1, capacity_factor=1.0),
 }
 
 
@@ -136,10 +139,10 @@ def test_every_variant_builds_and_learns(name):
     assert losses[-1] < losses[0] - 0.3
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama", "tiny-llama-moe"])
 def test_kv_cache_matches_full_forward(name):
     torch.manual_seed(0)
-    model = GPT(preset(name)).eval()
+    model = GPT(preset("tiny-llama", n_experts=4) if name == "tiny-llama-moe" else preset(name)).eval()
     x = torch.randint(0, 512, (2, 20))
     with torch.no_grad():
         full = model(x)[0]
@@ -352,3 +355,82 @@ def test_training_step_and_decode_step_compile_to_one_graph(name):
         logits = step(x[:, -1:])
         assert logits.shape == (2, 1, model.config.vocab_size) and cache.length == 17
     torch._dynamo.reset()
+
+
+def test_moe_counts_active_parameters_and_adds_the_balancing_loss_only_in_training():
+    """FLOPs follow the k experts a token visits; the training loss is cross-entropy plus
+    router_aux_loss x the layers' mean balancing loss, which is 1 for an even load and at least 1."""
+    torch.manual_seed(0)
+    dense, moe = preset("tiny-llama"), preset("tiny-llama", n_experts=4, experts_per_token=1, router_aux_loss=0.5)
+    router = 6 * moe.n_layers * moe.n_experts * moe.d_model
+    assert GPT(moe).flops_per_token(64) == GPT(dense).flops_per_token(64) + router
+    assert GPT(moe).num_params() == GPT(dense).num_params() + moe.n_layers * (3 * moe.expert_params + moe.n_experts * moe.d_model)
+    model = GPT(moe)
+    x = torch.randint(0, moe.vocab_size, (2, 16))
+    _, train_loss = model.train()(x, targets=x)
+    balance = model.router_balance_loss()
+    assert balance.item() >= 1.0 - 1e-6
+    _, eval_loss = model.eval()(x, targets=x)
+    assert torch.allclose(train_loss, eval_loss + 0.5 * balance, atol=1e-5)
+
+
+def test_moe_balancing_loss_equals_transformers_switch_loss():
+    pytest.importorskip("transformers")
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from llmlab.model.transformer import load_balancing_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(40, 6)
+    k = 2
+    probs = logits.softmax(-1)
+    ours = load_balancing_loss(probs, probs.topk(k, dim=-1).indices, 6)
+    # transformers counts k choices per token (its fractions sum to k), ours sum to 1.
+    assert torch.allclose(k * ours, load_balancing_loss_func((logits,), 6, k))
+
+
+def test_moe_capacity_drops_only_in_training_and_only_overflow():
+    """With capacity for one token per expert, the tokens after the first few pass through no expert in
+    training (their MLP output is zero); in evaluation no token is dropped."""
+    torch.manual_seed(0)
+    config = preset("tiny", n_experts=2, experts_per_token=1, capacity_factor=2 / 16)  # 1 token per expert
+    moe = GPT(config).blocks[0].mlp
+    x = torch.randn(1, 16, config.d_model)
+    trained = moe.train()(x)
+    routed = moe.eval()(x)
+    kept = (trained.abs().sum(-1) > 0).sum().item()
+    assert kept == 2 and (routed.abs().sum(-1) > 0).all()
+
+
+def _saved_by_autograd(model, x):
+    """Bytes of the tensors autograd packs for backward (checkpointed blocks pack theirs elsewhere)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(x, targets=x.roll(-1, 1))
+    return loss, sum(seen.values())
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+def test_activation_checkpointing_keeps_less_and_gives_the_same_gradients(monkeypatch, name):
+    """Recomputing each block in the backward pass: the same loss and gradients (dropout masks included),
+    with a fraction of the activations kept."""
+    monkeypatch.setattr(transformer, "FUSED_ON_CPU", False)  # the path whose saved tensors the formula counts
+    config = preset(name, n_layers=4, dropout=0.1)
+    x = torch.randint(0, config.vocab_size, (4, 64))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = GPT(config).train()
+        model.activation_checkpointing = checkpointing
+        loss, saved = _saved_by_autograd(model, x)
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters()], saved))
+    (loss, grads, kept), (loss_ckpt, grads_ckpt, kept_ckpt) = results
+    assert torch.equal(loss, loss_ckpt)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_ckpt))
+    assert kept_ckpt < 0.5 * kept

@@ -161,6 +161,15 @@ def test_gradient_accumulation_matches_one_big_batch(run_dir, tmp_path):
     np.testing.assert_allclose([l for _, l in accum.losses], [l for _, l in big.losses], rtol=1e-5)
 
 
+def test_activation_checkpointing_trains_the_same_run(run_dir, tmp_path):
+    plain = pretrain(tiny_config(run_dir, tmp_path / "plain", max_steps=4, model={"dropout": 0.1}))
+    training = prepare(tiny_config(run_dir, tmp_path / "ckpt", max_steps=4, activation_checkpointing=True,
+                                   model={"dropout": 0.1}))
+    assert training.trainer.gpt.activation_checkpointing
+    recomputed = training.trainer.fit()
+    np.testing.assert_allclose([l for _, l in recomputed.losses], [l for _, l in plain.losses], rtol=1e-6)
+
+
 def test_each_process_takes_its_own_gpu_and_too_few_gpus_is_a_clear_error(monkeypatch):
     from llmlab.train.hardware import resolve_device
 

@@ -15,7 +15,9 @@ costs nothing):
   its Chinchilla token count on a machine of measured throughput.
 
 Worked examples it reproduces (tests/test_estimate.py): GPT-2 small has ~124M parameters; GPT-3
-(175B) on 300B tokens needs 6ND ~= 3.1e23 FLOPs; LLaMA-7B's KV cache for 2,048 tokens in fp16 is ~1 GB.
+(175B) on 300B tokens needs 6ND ~= 3.1e23 FLOPs; LLaMA-7B's KV cache for 2,048 tokens in fp16 is ~1 GB;
+Llama 3.1 405B's fp32 weights take ~1.6 TB and its training state alone ~6.5 TB (82 80-GB GPUs);
+Mixtral 8x7B has ~46.7B parameters of which ~12.9B are active per token.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def param_breakdown(config: GPTConfig) -> dict[str, int]:
     attention = d * (q_out + 2 * kv_out) + bias * (q_out + 2 * kv_out) + q_out * d + bias * d
     n_up = 2 * c.d_ff if c.activation == "swiglu" else c.d_ff
     mlp = d * n_up + bias * n_up + c.d_ff * d + bias * d
+    if c.n_experts:  # E bias-free experts and a router; shared experts are one dense MLP n_shared times wider
+        shared = c.n_shared_experts * (d * n_up + c.d_ff * d + bias * n_up) + (bias * d if c.n_shared_experts else 0)
+        mlp = c.n_experts * c.expert_params + c.n_experts * d + shared
     # LayerNorm has a weight and (with bias) a bias; RMSNorm only a weight. Post-norm has no final norm.
     norm = d * (2 if c.norm == "layernorm" and c.bias else 1)
     parts = {
@@ -75,14 +80,17 @@ def param_breakdown(config: GPTConfig) -> dict[str, int]:
     }
     parts["total"] = sum(parts.values())
     parts["non-embedding"] = parts["total"] - parts["token embedding"] - parts["position embedding"]
+    # A token passes through k of the E routed experts: the parameters it actually uses.
+    parts["active"] = parts["total"] - L * (c.n_experts - c.experts_per_token) * c.expert_params if c.n_experts else parts["total"]
     return parts
 
 
 def matmul_params(config: GPTConfig) -> int:
     """N in C = 6ND: the weights every token is multiplied through (the head, tied or not, but not the
-    embedding lookups, which cost no FLOPs)."""
+    embedding lookups, which cost no FLOPs; of a mixture of experts, only the k experts it visits)."""
     p = param_breakdown(config)
-    return p["non-embedding"] - p["lm head"] + config.vocab_size * config.d_model
+    inactive = p["total"] - p["active"]
+    return p["non-embedding"] - p["lm head"] + config.vocab_size * config.d_model - inactive
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,19 +138,24 @@ def kv_cache_bytes(config: GPTConfig, tokens: int, batch: int = 1, bytes_per_val
 
 
 def activation_bytes(
-    config: GPTConfig, batch: int, seq_len: int, bytes_per_value: float = 2, flash_attention: bool = True
+    config: GPTConfig, batch: int, seq_len: int, bytes_per_value: float = 2, flash_attention: bool = True,
+    checkpointing: bool = False,
 ) -> float:
-    """Activations autograd keeps for the backward pass of one micro-batch (no recomputation).
+    """Activations autograd keeps for the backward pass of one micro-batch.
 
     Korthikanti et al. 2022 ("Reducing Activation Recomputation"), eq. 1: per layer
     s*b*h*(34 + 5*a*s/h) bytes with 16-bit values, where the 5as/h term is the s x s attention
     scores, softmax and dropout mask that flash attention does not store. Scaled by
     `bytes_per_value / 2` for other precisions; plus the logits and their gradient (b*s*V*4 bytes each
-    in fp32, where the loss is computed). An estimate: frameworks differ by tens of percent.
+    in fp32, where the loss is computed). With `checkpointing` (full recomputation, section 4 of the
+    same paper) each layer keeps only its input, s*b*h values, and one layer's activations exist again
+    while it is recomputed. An estimate: frameworks differ by tens of percent.
     """
     s, b, h, a = seq_len, batch, config.d_model, config.n_heads
     per_layer = s * b * h * (34 + (0 if flash_attention else 5 * a * s / h)) * bytes_per_value / 2
     logits = 2 * b * s * config.vocab_size * 4
+    if checkpointing:
+        return config.n_layers * s * b * h * bytes_per_value + per_layer + logits
     return config.n_layers * per_layer + logits
 
 
@@ -169,6 +182,20 @@ def training_memory(
     return out
 
 
+def gpus_to_hold(config: GPTConfig, gpu_memory_gb: float, precision: str = "bf16") -> dict[str, int]:
+    """The fewest GPUs of `gpu_memory_gb` whose memory holds, split evenly between them:
+
+    - "training_state": weights, gradients and AdamW states, 16 bytes per parameter, sharded as ZeRO-3
+      / FSDP does (Rajbhandari et al. 2020). Activations and the framework's buffers come on top, so
+      this is a floor, not a plan;
+    - "inference": the weights alone in `precision` (the KV cache comes on top).
+    A mixture of experts holds every expert, active or not."""
+    n = param_breakdown(config)["total"]
+    state = sum(v for k, v in training_memory(config, 1, 1, precision).items() if k in ("weights", "gradients", "optimizer"))
+    capacity = gpu_memory_gb * 1e9
+    return {"training_state": math.ceil(state / capacity), "inference": math.ceil(n * BYTES[precision] / capacity)}
+
+
 # ---------------------------------------------------------------------------------------------------
 # One report for a config (what `llmlab estimate` prints)
 
@@ -192,6 +219,7 @@ class Estimate:
     seconds: float
     cost: float
     chinchilla: dict[str, float] = field(default_factory=dict)
+    gpus_to_hold: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -231,6 +259,7 @@ def estimate(
         flops_per_token=flops_per_token(config, T), tokens=D, training_flops=flops, gpu=asdict(hw),
         n_gpus=n_gpus, mfu=mfu, seconds=seconds, cost=seconds / 3600 * n_gpus * hw.price_per_hour,
         chinchilla=chinchilla_optimal(compute_budget if compute_budget is not None else flops["6ND"]),
+        gpus_to_hold=gpus_to_hold(config, hw.memory_gb, precision),
     )
 
 

@@ -133,8 +133,12 @@ def format_estimate(e) -> str:
             + f", d_ff {c['d_ff']}, vocab {c['vocab_size']}, context {c['context_length']}, "
             + f"{c['positions']}/{c['norm']}/{c['activation']}, {'tied' if c['tie_embeddings'] else 'untied'}")
     total = p["total"]
-    parts = [(k, f"{v:>15,}  {100 * v / total:5.1f}%") for k, v in p.items() if k not in ("total", "non-embedding") and v]
+    parts = [(k, f"{v:>15,}  {100 * v / total:5.1f}%") for k, v in p.items()
+             if k not in ("total", "non-embedding", "active") and v]
     parts += [("total", f"{total:>15,}  ({_num(total)})"), ("non-embedding", f"{p['non-embedding']:>15,}")]
+    if p["active"] != total:
+        parts.append((f"active per token ({c['experts_per_token']} of {c['n_experts']} experts)",
+                      f"{p['active']:>15,}  ({_num(p['active'])})"))
     hw = e.gpu
     sections = [
         "model: " + arch,
@@ -143,10 +147,13 @@ def format_estimate(e) -> str:
             ("weights", _bytes(m["weights"])), ("gradients", _bytes(m["gradients"])),
             ("AdamW states" + (" + fp32 master" if e.precision != "fp32" else ""), _bytes(m["optimizer"])),
             ("activations (flash attention)", _bytes(m["activations"])), ("total", _bytes(m["total"])),
+            (f"{hw['name']}s ({hw['memory_gb']:g} GB) to hold the state, sharded (ZeRO-3/FSDP)",
+             f"at least {e.gpus_to_hold['training_state']:,}"),
         ]),
         _table(f"inference ({e.precision})", [
             ("weights", _bytes(e.inference_weights_bytes)),
             (f"KV cache, {e.kv_cache['batch']} x {e.kv_cache['tokens']} tokens", _bytes(e.kv_cache["bytes"])),
+            (f"{hw['name']}s to hold the weights", f"at least {e.gpus_to_hold['inference']:,}"),
         ]),
         _table(f"training compute for D = {_num(e.tokens)} tokens", [
             ("FLOPs per token (6N + attention)", f"{e.flops_per_token:.3g}"),

@@ -36,6 +36,13 @@ class GPTConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
+    # Mixture of experts (0 experts: every layer has one dense MLP).
+    n_experts: int = 0  # routed expert MLPs per layer
+    experts_per_token: int = 2  # top-k: how many experts each token goes through
+    n_shared_experts: int = 0  # experts every token also goes through (DeepSeekMoE), as one wider MLP
+    router_aux_loss: float = 0.01  # weight of the load-balancing loss added to the training loss
+    router_jitter: float = 0.0  # training-time multiplicative noise on the router's input (Switch, Mixtral)
+    capacity_factor: float = 0.0  # 0: no token is dropped; else an expert takes at most factor * k * tokens / E
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
@@ -62,12 +69,24 @@ class GPTConfig:
                              "(set n_kv_heads too)")
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.n_experts:
+            if self.n_experts < 2:
+                raise ValueError(f"n_experts={self.n_experts}: a mixture needs at least 2 experts (0 for a dense MLP)")
+            if not 1 <= self.experts_per_token <= self.n_experts:
+                raise ValueError(f"experts_per_token={self.experts_per_token} must lie in [1, n_experts={self.n_experts}]")
+            if self.router_aux_loss < 0 or self.router_jitter < 0 or self.capacity_factor < 0:
+                raise ValueError("router_aux_loss, router_jitter and capacity_factor must not be negative")
 
     def _rule_d_ff(self) -> int:
         if self.activation == "swiglu":
             # Llama: 2/3 of 4d so that three matrices cost what two 4d ones would, rounded up to 256.
             return 256 * math.ceil(int(8 * self.d_model / 3) / 256)
         return 4 * self.d_model
+
+    @property
+    def expert_params(self) -> int:
+        """Weights of one expert MLP (experts have no biases)."""
+        return (3 if self.activation == "swiglu" else 2) * self.d_model * self.d_ff
 
     def derived_fields(self) -> set[str]:
         """The fields whose values are what their rule gives (n_kv_heads = n_heads, head_dim = d_model /
@@ -123,6 +142,16 @@ PRESETS: dict[str, GPTConfig] = {
         d_ff=1536, rope_theta=100000.0, tie_embeddings=True,
     ),
     "llama-7b": _llama(vocab_size=32000, context_length=2048, n_layers=32, n_heads=32, d_model=4096, d_ff=11008),
+    # Llama 3 / 3.1 (Grattafiori et al. 2024, table 3), at their 8,192-token pretraining context.
+    "llama-3-8b": _llama(vocab_size=128256, context_length=8192, n_layers=32, n_heads=32, n_kv_heads=8,
+                         d_model=4096, d_ff=14336, rope_theta=500000.0),
+    "llama-3-70b": _llama(vocab_size=128256, context_length=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                          d_model=8192, d_ff=28672, rope_theta=500000.0),
+    "llama-3-405b": _llama(vocab_size=128256, context_length=8192, n_layers=126, n_heads=128, n_kv_heads=8,
+                           d_model=16384, d_ff=53248, rope_theta=500000.0),
+    # Mixtral 8x7B (Jiang et al. 2024): 8 experts per layer, 2 per token.
+    "mixtral-8x7b": _llama(vocab_size=32000, context_length=32768, n_layers=32, n_heads=32, n_kv_heads=8,
+                           d_model=4096, d_ff=14336, rope_theta=1e6, n_experts=8, experts_per_token=2),
     "llama-small": _llama(vocab_size=32000, context_length=1024, n_layers=12, n_heads=12, n_kv_heads=4, d_model=768),
     "tiny": GPTConfig(vocab_size=512, context_length=128, n_layers=2, n_heads=4, d_model=64),
     "tiny-llama": _llama(vocab_size=512, context_length=128, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64),

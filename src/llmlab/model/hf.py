@@ -1,4 +1,4 @@
-"""Hugging Face interop: import and export `GPT2LMHeadModel` and `LlamaForCausalLM` checkpoints.
+"""Hugging Face interop: import and export `GPT2LMHeadModel`, `LlamaForCausalLM` and `MixtralForCausalLM` checkpoints.
 
 A Hugging Face checkpoint is a directory with `config.json` and `model.safetensors` (or shards listed
 in `model.safetensors.index.json`). Both families map onto llmlab's one `GPT` by renaming tensors:
@@ -13,6 +13,10 @@ in `model.safetensors.index.json`). Both families map onto llmlab's one `GPT` by
     h.i.mlp.c_proj (Conv1D, T)    blocks.i.mlp.down       layers.i.mlp.down_proj
     ln_f                          final_norm              norm
     lm_head (or tied to wte)      lm_head                 lm_head (or tied)
+
+Mixtral is Llama with a mixture of experts in place of each MLP: `layers.i.block_sparse_moe.gate` is
+llmlab's `blocks.i.mlp.router`, and expert j's `w1`/`w3` (gate/up) and `w2` (down) are row j of
+`blocks.i.mlp.experts_up` ([w1; w3]) and `experts_down`.
 
 GPT-2's `Conv1D` stores weights as (in, out), the transpose of `nn.Linear`. Llama's rotary layout
 (rotate the two halves of each head) is the one llmlab uses, so q and k need no permutation here
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +50,8 @@ from llmlab.model.transformer import GPT
 
 GPT2 = "gpt2"
 LLAMA = "llama"
-ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
+MIXTRAL = "mixtral"
+ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM", MIXTRAL: "MixtralForCausalLM"}
 
 # GPT-2's `activation_function` names <-> llmlab's `activation`.
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
@@ -57,16 +63,15 @@ _GPT2_ACTIVATION_NAMES = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu
 
 
 def hf_family(hf_config: dict[str, Any]) -> str:
-    """"gpt2" or "llama" for a Hugging Face config.json dict; ConfigError for anything else."""
+    """"gpt2", "llama" or "mixtral" for a Hugging Face config.json dict; ConfigError for anything else."""
     model_type = hf_config.get("model_type")
     archs = hf_config.get("architectures") or []
-    if model_type == "gpt2" or "GPT2LMHeadModel" in archs:
-        return GPT2
-    if model_type == "llama" or "LlamaForCausalLM" in archs:
-        return LLAMA
+    for family, architecture in ARCHITECTURES.items():
+        if model_type == family or architecture in archs:
+            return family
     raise ConfigError(
         f"unsupported Hugging Face model type {model_type!r} (architectures {archs})",
-        hint="llmlab imports GPT2LMHeadModel and LlamaForCausalLM checkpoints",
+        hint="llmlab imports GPT2LMHeadModel, LlamaForCausalLM and MixtralForCausalLM checkpoints",
     )
 
 
@@ -104,6 +109,13 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
     if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
         raise ConfigError("Llama configs with attention_bias != mlp_bias are not supported (llmlab has one `bias`)")
     n_heads = hf["num_attention_heads"]
+    moe = {}
+    if family == MIXTRAL:
+        window = hf.get("sliding_window")
+        if window and window < hf.get("max_position_embeddings", 2048):
+            raise ConfigError(f"Mixtral's sliding-window attention ({window} positions) is not supported")
+        moe = dict(n_experts=hf["num_local_experts"], experts_per_token=hf["num_experts_per_tok"],
+                   router_aux_loss=hf.get("router_aux_loss_coef", 0.001), router_jitter=hf.get("router_jitter_noise", 0.0))
     return GPTConfig(
         vocab_size=hf["vocab_size"], context_length=hf.get("max_position_embeddings", 2048),
         n_layers=hf["num_hidden_layers"], n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
@@ -111,12 +123,12 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
         d_ff=hf["intermediate_size"], positions="rope", rope_theta=_rope_theta(hf), activation="swiglu",
         norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), bias=bool(hf.get("attention_bias", False)),
         tie_embeddings=hf.get("tie_word_embeddings", False), dropout=0.0,
-        init_std=hf.get("initializer_range", 0.02),
+        init_std=hf.get("initializer_range", 0.02), **moe,
     )
 
 
 def family_of(config: GPTConfig) -> str:
-    """Which Hugging Face family can hold `config`: "gpt2" or "llama"; ConfigError naming what doesn't fit."""
+    """Which Hugging Face family can hold `config`: "gpt2", "llama" or "mixtral"; ConfigError naming what doesn't fit."""
     gpt2 = {
         "positions": ("learned", config.positions == "learned"),
         "norm": ("layernorm", config.norm == "layernorm"),
@@ -124,19 +136,24 @@ def family_of(config: GPTConfig) -> str:
         "bias": (True, config.bias),
         "n_kv_heads": ("n_heads", config.n_kv_heads == config.n_heads),
         "head_dim": ("d_model / n_heads", config.head_dim * config.n_heads == config.d_model),
+        "n_experts": (0, config.n_experts == 0),
     }
     llama = {
         "positions": ("rope", config.positions == "rope"),
         "norm": ("rmsnorm", config.norm == "rmsnorm"),
         "activation": ("swiglu", config.activation == "swiglu"),
+        "n_experts": (0, config.n_experts == 0),
     }
+    mixtral = {**llama, "n_experts": ("at least 2", config.n_experts >= 2), "bias": (False, not config.bias),
+               "n_shared_experts": (0, config.n_shared_experts == 0)}
+    families = ((GPT2, gpt2), (LLAMA, llama), (MIXTRAL, mixtral))
     if config.norm_placement == "pre":
-        for family, checks in ((GPT2, gpt2), (LLAMA, llama)):
+        for family, checks in families:
             if all(ok for _, ok in checks.values()):
                 return family
     why = "; ".join(
-        f"{name}: " + ", ".join(f"{field} must be {want}" for field, (want, ok) in checks.items() if not ok)
-        for name, checks in (("GPT2LMHeadModel", gpt2), ("LlamaForCausalLM", llama))
+        f"{ARCHITECTURES[name]}: " + ", ".join(f"{field} must be {want}" for field, (want, ok) in checks.items() if not ok)
+        for name, checks in families
     )
     if config.norm_placement != "pre":
         why = "both are pre-norm; " + why
@@ -166,6 +183,12 @@ def config_to_hf(config: GPTConfig) -> dict[str, Any]:
             "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}, "rope_theta": c.rope_theta,
             "bos_token_id": None, "eos_token_id": None,
         }
+        if family == MIXTRAL:
+            hf.update(model_type="mixtral", num_local_experts=c.n_experts, num_experts_per_tok=c.experts_per_token,
+                      router_aux_loss_coef=c.router_aux_loss, router_jitter_noise=c.router_jitter,
+                      output_router_logits=False, sliding_window=None)
+            for key in ("attention_bias", "mlp_bias"):
+                hf.pop(key)
     hf.update(architectures=[ARCHITECTURES[family]], tie_word_embeddings=c.tie_embeddings,
               initializer_range=c.init_std, dtype="float32", use_cache=True)
     return hf
@@ -212,12 +235,22 @@ def tensor_layout(config: GPTConfig, family: str) -> list[tuple[str, list[tuple[
             add(b + "attn.qkv", qkv, bias=c.bias)
             add(b + "attn.proj", [(h + "self_attn.o_proj", d)], bias=c.bias)
             add(b + "mlp_norm", [(h + "post_attention_layernorm", d)])
+            if family == MIXTRAL:  # expert tensors: each expert's pieces, expert after expert, along rows
+                moe = h + "block_sparse_moe."
+                experts = [f"{moe}experts.{j}." for j in range(c.n_experts)]
+                add(b + "mlp.router", [(moe + "gate", c.n_experts)])
+                layout.append((b + "mlp.experts_up", [(e + w + ".weight", c.d_ff) for e in experts for w in ("w1", "w3")], False))
+                layout.append((b + "mlp.experts_down", [(e + "w2.weight", d) for e in experts], False))
+                continue
             add(b + "mlp.up", [(h + "mlp.gate_proj", c.d_ff), (h + "mlp.up_proj", c.d_ff)], bias=c.bias)
             add(b + "mlp.down", [(h + "mlp.down_proj", d)], bias=c.bias)
         add("final_norm", [(m + "norm", d)])
     if not c.tie_embeddings:
         add("lm_head", [("lm_head", c.vocab_size)])
     return layout
+
+
+EXPERT_TENSORS = ("experts_up", "experts_down")
 
 
 def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, family: str) -> dict[str, torch.Tensor]:
@@ -229,6 +262,8 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, fam
     for ours, parts, transposed in tensor_layout(config, family):
         tensors = [hf_state[name] for name, _ in parts]
         tensor = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        if ours.endswith(EXPERT_TENSORS):  # (E * rows, cols) -> (E, rows, cols)
+            tensor = tensor.view(config.n_experts, -1, tensor.size(-1))
         out[ours] = tensor.t().contiguous() if transposed else tensor
     return out
 
@@ -238,6 +273,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[
     out = {}
     for ours, parts, transposed in tensor_layout(config, family_of(config)):
         tensor = state[ours].t() if transposed else state[ours]
+        tensor = tensor.flatten(0, 1) if ours.endswith(EXPERT_TENSORS) else tensor
         pieces = tensor.split([rows for _, rows in parts]) if len(parts) > 1 else [tensor]
         out.update({name: piece.contiguous() for (name, _), piece in zip(parts, pieces)})
     return out
@@ -268,7 +304,7 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def load_hf(
     directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> GPT:
-    """A GPT (eval mode) from a Hugging Face GPT2LMHeadModel or LlamaForCausalLM directory."""
+    """A GPT (eval mode) from a Hugging Face GPT2LMHeadModel, LlamaForCausalLM or MixtralForCausalLM directory."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -308,20 +344,31 @@ def save_hf(model: GPT, directory: str | os.PathLike, dtype: torch.dtype | None 
 
 
 def from_transformers(hf_model: Any) -> GPT:
-    """Copy a `transformers` GPT2LMHeadModel or LlamaForCausalLM (already in memory) into a new GPT."""
+    """Copy a `transformers` GPT2LMHeadModel, LlamaForCausalLM or MixtralForCausalLM (in memory) into a
+    new GPT. Mixtral goes through a checkpoint directory: its in-memory tensors are laid out differently
+    from its files, and the files are the format that lasts."""
     hf_config = hf_model.config.to_dict()
     config = config_from_hf(hf_config)
+    if hf_family(hf_config) == MIXTRAL:
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_model.save_pretrained(tmp)
+            return load_hf(tmp)
     state = state_dict_from_hf(dict(hf_model.state_dict()), config, hf_family(hf_config))
     return model_from_state_dict(config, {k: v.detach().clone() for k, v in state.items()})
 
 
 def to_transformers(model: GPT) -> Any:
-    """The equivalent `transformers` model (GPT2LMHeadModel or LlamaForCausalLM), weights copied, eval mode."""
+    """The equivalent `transformers` model (GPT2LMHeadModel, LlamaForCausalLM or MixtralForCausalLM),
+    weights copied, eval mode."""
     import transformers
 
     hf_config = config_to_hf(model.config)
     family = hf_config.pop("model_type")
     hf_config.pop("architectures")
+    if family == MIXTRAL:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_hf(model, tmp)
+            return transformers.MixtralForCausalLM.from_pretrained(tmp).eval()
     cls_config = transformers.GPT2Config if family == GPT2 else transformers.LlamaConfig
     cls_model = transformers.GPT2LMHeadModel if family == GPT2 else transformers.LlamaForCausalLM
     hf_model = cls_model(cls_config(**hf_config))

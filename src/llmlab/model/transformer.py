@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from llmlab.model.config import GPTConfig
 from llmlab.model import fused
@@ -212,28 +213,84 @@ class CausalSelfAttention(nn.Module):
         return weights @ v, weights
 
 
+def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """The MLP's non-linearity; for SwiGLU, h holds [gate; up] and the result is half as wide."""
+    if activation == "swiglu":
+        return swiglu(h)  # silu(gate) * up
+    if activation == "gelu_tanh":
+        return F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
+    if activation == "gelu":
+        return F.gelu(h)
+    return F.relu(h)
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: down(act(up(x))), or down(silu(gate(x)) * up(x)) for SwiGLU."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, d_ff: int | None = None) -> None:
         super().__init__()
         self.activation = config.activation
-        n_up = 2 * config.d_ff if config.activation == "swiglu" else config.d_ff
+        d_ff = d_ff or config.d_ff
+        n_up = 2 * d_ff if config.activation == "swiglu" else d_ff
         self.up = nn.Linear(config.d_model, n_up, bias=config.bias)  # SwiGLU: [gate; up] fused
-        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.down = nn.Linear(d_ff, config.d_model, bias=config.bias)
         self.down.residual_projection = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(x)
-        if self.activation == "swiglu":
-            h = swiglu(h)  # silu(gate) * up
-        elif self.activation == "gelu_tanh":
-            h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
-        elif self.activation == "gelu":
-            h = F.gelu(h)
-        else:
-            h = F.relu(h)
-        return self.down(h)
+        return self.down(activate(self.up(x), self.activation))
+
+
+def load_balancing_loss(probs: torch.Tensor, chosen: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """E * sum_i f_i * P_i (Switch Transformer, Fedus et al. 2021, eq. 4): f_i is the fraction of the
+    routing choices that went to expert i, P_i the router's mean probability for it. 1 when the load is
+    even, up to E when everything goes to one expert; only P carries a gradient."""
+    f = F.one_hot(chosen, n_experts).float().mean(dim=(0, 1))
+    return n_experts * (f * probs.mean(0)).sum()
+
+
+class MoE(nn.Module):
+    """A mixture of experts in place of the MLP (Shazeer et al. 2017; Mixtral, Jiang et al. 2024): a
+    linear router scores the E experts for each token, the token goes through the k best, and their
+    outputs are summed with the router's softmax probabilities renormalised over those k. Shared
+    experts (DeepSeekMoE) are one dense MLP every token also passes through.
+
+    Training adds the load-balancing loss (`aux_loss`, read by `GPT.forward`), may jitter the router's
+    input and, with `capacity_factor`, drops a token's visit to an expert that is full (the residual
+    connection carries the token on). Inference never drops."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        E, d, f = config.n_experts, config.d_model, config.d_ff
+        self.activation, self.k = config.activation, config.experts_per_token
+        self.jitter, self.capacity_factor = config.router_jitter, config.capacity_factor
+        self.router = nn.Linear(d, E, bias=False)
+        self.experts_up = nn.Parameter(torch.empty(E, 2 * f if config.activation == "swiglu" else f, d))
+        self.experts_down = nn.Parameter(torch.empty(E, d, f))
+        self.shared = MLP(config, d_ff=f * config.n_shared_experts) if config.n_shared_experts else None
+        self.aux_loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1))
+        if self.training and self.jitter > 0:
+            flat = flat * torch.empty_like(flat).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        probs = self.router(flat).float().softmax(dim=-1)  # (N, E)
+        weights, chosen = probs.topk(self.k, dim=-1)  # (N, k)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        self.aux_loss = load_balancing_loss(probs, chosen, probs.size(-1)) if self.training else None
+        capacity = None
+        if self.training and self.capacity_factor > 0:
+            capacity = max(1, math.ceil(self.capacity_factor * self.k * flat.size(0) / probs.size(-1)))
+        out = torch.zeros_like(flat)
+        for e in range(self.experts_up.size(0)):
+            token, slot = torch.where(chosen == e)  # in token order: a full expert keeps the earliest
+            if capacity is not None:
+                token, slot = token[:capacity], slot[:capacity]
+            h = activate(F.linear(flat[token], self.experts_up[e]), self.activation)
+            y = F.linear(h, self.experts_down[e]) * weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out.view_as(x)
 
 
 class Block(nn.Module):
@@ -245,7 +302,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(config)
         self.attn = CausalSelfAttention(config, layer)
         self.mlp_norm = make_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config) if config.n_experts else MLP(config)
         self.p_drop = config.dropout
 
     def forward(self, x, rope, mask, kv_cache, return_weights=False):
@@ -281,6 +338,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        # Recompute each block's activations in the backward pass instead of keeping them (Chen et al.
+        # 2016): a training option, not architecture, so it is an attribute and not a config field.
+        self.activation_checkpointing = False
         if not self.tok_emb.weight.is_meta:  # a model built on the meta device gets its weights loaded
             self.reset_parameters()
 
@@ -295,6 +355,9 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, MoE):
+                nn.init.normal_(module.experts_up, mean=0.0, std=std)
+                nn.init.normal_(module.experts_down, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
@@ -323,7 +386,13 @@ class GPT(nn.Module):
         n_matmul = self.num_params(exclude_embeddings=True) + (c.vocab_size * c.d_model if c.tie_embeddings else 0)
         if not head:
             n_matmul -= c.vocab_size * c.d_model
+        if c.n_experts:  # a token passes through k of the E routed experts
+            n_matmul -= c.n_layers * (c.n_experts - c.experts_per_token) * c.expert_params
         return 6 * n_matmul + 12 * c.n_layers * c.n_heads * c.head_dim * T
+
+    def router_balance_loss(self) -> torch.Tensor:
+        """The mixture-of-experts layers' mean load-balancing loss from the last training forward pass."""
+        return torch.stack([block.mlp.aux_loss for block in self.blocks]).mean()
 
     def _mask(
         self, T: int, offset: int, attention_mask: torch.Tensor | None, device: torch.device
@@ -369,6 +438,8 @@ class GPT(nn.Module):
             full = self.lm_head(x).float()
             cross_entropy = fused.cross_entropy if use_fused(x) else F.cross_entropy
             loss = cross_entropy(full.view(-1, full.size(-1)), targets.reshape(-1), ignore_index=-100)
+        if loss is not None and self.training and self.config.n_experts and self.config.router_aux_loss:
+            loss = loss + self.config.router_aux_loss * self.router_balance_loss()
         if return_attention:
             return logits, loss, weights
         return logits, loss
@@ -405,8 +476,12 @@ class GPT(nn.Module):
         x = dropout(x, self.config.dropout if self.training else 0.0)
         mask = self._mask(T, offset, attention_mask, idx.device)
         weights = []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for block in self.blocks:
-            x, w = block(x, rope, mask, kv_cache, return_attention)
+            if recompute:  # keeps only the block's input; dropout masks are redrawn identically (RNG state saved)
+                x, w = torch.utils.checkpoint.checkpoint(block, x, rope, mask, None, return_attention, use_reentrant=False)
+            else:
+                x, w = block(x, rope, mask, kv_cache, return_attention)
             weights.append(w)
         if kv_cache is not None:
             kv_cache.advance(T)

@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast where supported, else fp32) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, ~1/3 more compute
     prefetch: bool | None = None  # read the next batch in a background thread; None: on for CUDA
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     distributed: str = "ddp"  # under torchrun: "ddp" (replicate) or "fsdp" (fully_shard)

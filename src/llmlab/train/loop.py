@@ -159,6 +159,7 @@ class Trainer:
             loaded = ckpt.load_weights(resume_from, model.config)
             model.load_state_dict(loaded.state_dict())
         self.gpt = model.to(self.device).train()
+        self.gpt.activation_checkpointing = config.activation_checkpointing
         self.lr = config.lr if config.lr is not None else _suggested(model)
         self.model = wrap_model(self.gpt, config.distributed, self.info, self.device)
         self.optimizer = build_optimizer(
