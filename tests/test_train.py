@@ -377,6 +377,55 @@ def test_a_time_limit_ends_the_run_on_its_deadline_with_the_schedule_finished(tm
     assert trainer.throughput(result)["wall_time_s"] <= limit + 0.5
 
 
+# --- distillation ----------------------------------------------------------------------------------------
+
+def test_distillation_loss_is_hintons_formula():
+    import torch.nn.functional as F
+
+    from llmlab.train.distill import distillation_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    targets[0, :2] = -100
+    keep = targets.flatten() != -100
+    T = 3.0
+    kl = F.kl_div(F.log_softmax(student / T, -1), F.log_softmax(teacher / T, -1), log_target=True, reduction="none")
+    kl = kl.sum(-1).flatten()[keep].mean()
+    ce = F.cross_entropy(student.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    loss, parts = distillation_loss(student, teacher, targets, alpha=0.3, temperature=T)
+    assert torch.allclose(parts["kl"], kl) and torch.allclose(parts["ce"], ce)
+    assert torch.allclose(loss, 0.3 * ce + 0.7 * T**2 * kl)
+    same, _ = distillation_loss(teacher, teacher, targets, alpha=0.0, temperature=T)
+    assert same.abs().item() < 1e-6  # a student equal to its teacher has nothing left to learn from it
+
+
+def test_distillation_trains_a_student_that_resumes_exactly_and_refuses_a_foreign_teacher(run_dir, tmp_path):
+    from llmlab.tokenizer import train_bpe
+    from llmlab.train.distill import distill
+
+    teacher = tmp_path / "teacher"
+    pretrain(tiny_config(run_dir, teacher, depth=2, max_steps=8))
+    full = distill(tiny_config(run_dir, tmp_path / "full", max_steps=8), str(teacher), alpha=0.5, temperature=2.0)
+    distill(tiny_config(run_dir, tmp_path / "cut", max_steps=8), str(teacher), until_step=4)
+    cut = distill(tiny_config(run_dir, tmp_path / "cut", max_steps=8), str(teacher), resume=True)
+    assert [l for _, l in cut.losses] == [l for _, l in full.losses][4:]
+    report = (tmp_path / "full" / "report.md").read_text()
+    assert report.startswith("# Distillation report") and "distilled from" in report
+    records = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert any("kl" in r and "ce" in r for r in records)
+
+    foreign = tmp_path / "foreign"
+    import shutil
+
+    shutil.copytree(resolve_latest(teacher / "checkpoints"), foreign)
+    train_bpe(corpus()[:40], vocab_size=280).save(foreign / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="the teacher cannot read these shards"):
+        distill(tiny_config(run_dir, tmp_path / "x"), str(foreign))
+    with pytest.raises(ConfigError, match="alpha=1.5"):
+        distill(tiny_config(run_dir, tmp_path / "y"), str(teacher), alpha=1.5)
+
+
 # --- data ------------------------------------------------------------------------------------------------
 
 def test_windows_are_deterministic_shifted_and_split_across_processes():

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
 
 
-def run(args: argparse.Namespace) -> int:
+def resolve_config(args: argparse.Namespace):
+    """The TrainConfig the flags describe; None after printing it for --print-config."""
     from llmlab.train.config import load_config
 
     explicit = {k: getattr(args, k) for k in (
@@ -49,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
         import json
 
         print(json.dumps(config.to_dict(), indent=2))
+        return None
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    if config is None:
         return 0
     from llmlab.train.distributed import shutdown
     from llmlab.train.pretrain import pretrain
@@ -57,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
         result = pretrain(config, resume=args.resume)
     finally:
         shutdown()
+    print_result(result, config)
+    return 0
+
+
+def print_result(result, config) -> None:
     if result.checkpoint is not None:
         final = {k: round(v, 4) for k, v in result.last_eval.items() if isinstance(v, float)}
         print(f"trained to step {result.step}: {final}", file=sys.stderr)
         print(f"checkpoint: {result.checkpoint}")
         print(f"report:     {config.out_dir}/report.md")
-    return 0

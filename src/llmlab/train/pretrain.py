@@ -18,9 +18,12 @@ from llmlab.train.config import TrainConfig
 from llmlab.train.data import WindowBatches, check_compatible, open_shards, split_stream, token_byte_lengths, validation_batches
 from llmlab.train.distributed import DistInfo, setup_process
 from llmlab.train.evaluation import PretrainEval
-from llmlab.train.loop import TrainResult, Trainer, accumulation_steps
+from llmlab.train.loop import LossFn, TrainResult, Trainer, accumulation_steps, lm_loss
 from llmlab.train.optim import decay_names
 from llmlab.train.report import run_title, write_report
+
+
+TITLES = {"pretrain": "Pretraining", "distill": "Distillation"}
 
 
 @dataclass
@@ -72,8 +75,10 @@ def _load_tokenizer(path: Path | None):
     return load_tokenizer(path)
 
 
-def prepare(config: TrainConfig, resume: bool = False, info: DistInfo | None = None) -> Pretraining:
-    """Check the inputs and build the trainer for a pretraining run (nothing is trained yet)."""
+def prepare(config: TrainConfig, resume: bool = False, info: DistInfo | None = None, loss_fn: LossFn = lm_loss,
+            stage: str = "pretrain") -> Pretraining:
+    """Check the inputs and build the trainer for a pretraining run (nothing is trained yet).
+    `loss_fn` replaces the model's cross-entropy (distillation trains on the same windows this way)."""
     device, info = setup_process(config, info)
     shards = open_shards(config.shards)
     tokenizer_path = find_tokenizer(config)
@@ -98,8 +103,9 @@ def prepare(config: TrainConfig, resume: bool = False, info: DistInfo | None = N
         val, device, byte_lengths, tokenizer, config.sample_prompts, config.sample_tokens,
         config.sample_temperature, config.seed, samples=info.is_main and not fsdp,
     )
-    trainer = Trainer(config, model, batches, grad_accum=grad_accum, evaluate=_main_only(evaluate, info, fsdp),
-                      info=info, device=device, tokenizer_file=tokenizer_path, resume=resume)
+    trainer = Trainer(config, model, batches, grad_accum=grad_accum, loss_fn=loss_fn,
+                      evaluate=_main_only(evaluate, info, fsdp), info=info, device=device,
+                      tokenizer_file=tokenizer_path, resume=resume, stage=stage)
     return Pretraining(trainer, evaluate, tokenizer_path, notes)
 
 
@@ -146,6 +152,6 @@ def summarize(run: Pretraining, result: TrainResult) -> Path:
         notes.append(f"stopped at step {result.step} of {cfg.max_steps}; `--resume` continues it")
     config = {**cfg.to_dict(), "tokenizer": None if run.tokenizer_path is None else str(run.tokenizer_path)}
     return write_report(
-        trainer.out_dir, run_title("Pretraining", trainer.out_dir, trainer.stage), config, model,
+        trainer.out_dir, run_title(TITLES.get(trainer.stage, "Pretraining"), trainer.out_dir, trainer.stage), config, model,
         hardware.describe(trainer.device), throughput, final, result.last_eval.get("samples"), notes,
     )
