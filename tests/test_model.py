@@ -434,3 +434,72 @@ def test_activation_checkpointing_keeps_less_and_gives_the_same_gradients(monkey
     assert torch.equal(loss, loss_ckpt)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_ckpt))
     assert kept_ckpt < 0.5 * kept
+
+
+# --- pruning ---------------------------------------------------------------------------------------------
+
+def test_magnitude_pruning_zeroes_the_smallest_block_weights():
+    from llmlab.model.prune import block_matrices, magnitude_prune, sparsity
+
+    torch.manual_seed(0)
+    model = GPT(preset("tiny-llama"))
+    embedding = model.tok_emb.weight.clone()
+    before = {n: p.clone() for n, p in block_matrices(model)}
+    stats = magnitude_prune(model, 0.5, scope="global")
+    assert stats["all"] == pytest.approx(0.5, abs=1e-3) and sparsity(model) == pytest.approx(0.5, abs=1e-3)
+    zeroed = torch.cat([before[n][p == 0].abs() for n, p in block_matrices(model)])
+    kept = torch.cat([p[p != 0].abs() for _, p in block_matrices(model)])
+    assert zeroed.max() <= kept.min()  # one threshold over every matrix
+    assert torch.equal(model.tok_emb.weight, embedding)  # embeddings (and head, norms) untouched
+    layer = GPT(preset("tiny-llama"))
+    per_matrix = magnitude_prune(layer, 0.3, scope="layer")
+    assert all(v == pytest.approx(0.3, abs=0.01) for v in per_matrix.values())
+
+
+@pytest.mark.parametrize("name,kw", [("tiny", {}), ("tiny-llama", {}), ("tiny-llama", {"n_kv_heads": 4})])
+def test_structured_pruning_equals_zeroing_the_removed_units(name, kw):
+    """The smaller model computes exactly what the original does with the removed neurons' (or heads')
+    outputs zeroed: removing them is lossless bookkeeping, the loss is in what they contributed."""
+    from llmlab.model.prune import prune_heads, prune_neurons
+
+    torch.manual_seed(0)
+    model = GPT(preset(name, **kw)).eval()
+    x = torch.randint(0, 512, (2, 12))
+    c = model.config
+    smaller, info = prune_neurons(model, 0.25)
+    assert smaller.config.d_ff == info["kept"] == 192 and smaller.num_params() < model.num_params()
+    masked = GPT(c).eval()
+    masked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for block, kept in zip(masked.blocks, info["kept_per_layer"]):
+            drop = torch.ones(c.d_ff, dtype=torch.bool)
+            drop[kept] = False
+            block.mlp.down.weight[:, drop] = 0
+        assert torch.allclose(smaller(x)[0], masked(x)[0], atol=1e-5)
+    fewer, info = prune_heads(model, 0.5)
+    assert fewer.config.n_heads == info["kept_heads"] == 2 and fewer.config.head_dim == c.head_dim
+    masked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for block, kept in zip(masked.blocks, info["kept_per_layer"]):
+            drop = torch.ones(c.n_heads, dtype=torch.bool)
+            drop[kept] = False
+            block.attn.proj.weight.view(c.d_model, c.n_heads, c.head_dim)[:, drop] = 0
+        assert torch.allclose(fewer(x)[0], masked(x)[0], atol=1e-5)
+
+
+def test_wanda_scores_weights_by_their_inputs_row_by_row():
+    """Wanda zeroes, in each output row, the weights whose |w| x ||x_j|| is smallest: with one input
+    feature made 100x louder, its weights survive even where they are small."""
+    from llmlab.model.prune import input_norms, wanda_prune
+
+    torch.manual_seed(0)
+    model = GPT(preset("tiny-llama")).eval()
+    norms = input_norms(model, [torch.randint(0, 512, (1, 32)) for _ in range(2)])
+    qkv = model.blocks[0].attn.qkv
+    assert norms["0.attn.qkv"].shape == (qkv.in_features,) and (norms["0.attn.qkv"] > 0).all()
+    loud = {k: v.clone() for k, v in norms.items()}
+    loud["0.attn.qkv"][5] *= 100
+    stats = wanda_prune(model, 0.5, loud)
+    assert stats["all"] == pytest.approx(0.5, abs=1e-3)
+    assert ((qkv.weight == 0).sum(dim=1) == qkv.in_features // 2).all()  # half of every row
+    assert (qkv.weight[:, 5] != 0).all()

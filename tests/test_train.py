@@ -426,6 +426,38 @@ def test_distillation_trains_a_student_that_resumes_exactly_and_refuses_a_foreig
         distill(tiny_config(run_dir, tmp_path / "y"), str(teacher), alpha=1.5)
 
 
+def test_prune_cli_writes_a_smaller_checkpoint_curve_and_report_and_recovers(run_dir, tmp_path, capsys):
+    from llmlab.cli import main
+    from llmlab.model.loading import load_model
+
+    model_dir = tmp_path / "model"
+    pretrain(tiny_config(run_dir, model_dir, depth=2, max_steps=40, eval_every=40, checkpoint_every=40))
+    text = tmp_path / "held_out.txt"
+    text.write_text(" ".join(corpus(5, seed=9)))
+    out = tmp_path / "pruned"
+    assert main(["prune", str(model_dir), "--method", "neurons", "--amount", "0.5", "--text", str(text), "--curve",
+                 "--out", str(out), "--recover-steps", "6", "--shards", str(run_dir / "shards")]) == 0
+    pruned, _ = load_model(out)
+    original, _ = load_model(model_dir)
+    assert pruned.config.d_ff == original.config.d_ff // 2 and pruned.num_params() < original.num_params()
+    result = json.loads((out / "prune.json").read_text())
+    curve = result["curve"]
+    assert [a for a, _ in curve] == [round(0.1 * i, 1) for i in range(10)]
+    assert curve[0][1] == result["perplexity"][0] and curve[-1][1] > curve[0][1]  # 90% of the neurons: worse
+    assert math.isfinite(result["recovered_perplexity"]) and (out / "recover" / "checkpoints" / "latest").exists()
+    assert (out / "prune_curve.png").stat().st_size > 0 and "perplexity" in (out / "report.md").read_text()
+    assert main(["prune", str(model_dir), "--method", "magnitude", "--out", str(tmp_path / "m"),
+                 "--recover-steps", "5", "--shards", str(run_dir / "shards")]) == 1
+    assert "would refill the zeros" in capsys.readouterr().err
+    assert main(["prune", str(model_dir), "--method", "wanda", "--out", str(tmp_path / "w")]) == 1
+    assert "--calibrate" in capsys.readouterr().err
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text(" ".join(corpus(20, seed=3)))
+    assert main(["prune", str(model_dir), "--method", "wanda", "--amount", "0.5", "--calibrate", str(calibration),
+                 "--out", str(tmp_path / "w")]) == 0
+    assert "scored with calibration text" in (tmp_path / "w" / "report.md").read_text()
+
+
 # --- data ------------------------------------------------------------------------------------------------
 
 def test_windows_are_deterministic_shifted_and_split_across_processes():

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("llmlab.cli.sft", "Supervised fine-tuning on chat data (full or LoRA)."),
     "dpo": ("llmlab.cli.dpo", "Direct preference optimisation on (prompt, chosen, rejected) pairs."),
     "distill": ("llmlab.cli.distill", "Distil a teacher model into a smaller student on token shards."),
+    "prune": ("llmlab.cli.prune", "Prune a model (magnitude, MLP neurons, attention heads) and measure the cost."),
     "generate": ("llmlab.cli.generate", "Generate text from a checkpoint with any decoding strategy."),
     "chat": ("llmlab.cli.chat", "Chat with a model in the terminal."),
     "eval": ("llmlab.cli.eval", "Perplexity, multiple-choice benchmarks and generation metrics."),
