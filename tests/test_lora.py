@@ -185,3 +185,63 @@ def test_lora_matches_hugging_face_peft_before_and_after_merging():
     for key, value in merged_reference.state_dict().items():
         torch.testing.assert_close(merged.state_dict()[key], value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(merged(x)[0], expected, rtol=1e-4, atol=1e-5)
+
+
+# --- QLoRA: LoRA on a 4-bit NormalFloat base -------------------------------------------------------------
+
+def test_normal_float_levels_are_the_qlora_papers():
+    from llmlab.infer.quantize import normal_float_levels
+
+    # Dettmers et al. 2023 (QLoRA), appendix E: the NF4 data type's 16 values.
+    published = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                 -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                 0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                 0.7229568362236023, 1.0]
+    assert torch.allclose(normal_float_levels(), torch.tensor(published), atol=1e-6)
+
+
+def test_nf4_beats_evenly_spaced_4_bit_levels_on_normal_weights():
+    """With the same storage (16 levels, one absmax per 64 weights), quantiles of the normal distribution
+    fit normally distributed weights better than evenly spaced levels do."""
+    from llmlab.infer.quantize import NF4Linear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(512, 256)
+    nn.init.normal_(linear.weight, std=0.02)
+    nf4 = NF4Linear(linear)
+    blocks = linear.weight.detach().reshape(-1, 64)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    even = torch.linspace(-1, 1, 16)
+    nearest = even[(blocks / absmax)[..., None].sub(even).abs().argmin(-1)] * absmax
+    nf4_error = (nf4.dequantize() - linear.weight).pow(2).mean()
+    assert nf4_error < 0.9 * (nearest.view_as(linear.weight) - linear.weight).pow(2).mean()  # 0.84 here
+    assert nf4.packed.numel() + 4 * nf4.absmax.numel() < 0.15 * 4 * linear.weight.numel()  # 4.5 bits per weight
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_qlora_trains_adapters_on_a_frozen_nf4_base_and_saves_plain_merged_weights(name, tmp_path):
+    from llmlab.infer.quantize import NF4Linear
+    from llmlab.train.lora import QLoRALinear
+
+    model, x = model_and_input(name)
+    plain_keys = set(model.state_dict())
+    reference = GPT(model.config).eval()
+    reference.load_state_dict(model.state_dict())
+    add_lora(model, LoRAConfig(rank=4, alpha=8, quantize="nf4"))
+    layers = [m for m in model.modules() if isinstance(m, QLoRALinear)]
+    assert layers and all(isinstance(m.quantized, NF4Linear) for m in layers)
+    model.eval()
+    with torch.no_grad():  # at initialisation: the base with each adapted matrix rounded to NF4
+        for name_, module in reference.named_modules():
+            if isinstance(module, nn.Linear) and name_.endswith(("qkv", "proj", "up", "down")):
+                module.weight.copy_(NF4Linear(module).dequantize())
+        torch.testing.assert_close(model(x)[0], reference(x)[0], rtol=1e-5, atol=1e-5)
+    quantized = sum(m.quantized.packed.numel() + 4 * m.quantized.absmax.numel() for m in layers)
+    assert quantized <= 0.15 * sum(4 * m.in_features * m.out_features for m in layers)
+    model.train()
+    train_a_little(model, x)
+    assert trainable_parameters(model) == sum(4 * (m.in_features + m.out_features) for m in layers)
+    model.eval()
+    assert set(model.state_dict()) == plain_keys  # merged, plain names: an ordinary checkpoint
+    save_checkpoint(tmp_path, model)
+    torch.testing.assert_close(load_checkpoint(tmp_path)(x)[0], model(x)[0], rtol=1e-5, atol=1e-5)

@@ -188,7 +188,8 @@ def test_epochs_set_the_number_of_steps(base, tmp_path):
     assert run.trainer.config.max_steps == int(np.ceil(2 * run.examples / 8))
 
 
-@pytest.mark.parametrize("lora", [None, LoRAConfig(rank=4, alpha=8, dropout=0.1)], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [None, LoRAConfig(rank=4, alpha=8, dropout=0.1), LoRAConfig(rank=4, quantize="nf4")],
+                         ids=["full", "lora", "qlora"])
 def test_sft_resumes_exactly_like_an_uninterrupted_run(base, tmp_path, lora):
     directory, _ = base
     options = PostTrainOptions(data="tasks", epochs=None, tasks_train=48, tasks_eval=0, lora=lora)

@@ -24,6 +24,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, data_help: str, eval_h
     parser.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA branch's input")
     parser.add_argument("--lora-targets", help="comma-separated linear layers to adapt, by name or suffix "
                         "(default: qkv,proj,up,down = every matrix in the blocks)")
+    parser.add_argument("--qlora", action="store_true",
+                        help="QLoRA: hold the adapted matrices' frozen base in 4-bit NormalFloat (about 1/7 of fp32)")
     parser.add_argument("--tasks-train", type=int, default=2000, help="with --data tasks: training examples to draw")
     parser.add_argument("--tasks-eval", type=int, default=100, help="with --data tasks: held-out examples to score")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
@@ -47,7 +49,8 @@ def common_config(args: argparse.Namespace, default_out: str):
         raise ConfigError("no training data", hint="pass --data FILE.jsonl, or --data tasks for the built-in tasks")
     epochs = args.epochs if args.epochs is not None else (None if args.max_steps else 2.0)
     values = dict(data=args.data, eval_data=args.eval_data, epochs=epochs,
-                  lora=lora_from_options(args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets),
+                  lora=lora_from_options(args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets,
+                                         args.qlora),
                   tasks_train=args.tasks_train, tasks_eval=args.tasks_eval)
     return config, values
 

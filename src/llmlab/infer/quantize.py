@@ -1,10 +1,13 @@
-"""Weight-only post-training quantization of nn.Linear layers: int8 and packed int4.
+"""Weight-only post-training quantization of nn.Linear layers: int8, packed int4 and NF4.
 
 int8, symmetric, one scale per output row (absmax):
     scale_r = max_j |W_rj| / 127,   q_rj = round(W_rj / scale_r) in [-127, 127],   W ~ q * scale
 int4, asymmetric, one (scale, min) pair per group of `group_size` inputs in a row (as GGUF's Q4_1):
     scale_g = (max_g - min_g) / 15,  q = round((W - min_g) / scale_g) in [0, 15],  W ~ q * scale_g + min_g
     two 4-bit codes are packed into each uint8, so a weight costs 4 bits plus 32 bits per group.
+NF4 (QLoRA, Dettmers et al. 2023), one absmax per block of 64 consecutive weights:
+    the 16 levels are quantiles of a standard normal scaled to [-1, 1] (with an exact zero), so each
+    level is equally likely for normally distributed weights; q = the level nearest W / absmax.
 
 Activations stay in floating point; the weight is expanded back before (or, with PyTorch's int8 kernel,
 inside) the matmul. Memory shrinks ~4x (int8) or ~6x (int4, group 64) for the quantized matrices; the
@@ -13,7 +16,7 @@ price is a small rise in perplexity, measured by `perplexity` before and after (
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -75,16 +78,64 @@ class Int4Linear(nn.Module):
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
+def normal_float_levels(bits: int = 4) -> torch.Tensor:
+    """The 2^bits NormalFloat levels in [-1, 1]: quantiles of N(0, 1) at evenly spaced probabilities,
+    2^(bits-1) on the positive side and one fewer on the negative, plus 0, each side scaled so that its
+    extreme is 1. The outermost probability (1 - delta) averages the two halves' choices of delta,
+    1/(2 * 15) and 1/(2 * 16) for 4 bits, so that the quantile stays finite."""
+    n = 2 ** (bits - 1)
+    delta = 0.5 * (1 / (2 * (2 * n - 1)) + 1 / (2 * 2 * n))
+    normal = torch.distributions.Normal(0.0, 1.0)
+    positive = normal.icdf(torch.linspace(1 - delta, 0.5, n + 1, dtype=torch.float64)[:-1])
+    negative = -normal.icdf(torch.linspace(1 - delta, 0.5, n, dtype=torch.float64)[:-1])
+    levels = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative])
+    return (levels / levels.abs().max()).sort().values.float()
+
+
+class NF4Linear(nn.Module):
+    """A frozen Linear layer stored as 4-bit NormalFloat codes with an fp32 absmax per block of 64
+    weights, dequantized for every forward pass (the base of QLoRA). 4.5 bits per weight."""
+
+    def __init__(self, linear: nn.Linear, block_size: int = 64) -> None:
+        super().__init__()
+        out_f, in_f = linear.weight.shape
+        if (out_f * in_f) % block_size or block_size % 2:
+            raise ConfigError(f"NF4 needs the weight's size ({out_f} x {in_f}) divisible by an even block_size ({block_size})")
+        w = linear.weight.detach().float().reshape(-1, block_size)
+        absmax = w.abs().amax(dim=1).clamp(min=1e-12)
+        levels = normal_float_levels().to(w.device)
+        midpoints = (levels[1:] + levels[:-1]) / 2  # nearest level = how many midpoints lie below
+        codes = torch.bucketize(w / absmax[:, None], midpoints).to(torch.uint8).view(-1)
+        self.register_buffer("packed", codes[0::2] | (codes[1::2] << 4))
+        self.register_buffer("absmax", absmax)
+        self.register_buffer("levels", levels, persistent=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features, self.block_size = in_f, out_f, block_size
+
+    def dequantize(self) -> torch.Tensor:
+        codes = torch.stack([self.packed & 0x0F, self.packed >> 4], dim=-1).view(-1, self.block_size)
+        w = self.levels[codes.long()] * self.absmax[:, None]
+        return w.view(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+QUANTIZED = {8: Int8Linear, 4: Int4Linear, "nf4": NF4Linear}
+
+
 def quantize_model(
-    model: nn.Module, bits: int = 8, group_size: int = 64, skip: Iterable[str] = ()
+    model: nn.Module, bits: int | str = 8, group_size: int = 64, skip: Iterable[str] = (),
+    only: Callable[[str], bool] | None = None,
 ) -> nn.Module:
-    """Replace every nn.Linear (except names in `skip` and a head tied to the embedding) in place.
+    """Replace every nn.Linear (except names in `skip`, those `only` rejects, and a head tied to the
+    embedding) in place: `bits` 8, 4 or "nf4".
 
     The tied head shares its matrix with the token embedding, which is looked up, not multiplied,
     so it stays in floating point; quantizing a copy would add memory, not save it.
     """
-    if bits not in (4, 8):
-        raise ConfigError(f"bits must be 4 or 8, got {bits}")
+    if bits not in QUANTIZED:
+        raise ConfigError(f"bits must be 4, 8 or nf4, got {bits}")
     skip = set(skip)
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for name, module in list(model.named_modules()):
@@ -92,7 +143,9 @@ def quantize_model(
             full = f"{name}.{child_name}" if name else child_name
             if not isinstance(child, nn.Linear) or full in skip or id(child.weight) in tied:
                 continue
-            quantized = Int8Linear(child) if bits == 8 else Int4Linear(child, group_size)
+            if only is not None and not only(full):
+                continue
+            quantized = Int8Linear(child) if bits == 8 else QUANTIZED[bits](child, group_size)
             setattr(module, child_name, quantized.to(child.weight.device))
     return model
 

@@ -13,6 +13,11 @@ serves several fine-tunes. What a LoRA model *computes* is the base plus the act
 is what its `state_dict()` holds: plain GPT names with merged weights. So a checkpoint written during
 LoRA training is an ordinary llmlab checkpoint that chat, eval and the server load as is. The adapter
 alone is saved with `save_adapter` (adapter.safetensors + adapter.json, kilobytes to megabytes).
+
+QLoRA (Dettmers et al. 2023) is LoRA on a base whose adapted matrices are stored in 4-bit NormalFloat
+(`LoRAConfig(quantize="nf4")`): the frozen W is dequantized for each forward pass and the adapters
+train in full precision, so the base takes about 1/7 of its fp32 memory. Its checkpoints are the same
+merged, plain-named weights as LoRA's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.files import atomic_path, write_json
+from llmlab.infer.quantize import NF4Linear
 
 ADAPTER_FORMAT = "llmlab-lora-v1"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -45,8 +51,11 @@ class LoRAConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # module names or name suffixes
+    quantize: str | None = None  # "nf4": QLoRA, the adapted matrices' frozen base in 4-bit NormalFloat
 
     def __post_init__(self) -> None:
+        if self.quantize not in (None, "nf4"):
+            raise ConfigError(f"LoRA base quantization {self.quantize!r} is not supported; choose nf4 (QLoRA)")
         self.targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
         if self.rank < 1:
             raise ConfigError(f"LoRA rank must be at least 1, got {self.rank}")
@@ -106,8 +115,25 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, adapters={list(self.adapters)}, active={self.active!r}"
 
 
+class QLoRALinear(LoRALinear):
+    """LoRA on a frozen NF4 matrix: `weight` is the dequantized base, rebuilt for each use."""
+
+    def __init__(self, base: NF4Linear) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.quantized, self.bias = base, base.bias
+        self.adapters = nn.ModuleDict()
+        self.active: str | None = None
+        self.register_state_dict_post_hook(_merged_state)
+        self.register_load_state_dict_pre_hook(_load_merged_state)
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        return self.quantized.dequantize()
+
+
 def _merged_state(module: LoRALinear, state: dict, prefix: str, local_metadata: Any) -> None:
-    for key in [k for k in state if k.startswith(prefix + "adapters.")]:
+    for key in [k for k in state if k.startswith((prefix + "adapters.", prefix + "quantized."))]:
         del state[key]
     state[prefix + "weight"] = module.merged_weight().detach()
 
@@ -129,6 +155,10 @@ def _load_merged_state(module: LoRALinear, state: dict, prefix: str, *args: Any)
                 hint="resume a LoRA run with the same base (init_from) and its checkpoint's adapter",
             )
         state[key] = module.weight.detach()
+    if isinstance(module, QLoRALinear):  # the frozen base is the quantized one the module holds
+        state.pop(key, None)
+        for name, tensor in module.quantized.state_dict().items():
+            state.setdefault(f"{prefix}quantized.{name}", tensor)
     for name, tensor in module.adapters.state_dict().items():
         state.setdefault(f"{prefix}adapters.{name}", tensor)
 
@@ -150,7 +180,12 @@ def add_lora(model: nn.Module, config: LoRAConfig, name: str = "default") -> lis
         if tied and module_name == "lm_head":
             raise ConfigError("the head shares its weight with the token embedding, so LoRA cannot adapt it alone",
                               hint="leave lm_head out of the LoRA targets")
-        layer = module if isinstance(module, LoRALinear) else LoRALinear(module)
+        if isinstance(module, LoRALinear):
+            layer = module
+        elif config.quantize == "nf4":
+            layer = QLoRALinear(NF4Linear(module).to(module.weight.device))
+        else:
+            layer = LoRALinear(module)
         if name in layer.adapters:
             raise ConfigError(f"{module_name} already has an adapter named {name!r}")
         layer.adapters[name] = LoRAAdapter(layer.in_features, layer.out_features, config).to(layer.weight.device)

@@ -76,13 +76,17 @@ def posttrain_config(recipe: str | None = None, overrides: list[str] | dict[str,
     return load_config(None, values, **explicit)
 
 
-def lora_from_options(rank: int | None, alpha: float | None, dropout: float, targets: str | None) -> LoRAConfig | None:
-    """The CLI's LoRA flags as a LoRAConfig (None without a rank); alpha defaults to 2 x rank."""
+def lora_from_options(rank: int | None, alpha: float | None, dropout: float, targets: str | None,
+                      qlora: bool = False) -> LoRAConfig | None:
+    """The CLI's LoRA flags as a LoRAConfig (None without a rank); alpha defaults to 2 x rank; `qlora`
+    stores the adapted matrices' frozen base in NF4."""
     if rank is None:
+        if qlora:
+            raise ConfigError("QLoRA trains LoRA adapters: pass --lora-rank too")
         return None
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     return LoRAConfig(rank=rank, alpha=alpha if alpha is not None else 2.0 * rank, dropout=dropout,
-                      **({"targets": names} if names else {}))
+                      quantize="nf4" if qlora else None, **({"targets": names} if names else {}))
 
 
 # --- the starting model -----------------------------------------------------------------------------------
@@ -124,7 +128,8 @@ def load_start(config: TrainConfig, options: PostTrainOptions, resume: bool) -> 
     notes = []
     if options.lora is not None:
         layers = add_lora(model, options.lora, options.adapter_name)
-        notes.append(f"LoRA rank {options.lora.rank}, alpha {options.lora.alpha:g} on {len(layers)} matrices; "
+        kind = "QLoRA (NF4 base)" if options.lora.quantize else "LoRA"
+        notes.append(f"{kind} rank {options.lora.rank}, alpha {options.lora.alpha:g} on {len(layers)} matrices; "
                      "checkpoints hold the merged model, checkpoints/*/adapter/ the adapter alone")
         latest = resolve_latest(out_dir / "checkpoints") if resume else None
         if latest is not None:
