@@ -515,3 +515,31 @@ def test_pii_leaves_lookalikes_alone(text):
 def test_checksums():
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     assert iban_valid("DE89 3704 0044 0532 0130 00") and not iban_valid("DE88 3704 0044 0532 0130 00")
+
+
+@pytest.mark.parametrize("text", [
+    "4.8.1.1. Introduction\nThe parser reads the stream.",  # a heading's number
+    "## 4.8.1.1 Parsing\n",
+    "As Section 4.1.2.3 explains, and sections 4.1.2.2 and 4.1.2.4 repeat, see § 4.8.1.1.",
+    "Card-like zeros 0000 0000 0000 0000 and 4111 1111-1111 1111 fail the rules.",  # one digit; mixed separators
+    "-rw-r--r-- 1 1000 1000 4007 Dec  5 07:12 notes.txt",  # ls -l (its digits pass Luhn)
+    "Year  Q1   Q2   Q3\n2021 1200 3400 1005\n",  # a table row (passes Luhn, no card network starts 2021)
+])
+def test_pii_documentation_numbers_are_not_pii(text):
+    assert redact(text) == (text, {})
+
+
+def test_pii_finds_real_pii_in_sentences():
+    planted = {
+        "phone": ["+49 30 12345678", "020 7946 0958", "1-800-555-0199", "+33 1 42 68 53 00", "(555) 123-4567",
+                  "+1 (555) 123-4567", "555.123.4567", "030 12345678"],
+        "credit_card": ["4111 1111 1111 1111", "4111-1111-1111-1111", "5500 0000 0000 0004", "3782 822463 10005",
+                        "6011111111111117", "3530111333300000"],
+        "ip_address": ["8.8.8.8", "93.184.216.34", "2a00:1450:4001:82b::200e"],
+        "email": ["jane.roe@mail.example.com"],
+    }
+    for kind, values in planted.items():
+        for value in values:
+            for sentence in (f"Reach it at {value} today.", f"It is {value}.\n", f"{value} is the one"):
+                out, counts = redact(sentence)
+                assert counts == {kind: 1} and value not in out, (kind, sentence, out)
