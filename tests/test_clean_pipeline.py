@@ -18,6 +18,7 @@ import pytest
 from llmlab.cli import main as cli_main
 from llmlab.data.clean import Document, clean, compare_recipes, load_recipe, read_cleaned, read_documents
 from llmlab.data.clean.pipeline import run_pipeline
+from llmlab.data.clean.readers import InputProblems
 from llmlab.errors import ConfigError, InputError
 
 ARTICLES = [
@@ -144,6 +145,64 @@ def test_text_reader_walks_directories(tmp_path):
     assert docs[0].url.startswith("file://")
     with pytest.raises(InputError, match="does not exist"):
         list(read_documents([tmp_path / "missing.warc.gz"]))
+
+
+def test_truncated_warc_gz_is_an_error_unless_skipped(tmp_path, capsys):
+    pages = [(f"https://example.com/{i}", "200 OK", "text/html", html_page(ARTICLES[i % 3] + f" Page {i}."))
+             for i in range(40)]
+    whole = tmp_path / "whole.warc.gz"
+    write_warc(whole, pages)
+    data = whole.read_bytes()
+    for cut in (len(data) // 2, len(data) - 3):  # mid-record, and only the last gzip trailer missing
+        bad = tmp_path / "bad.warc.gz"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(InputError, match=r"bad\.warc\.gz: truncated or damaged after \d+ records") as e:
+            list(read_documents([bad]))
+        assert "--skip-bad-input" in e.value.hint
+    bad.write_bytes(data[: len(data) // 2])
+    problems = InputProblems(skip=True)
+    docs = list(read_documents([bad], problems=problems))
+    assert 0 < len(docs) < 40 and problems.counts == {"truncated_warc": 1}
+    assert [d.url for d in docs] == [u for u, *_ in pages[: len(docs)]]
+    out = tmp_path / "out"
+    assert cli_main(["clean", str(bad), "--out", str(out), "--workers", "1"]) == 1
+    assert "truncated" in capsys.readouterr().err and not (out / "documents.parquet").exists()
+    assert cli_main(["clean", str(bad), "--out", str(out), "--workers", "1", "--skip-bad-input"]) == 0
+    assert "skipped damaged input (1 truncated_warc)" in capsys.readouterr().err
+    assert json.loads((out / "stats.json").read_text())["input_problems"]["counts"] == {"truncated_warc": 1}
+
+
+def test_jsonl_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n{"text": "three"}\n')
+    with pytest.raises(InputError, match=r"docs\.jsonl:2: not UTF-8 \(byte 0xe9 at column 14\)"):
+        list(read_documents([path]))
+    problems = InputProblems(skip=True)
+    assert [d.text for d in read_documents([path], problems=problems)] == ["one", "three"]
+    assert problems.counts == {"not_utf8": 1} and problems.examples[0].endswith("docs.jsonl:2: not UTF-8 (byte 0xe9 at column 14)")
+
+
+def test_empty_inputs_are_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no input files in"):
+        list(read_documents([tmp_path / "empty"]))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(InputError, match="the inputs hold no documents: .*empty.jsonl"):
+        list(read_documents([tmp_path / "empty.jsonl"]))
+    assert cli_main(["clean", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "out")]) == 1
+    assert "hold no documents" in capsys.readouterr().err
+
+
+def test_null_text_in_parquet_is_counted_not_fatal(tmp_path):
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": [ARTICLES[0], None, ARTICLES[1]], "url": ["u1", "u2", "u3"]}), path)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[steps]]\nstep = "extract"\n')
+    stats = clean([path], tmp_path / "out", recipe, workers=1)
+    assert stats["documents_in"] == 3 and stats["documents_out"] == 2
+    assert stats["steps"][0]["reasons"] == {"empty": 1}
+    removed = pq.read_table(tmp_path / "out" / "removed.parquet").to_pylist()
+    assert [(r["url"], r["reason"]) for r in removed] == [("u2", "empty")]
 
 
 # --- recipes ---------------------------------------------------------------------------------------

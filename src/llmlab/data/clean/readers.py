@@ -4,6 +4,12 @@ Every reader yields `Document`s in file order, with `metadata["source"]` naming 
 `response` records keep their HTML for the extraction step, with the HTTP status and content type in
 metadata (the extraction step drops non-200 and non-HTML pages with a reason, so they still show up in
 `removed.parquet`); WET `conversion` records and the other formats arrive as text.
+
+Bad input is never passed over in silence: a truncated or damaged WARC/gzip file, a JSONL line that is
+not UTF-8 or not JSON, a record without text, or inputs that hold no document at all stop the run with
+the file and place. With `InputProblems(skip=True)` (`llmlab clean --skip-bad-input`) the damaged
+record or tail is skipped instead and counted for the report. A null text in a Parquet or JSONL
+record is not damage: it becomes an empty document, which the extraction step removes (`empty`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +32,30 @@ PARQUET_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 HTML_SUFFIXES = (".html", ".htm")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+
+
+SKIP_HINT = "or pass --skip-bad-input to skip such records and count them in the report"
+MAX_EXAMPLES = 20
+
+
+@dataclass
+class InputProblems:
+    """Damaged input met while reading: an error by default, or (skip=True) counted and passed over."""
+
+    skip: bool = False
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def bad(self, kind: str, message: str, hint: str) -> None:
+        """Raise InputError(message), or when skipping record it under `kind`."""
+        if not self.skip:
+            raise InputError(message, hint=f"{hint}; {SKIP_HINT}")
+        self.counts[kind] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(message)
+
+    def report(self) -> dict:
+        return {"counts": dict(self.counts), "examples": list(self.examples)}
 
 
 def decode_html(body: bytes, content_type: str = "") -> str:
@@ -47,13 +80,40 @@ def _is_html(content_type: str) -> bool:
     return not content_type or "html" in content_type or "xml" in content_type
 
 
-def read_warc(path: str | Path) -> Iterator[Document]:
+class _GzipEnd:
+    """A gzip stream that ends quietly where the file is cut short, and remembers that it was.
+
+    warcio reads a truncated .warc.gz to its last whole record and stops without a word (it takes
+    the error for the end of the file). Decompressing with the gzip module, which raises at a missing
+    end, and turning that into a plain end here lets warcio read every whole record before the cut,
+    after which the reader reports the cut."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.error: Exception | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self.error is not None:
+            return b""
+        try:
+            return self.raw.read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            self.error = e
+            return b""
+
+
+def read_warc(path: str | Path, problems: InputProblems | None = None) -> Iterator[Document]:
+    """Response and conversion records; a file cut short (a download or copy that stopped) is caught:
+    a missing gzip end, or a record whose block is shorter than its Content-Length."""
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
 
     path = Path(path)
+    problems = problems or InputProblems()
+    records = 0
     try:
-        with open(path, "rb") as f:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as raw:
+            f = _GzipEnd(raw)
             for record in ArchiveIterator(f, arc2warc=True):
                 if record.rec_type not in ("response", "conversion"):
                     continue
@@ -64,6 +124,9 @@ def read_warc(path: str | Path) -> Iterator[Document]:
                     "record_id": record.rec_headers.get_header("WARC-Record-ID"),
                 }
                 body = record.content_stream().read()
+                if getattr(record.raw_stream, "limit", 0) > 0:  # the block ended before its Content-Length
+                    raise EOFError(f"record {records + 1} ({url}) is cut short")
+                records += 1
                 if record.rec_type == "conversion":
                     yield Document(url, text=body.decode("utf-8", errors="replace"), metadata=metadata)
                     continue
@@ -76,12 +139,20 @@ def read_warc(path: str | Path) -> Iterator[Document]:
                     yield Document(url, text=decode_html(body, content_type), metadata=metadata)
                 else:
                     yield Document(url, metadata=metadata)
+            if f.error is not None:
+                raise f.error
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        problems.bad(
+            "truncated_warc",
+            f"{path}: truncated or damaged after {records} records ({e or type(e).__name__})",
+            "download or copy the file again (gzip -t checks a .gz file)",
+        )
     except ArchiveLoadFailed as e:
         raise InputError(f"{path}: not a readable WARC file ({e})", hint="pass .warc or .warc.gz files") from e
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def _from_record(record: dict, source: str, fallback_url: str) -> Document:
@@ -92,32 +163,55 @@ def _from_record(record: dict, source: str, fallback_url: str) -> Document:
         return Document(url, text=record["text"], metadata=metadata)
     if isinstance(record.get("html"), str):
         return Document(url, html=record["html"], metadata=metadata)
+    if ("text" in record or "html" in record) and all(record.get(k) is None for k in ("text", "html")):
+        return Document(url, metadata=metadata)  # a null text: an empty document, removed as `empty`
     raise InputError(
         f"{fallback_url}: record has neither a 'text' nor an 'html' string field",
         hint="each record needs a text (or html) field and, ideally, a url",
     )
 
 
-def read_jsonl(path: str | Path) -> Iterator[Document]:
-    """One JSON object per line with `text` (or `html`) and `url`; a malformed line stops with its line number."""
+def read_jsonl(path: str | Path, problems: InputProblems | None = None) -> Iterator[Document]:
+    """One JSON object per line with `text` (or `html`) and `url`; a bad line stops with its line number."""
     path = Path(path)
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})",
-                    hint="fix or delete that line; nothing was written",
-                ) from e
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield _from_record(record, path.name, f"{path}:{lineno}")
+    problems = problems or InputProblems()
+    lineno = 0
+    try:
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    problems.bad(
+                        "not_utf8",
+                        f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                        "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+                    )
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    problems.bad(
+                        "not_json",
+                        f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})",
+                        "fix or delete that line; nothing was written",
+                    )
+                    continue
+                if not isinstance(record, dict):
+                    problems.bad(
+                        "not_object", f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}",
+                        "write one object per line",
+                    )
+                    continue
+                yield _from_record(record, path.name, f"{path}:{lineno}")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        problems.bad("truncated_gzip", f"{path}: truncated or damaged after line {lineno} ({e})",
+                     "download or copy the file again (gzip -t checks a .gz file)")
 
 
-def read_parquet(path: str | Path) -> Iterator[Document]:
+def read_parquet(path: str | Path, problems: InputProblems | None = None) -> Iterator[Document]:
     """A Parquet table with a `text` (or `html`) column and, ideally, `url`; other columns become metadata."""
     import pyarrow.parquet as pq
 
@@ -136,7 +230,7 @@ def read_parquet(path: str | Path) -> Iterator[Document]:
             yield _from_record(record, path.name, f"{path}#row{row}")
 
 
-def read_text(path: str | Path) -> Iterator[Document]:
+def read_text(path: str | Path, problems: InputProblems | None = None) -> Iterator[Document]:
     """One document per file: .html/.htm files as HTML, anything else as UTF-8 text."""
     path = Path(path).resolve()
     data = path.read_bytes()
@@ -174,15 +268,31 @@ def input_files(paths: list[str | Path]) -> list[Path]:
             files.append(p)
         else:
             raise InputError(f"input {p} does not exist", hint="pass WARC, JSONL, Parquet or text files or directories")
+    if not files:
+        raise InputError(
+            f"no input files in {', '.join(map(str, paths)) or '(nothing given)'}",
+            hint=f"llmlab clean reads {', '.join(known)} files",
+        )
     return files
 
 
-def read_documents(paths: list[str | Path], limit: int | None = None) -> Iterator[Document]:
-    """All documents of all inputs in order, stopping after `limit` documents if given."""
+def read_documents(
+    paths: list[str | Path], limit: int | None = None, problems: InputProblems | None = None
+) -> Iterator[Document]:
+    """All documents of all inputs in order, stopping after `limit` documents if given.
+
+    Inputs that hold no document at all (empty files) are an error: an empty output would look like a
+    cleaning that removed everything."""
+    files = input_files(paths)
     count = 0
-    for path in input_files(paths):
-        for doc in reader_for(path)(path):
+    for path in files:
+        for doc in reader_for(path)(path, problems):
             if limit is not None and count >= limit:
                 return
             count += 1
             yield doc
+    if count == 0 and limit != 0:
+        raise InputError(
+            f"the inputs hold no documents: {', '.join(str(p) for p in files[:5])}{' ...' if len(files) > 5 else ''}",
+            hint="check that the files are not empty and are the ones you meant",
+        )

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 from llmlab.data.clean.documents import Document, Removed
 from llmlab.data.clean.stats import StepStats
@@ -54,8 +55,8 @@ class ResumeLog:
         self._pending_in = 0
         self._last_save = time.monotonic()
 
-    def load(self) -> tuple[list[Document], list[Removed], list[StepStats]]:
-        """The saved kept documents, removals and step counters; nothing if there is no usable state."""
+    def load(self) -> list[StepStats]:
+        """Read the saved state: step counters and how many inputs it covers (`replay` gives its documents)."""
         state_path = self.folder / "state.json"
         try:
             state = json.loads(state_path.read_text())
@@ -63,10 +64,16 @@ class ResumeLog:
             state = None
         if not state or state.get("format") != FORMAT or state.get("key") != self.key:
             shutil.rmtree(self.folder, ignore_errors=True)  # another run's work, or none: start afresh
-            return [], [], []
+            return []
+        self.consumed, self.parts = state["consumed"], list(state["parts"])
+        self.stats = [StepStats(**{**s, "reasons": Counter(s["reasons"])}) for s in state["stats"]]
+        return self.stats
+
+    def replay(self, batch_size: int) -> Iterator[tuple[list[Document], list[Removed]]]:
+        """The saved kept and removed documents in their original order, a few at a time (read from disk)."""
         kept: list[Document] = []
         removed: list[Removed] = []
-        for part in state["parts"]:
+        for part in self.parts:
             with gzip.open(self.folder / part, "rt", encoding="utf-8") as f:
                 for line in f:
                     row = json.loads(line)
@@ -74,9 +81,11 @@ class ResumeLog:
                         removed.append(Removed(_doc(row["document"]), row["step"], row["reason"]))
                     else:
                         kept.append(_doc(row))
-        self.consumed, self.parts = state["consumed"], list(state["parts"])
-        self.stats = [StepStats(**{**s, "reasons": Counter(s["reasons"])}) for s in state["stats"]]
-        return kept, removed, self.stats
+                    if len(kept) + len(removed) >= batch_size:
+                        yield kept, removed
+                        kept, removed = [], []
+        if kept or removed:
+            yield kept, removed
 
     def add(self, kept: list[Document], removed: list[Removed], stats: list[StepStats]) -> None:
         """Record one finished batch; save to disk once `every_s` seconds have passed since the last save."""
