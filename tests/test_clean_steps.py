@@ -411,6 +411,18 @@ def test_word_splitting_follows_spacy_conventions():
     ]
 
 
+def test_punctuation_runs_split_as_spacy_splits_them():
+    # Markdown tables, ASCII rules and strike-through: datatrove's Gopher filter sees these through spaCy.
+    assert split_words("|---|---| ----+----  ~~old~~ <!-- :-) (...)") == [
+        "|---|---|", "----+----", "~~old~~", "<", "!", "--", ":-)", "(", "...", ")",
+    ]
+    spacy = pytest.importorskip("spacy")
+    nlp = spacy.blank("en")
+    rng = random.Random(0)
+    runs = ["".join(rng.choice("|-+~=*#_.:;!?()[]{}<>/\\'\"`@^&%$") for _ in range(rng.randint(1, 6))) for _ in range(2000)]
+    assert [split_words(r) for r in runs] == [[t.text for t in nlp(r)] for r in runs]
+
+
 @pytest.mark.slow  # loading datatrove's spaCy word splitter takes ~20 s on 2 cores
 def test_quality_rules_agree_with_datatrove_on_crafted_documents():
     pytest.importorskip("spacy")
