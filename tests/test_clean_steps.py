@@ -144,6 +144,30 @@ def test_extraction_keeps_main_content_and_drops_boilerplate(extractor):
         assert "I disagree" not in out.text
 
 
+def test_documentation_recipe_keeps_list_items_and_drops_navigation():
+    """A DocBook page (PostgreSQL's manual) listing 35 environment variables: resiliparse's main-content
+    heuristic kept none of them but kept the Prev/Up/Home/Next bar."""
+    from llmlab.data.clean.pipeline import load_recipe
+
+    names = [f"PGVARIABLE{i}" for i in range(35)]
+    items = "".join(
+        f'<li class="listitem"><p><a class="indexterm"></a><code class="envar">{n}</code> behaves the same as the '
+        f'<a class="xref" href="c.html#{n}">{n.lower()}</a> connection parameter.</p></li>' for n in names
+    )
+    bar = '<tr><td><a href="a.html">Prev</a></td><td><a href="b.html">Up</a></td><td><a href="d.html">Next</a></td></tr>'
+    page = (
+        f'<html><body><div class="navheader"><table>{bar}</table><hr/></div><div class="sect1">'
+        "<h2>34.15. Environment Variables</h2><p>The following environment variables can be used to select default "
+        "connection parameter values, used by the connection functions if the calling code gives none.</p>"
+        f'<div class="itemizedlist"><ul class="itemizedlist">{items}</ul></div></div>'
+        f'<div class="navfooter"><hr/><table>{bar}</table></div></body></html>'
+    )
+    step = next(s for s in load_recipe("documentation").build() if s.name == "extract")
+    text = step.process(Document("u", html=page)).text
+    assert all(n in text for n in names) and "connection parameter values" in text
+    assert "Prev" not in text and "Next" not in text
+
+
 @pytest.mark.parametrize("extractor", ["trafilatura", "resiliparse"])
 def test_extraction_turns_no_break_spaces_into_spaces(extractor):
     article = ARTICLE.replace("university team", "university&nbsp;team")

@@ -18,8 +18,8 @@ from llmlab.data.clean.documents import Document, Removed
 from llmlab.files import atomic_path
 
 COLUMNS = ("language", "language_score", "source", "fetch_time")
-ROW_GROUP_ROWS = 2048
-ROW_GROUP_CHARS = 64 << 20  # a row group of big HTML pages is cut earlier
+ROW_GROUP_ROWS = 1024
+ROW_GROUP_CHARS = 4 << 20  # a row group of big HTML pages (removed before extraction) is cut earlier
 
 
 def _schema(removed: bool):
@@ -74,6 +74,7 @@ class ParquetSink:
         if self.rows:
             self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
             self.rows, self.chars = [], 0
+            pa.default_memory_pool().release_unused()  # else arrow's allocator keeps the peak
 
     def close(self) -> None:
         self.flush()

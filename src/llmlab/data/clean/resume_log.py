@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Iterator
 
 from llmlab.data.clean.documents import Document, Removed
-from llmlab.data.clean.stats import StepStats
+from llmlab.data.clean.stats import StepStats, doc_chars
 from llmlab.files import atomic_write, write_json
 
 FORMAT = "llmlab-clean-checkpoint-v1"
+MAX_PENDING_CHARS = 4 << 20
 
 
 def fingerprint(inputs: list[Path], recipe: dict, limit: int | None) -> str:
@@ -53,6 +54,7 @@ class ResumeLog:
         self.stats: list[StepStats] = []
         self._pending: list[tuple[list[Document], list[Removed], list[StepStats]]] = []
         self._pending_in = 0
+        self._pending_chars = 0
         self._last_save = time.monotonic()
 
     def load(self) -> list[StepStats]:
@@ -91,7 +93,9 @@ class ResumeLog:
         """Record one finished batch; save to disk once `every_s` seconds have passed since the last save."""
         self._pending.append((kept, removed, stats))
         self._pending_in += stats[0].docs_in if stats else len(kept) + len(removed)
-        if time.monotonic() - self._last_save >= self.every_s:
+        self._pending_chars += sum(map(doc_chars, kept)) + sum(doc_chars(r.document) for r in removed)
+        # Saved every `every_s` seconds, and sooner when the unsaved pages would take much memory.
+        if time.monotonic() - self._last_save >= self.every_s or self._pending_chars >= MAX_PENDING_CHARS:
             self.save()
 
     def save(self) -> None:
@@ -111,7 +115,7 @@ class ResumeLog:
                     total.add(s)
         self.parts.append(part)
         self.consumed += self._pending_in
-        self._pending, self._pending_in = [], 0
+        self._pending, self._pending_in, self._pending_chars = [], 0, 0
         self._last_save = time.monotonic()
         # The part is on disk before the state names it: a kill in between leaves an unused file.
         write_json(self.folder / "state.json", {
