@@ -556,6 +556,8 @@ def test_checksums():
 @pytest.mark.parametrize("text", [
     "4.8.1.1. Introduction\nThe parser reads the stream.",  # a heading's number
     "## 4.8.1.1 Parsing\n",
+    "9.15.3.2. xpath_exists\n  • 6.2.9.4. Asynchronous generators\n43.6.5.5.\u00a0FOR (Integer Variant)",
+    "Sent as Mozilla/5.0 Firefox/2.0.0.11 by default.",
     "As Section 4.1.2.3 explains, and sections 4.1.2.2 and 4.1.2.4 repeat, see § 4.8.1.1.",
     "Card-like zeros 0000 0000 0000 0000 and 4111 1111-1111 1111 fail the rules.",  # one digit; mixed separators
     "-rw-r--r-- 1 1000 1000 4007 Dec  5 07:12 notes.txt",  # ls -l (its digits pass Luhn)

@@ -67,10 +67,10 @@ _SECTION_CUE = re.compile(
     r"\s*(?:\d+(?:\.\d+)*\.?\s*(?:,|and|or|to|through|-|–)\s*)*$",
     re.IGNORECASE,
 )
-_TITLE_AFTER = re.compile(r"\.?[ \t]+([^\W\d_])")
+_TITLE_AFTER = re.compile(r"(\.)?[^\S\n]+([^\W\d_])")
 # Words that announce a version number just before a dotted quad.
 _VERSION_CUE = re.compile(
-    r"(?:\bv|\bversion|\bver\.?|\brelease|\brev\.?|\bbuild|\bpython|\bupdate|\bpatch|\bfirmware|\bkernel|[=<>~]=?)\s*$",
+    r"(?:\bv|\bversion|\bver\.?|\brelease|\brev\.?|\bbuild|\bpython|\bupdate|\bpatch|\bfirmware|\bkernel|[=<>~]=?|(?<=\w)/)\s*$",
     re.IGNORECASE,
 )
 
@@ -111,9 +111,12 @@ def card_like(match: re.Match) -> bool:
 def _is_public_ip(match: re.Match, text: str) -> bool:
     before = text[max(0, match.start() - 60) : match.start()]
     line_start = text.rfind("\n", 0, match.start()) + 1
-    # A heading's or list item's number opens its line and is followed by a title ("4.8.1.1. Intro").
+    # A heading's or list item's number opens its line and is followed by a title: "4.8.1.1. intro"
+    # (the dot after the number), or "4.8.1.1 Intro" (a capital).
     title = _TITLE_AFTER.match(text, match.end())
-    opens_line = not text[line_start : match.start()].strip(" \t#*>-") and title and title.group(1).isupper()
+    opens_line = not text[line_start : match.start()].strip(" \t\u00a0#*>•·|-") and bool(
+        title and (title.group(1) or title.group(2).isupper())
+    )
     if _VERSION_CUE.search(before[-12:]) or _SECTION_CUE.search(before) or opens_line:
         return False
     return ipaddress.ip_address(match.group()).is_global
