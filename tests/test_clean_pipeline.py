@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import os
@@ -203,6 +204,75 @@ def test_null_text_in_parquet_is_counted_not_fatal(tmp_path):
     assert stats["steps"][0]["reasons"] == {"empty": 1}
     removed = pq.read_table(tmp_path / "out" / "removed.parquet").to_pylist()
     assert [(r["url"], r["reason"]) for r in removed] == [("u2", "empty")]
+
+
+def write_wet(path, texts):
+    """A Common Crawl WET file: one `conversion` record (extracted text) per page."""
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, text in texts:
+            record = writer.create_warc_record(url, "conversion", payload=io.BytesIO(text.encode()),
+                                               warc_headers_dict={"Content-Type": "text/plain"})
+            writer.write_record(record)
+
+
+def common_crawl_mirror(root):
+    """A Common Crawl layout: crawl-data/.../{warc,wet}/ files and the gzipped path lists naming them."""
+    segment = root / "crawl-data" / "CC-MAIN-2099-01" / "segments" / "1"
+    (segment / "warc").mkdir(parents=True)
+    (segment / "wet").mkdir()
+    write_warc(segment / "warc" / "a.warc.gz", [("https://news.example.com/river", "200 OK", "text/html", html_page(ARTICLES[0]))])
+    write_wet(segment / "wet" / "a.warc.wet.gz", [("https://food.example.com/bread", ARTICLES[1])])
+    lists = {}
+    for kind, name in (("warc", "a.warc.gz"), ("wet", "a.warc.wet.gz")):
+        lists[kind] = root / f"{kind}.paths.gz"
+        lists[kind].write_bytes(gzip.compress(f"crawl-data/CC-MAIN-2099-01/segments/1/{kind}/{name}\n".encode()))
+    return lists
+
+
+def test_common_crawl_path_lists_on_local_disk(tmp_path):
+    lists = common_crawl_mirror(tmp_path / "cc")
+    docs = list(read_documents([lists["warc"], lists["wet"]], paths_base=str(tmp_path / "cc")))
+    assert [d.url for d in docs] == ["https://news.example.com/river", "https://wet.example.com/page", "https://food.example.com/bread"]
+    assert docs[0].html and docs[2].text == ARTICLES[1] and docs[2].metadata["source"] == "a.warc.wet.gz"
+    out = tmp_path / "out"
+    assert cli_main(["clean", str(lists["wet"]), "--out", str(out), "--workers", "1", "--paths-base", str(tmp_path / "cc")]) == 0
+    assert [d.url for d in read_cleaned(out / "documents.parquet")] == ["https://food.example.com/bread"]
+
+
+def test_inputs_by_url_through_fsspec(tmp_path):
+    """https:// from a local HTTP server, and fsspec's in-memory filesystem standing in for s3://."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    fsspec = pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    lists = common_crawl_mirror(tmp_path / "cc")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "cc")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        docs = list(read_documents([base + "warc.paths.gz"], paths_base=base))
+        assert [d.url for d in docs] == ["https://news.example.com/river", "https://wet.example.com/page"]
+        assert docs[0].metadata["source"] == "a.warc.gz"
+    finally:
+        server.shutdown()
+        server.server_close()
+    wet = (tmp_path / "cc" / "crawl-data" / "CC-MAIN-2099-01" / "segments" / "1" / "wet" / "a.warc.wet.gz").read_bytes()
+    with fsspec.open("memory://commoncrawl/wet/a.warc.wet.gz", "wb") as f:
+        f.write(wet)
+    stats = clean(["memory://commoncrawl/wet/a.warc.wet.gz"], tmp_path / "out", "fineweb", workers=1)
+    assert stats["documents_in"] == 1 and stats["documents_out"] == 1
+    with pytest.raises(InputError, match="does not exist"):
+        list(read_documents(["memory://commoncrawl/missing.warc.gz"]))
 
 
 # --- recipes ---------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from llmlab.data.clean.langid import LanguageFilter
 from llmlab.data.clean.pii import PiiRedaction
 from llmlab.data.clean.quality import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
 from llmlab.data.clean.outputs import output_sinks
-from llmlab.data.clean.readers import InputProblems, input_files, read_documents
+from llmlab.data.clean.readers import COMMON_CRAWL, InputProblems, input_files, read_documents
 from llmlab.data.clean.stats import KeptSummary, StepStats, build_report, doc_chars, write_report
 from llmlab.data.clean.steps import Step
 from llmlab.data.clean.url_filter import UrlFilter
@@ -336,6 +336,7 @@ def clean(
     batch_size: int = 32,
     checkpoint_every_s: float = 30.0,
     skip_bad_input: bool = False,
+    paths_base: str = COMMON_CRAWL,
 ) -> dict:
     """Read `inputs`, run the recipe, write documents/removed Parquet and the report; return the stats.
 
@@ -343,13 +344,14 @@ def clean(
     Work in progress is saved under `out_dir/checkpoint` every `checkpoint_every_s` seconds, so a
     killed run started again with the same arguments picks up where it stopped. Bad input (a truncated
     WARC file, a line that is not UTF-8 or not JSON) stops the run with its place, or with
-    `skip_bad_input` is skipped and counted in the report's `input_problems`."""
+    `skip_bad_input` is skipped and counted in the report's `input_problems`. Inputs may be URLs
+    (s3://, https://) and Common Crawl path lists (`warc.paths.gz`, resolved under `paths_base`)."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     steps = recipe.build()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
-    files = input_files(inputs)
+    files = input_files(inputs, paths_base)
     key = fingerprint(files, {"name": recipe.name, "steps": recipe.steps}, limit)
     resume_log = ResumeLog(out / "checkpoint", key, checkpoint_every_s)
     problems = InputProblems(skip=skip_bad_input)

@@ -5,6 +5,10 @@ Every reader yields `Document`s in file order, with `metadata["source"]` naming 
 metadata (the extraction step drops non-200 and non-HTML pages with a reason, so they still show up in
 `removed.parquet`); WET `conversion` records and the other formats arrive as text.
 
+Inputs are local paths or URLs (`s3://`, `https://`, `gs://`, ... anything fsspec opens), so Common
+Crawl's files are read where they lie; a path list (`warc.paths.gz`, `wet.paths.gz`: one relative path
+a line) expands to its files under a base URL (`https://data.commoncrawl.org/` unless told otherwise).
+
 Bad input is never passed over in silence: a truncated or damaged WARC/gzip file, a JSONL line that is
 not UTF-8 or not JSON, a record without text, or inputs that hold no document at all stop the run with
 the file and place. With `InputProblems(skip=True)` (`llmlab clean --skip-bad-input`) the damaged
@@ -14,6 +18,7 @@ record is not damage: it becomes an empty document, which the extraction step re
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
@@ -26,11 +31,51 @@ from typing import Iterator
 from llmlab.data.clean.documents import Document
 from llmlab.errors import InputError
 
-WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".arc", ".arc.gz")  # WET: "x.warc.wet.gz"
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 HTML_SUFFIXES = (".html", ".htm")
+PATHS_SUFFIXES = (".paths", ".paths.gz")  # Common Crawl's warc.paths.gz, wet.paths.gz
+COMMON_CRAWL = "https://data.commoncrawl.org/"
+Input = Path | str  # a local path, or a URL fsspec opens
+
+
+def is_url(path: Input) -> bool:
+    return "://" in str(path)
+
+
+def input_name(path: Input) -> str:
+    """The file name of a path or URL (for `source` and to choose the reader)."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1] if is_url(path) else Path(path).name
+
+
+def open_input(path: Input):
+    """A binary file object: local files with open(), URLs through fsspec."""
+    if not is_url(path):
+        return open(path, "rb")
+    try:
+        import fsspec
+
+        return fsspec.open(str(path), "rb").open()
+    except FileNotFoundError:
+        raise InputError(f"input {path} does not exist") from None
+    except (ImportError, ValueError) as e:  # no filesystem for the protocol, or its package missing
+        raise InputError(
+            f"cannot open {path}: {e}", hint="install llmlab[data] (fsspec; aiohttp for https, s3fs for s3)"
+        ) from None
+
+
+def read_path_list(path: Input, base: str = COMMON_CRAWL) -> list[Input]:
+    """The files a Common Crawl path list names, each joined to `base` unless it is a URL or absolute."""
+    with open_input(path) as f:
+        data = f.read()
+    if str(path).endswith(".gz"):
+        data = gzip.decompress(data)
+    lines = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+    if is_url(base):
+        return [line if is_url(line) else base.rstrip("/") + "/" + line.lstrip("/") for line in lines]
+    return [line if is_url(line) or line.startswith("/") else Path(base) / line for line in lines]
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
 
@@ -108,18 +153,18 @@ def read_warc(path: str | Path, problems: InputProblems | None = None) -> Iterat
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
 
-    path = Path(path)
+    name = input_name(path)
     problems = problems or InputProblems()
     records = 0
     try:
-        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as raw:
+        with open_input(path) as handle, _decompressed(handle, name) as raw:
             f = _GzipEnd(raw)
             for record in ArchiveIterator(f, arc2warc=True):
                 if record.rec_type not in ("response", "conversion"):
                     continue
                 url = record.rec_headers.get_header("WARC-Target-URI") or ""
                 metadata = {
-                    "source": path.name,
+                    "source": name,
                     "fetch_time": record.rec_headers.get_header("WARC-Date"),
                     "record_id": record.rec_headers.get_header("WARC-Record-ID"),
                 }
@@ -151,8 +196,8 @@ def read_warc(path: str | Path, problems: InputProblems | None = None) -> Iterat
         raise InputError(f"{path}: not a readable WARC file ({e})", hint="pass .warc or .warc.gz files") from e
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+def _decompressed(handle, name: str):
+    return gzip.GzipFile(fileobj=handle, mode="rb") if name.lower().endswith(".gz") else contextlib.nullcontext(handle)
 
 
 def _from_record(record: dict, source: str, fallback_url: str) -> Document:
@@ -173,11 +218,11 @@ def _from_record(record: dict, source: str, fallback_url: str) -> Document:
 
 def read_jsonl(path: str | Path, problems: InputProblems | None = None) -> Iterator[Document]:
     """One JSON object per line with `text` (or `html`) and `url`; a bad line stops with its line number."""
-    path = Path(path)
+    name = input_name(path)
     problems = problems or InputProblems()
     lineno = 0
     try:
-        with _open_binary(path) as f:
+        with open_input(path) as handle, _decompressed(handle, name) as f:
             for lineno, raw in enumerate(f, 1):
                 try:
                     line = raw.decode("utf-8")
@@ -205,7 +250,7 @@ def read_jsonl(path: str | Path, problems: InputProblems | None = None) -> Itera
                         "write one object per line",
                     )
                     continue
-                yield _from_record(record, path.name, f"{path}:{lineno}")
+                yield _from_record(record, name, f"{path}:{lineno}")
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         problems.bad("truncated_gzip", f"{path}: truncated or damaged after line {lineno} ({e})",
                      "download or copy the file again (gzip -t checks a .gz file)")
@@ -215,9 +260,8 @@ def read_parquet(path: str | Path, problems: InputProblems | None = None) -> Ite
     """A Parquet table with a `text` (or `html`) column and, ideally, `url`; other columns become metadata."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
     try:
-        table = pq.ParquetFile(path)
+        table = pq.ParquetFile(open_input(path))
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise InputError(f"{path}: not a readable Parquet file ({e})") from e
     names = set(table.schema_arrow.names)
@@ -227,22 +271,23 @@ def read_parquet(path: str | Path, problems: InputProblems | None = None) -> Ite
     for batch in table.iter_batches(batch_size=1024):
         for record in batch.to_pylist():
             row += 1
-            yield _from_record(record, path.name, f"{path}#row{row}")
+            yield _from_record(record, input_name(path), f"{path}#row{row}")
 
 
 def read_text(path: str | Path, problems: InputProblems | None = None) -> Iterator[Document]:
     """One document per file: .html/.htm files as HTML, anything else as UTF-8 text."""
-    path = Path(path).resolve()
-    data = path.read_bytes()
-    metadata = {"source": path.name}
-    if path.suffix.lower() in HTML_SUFFIXES:
-        yield Document(path.as_uri(), html=decode_html(data), metadata=metadata)
+    with open_input(path) as f:
+        data = f.read()
+    url = str(path) if is_url(path) else Path(path).resolve().as_uri()
+    metadata = {"source": input_name(path)}
+    if input_name(path).lower().endswith(HTML_SUFFIXES):
+        yield Document(url, html=decode_html(data), metadata=metadata)
     else:
-        yield Document(path.as_uri(), text=data.decode("utf-8", errors="replace"), metadata=metadata)
+        yield Document(url, text=data.decode("utf-8", errors="replace"), metadata=metadata)
 
 
-def reader_for(path: Path):
-    name = path.name.lower()
+def reader_for(path: Input):
+    name = input_name(path).lower()
     if name.endswith(WARC_SUFFIXES):
         return read_warc
     if name.endswith(JSONL_SUFFIXES):
@@ -252,11 +297,19 @@ def reader_for(path: Path):
     return read_text
 
 
-def input_files(paths: list[str | Path]) -> list[Path]:
-    """Expand directories (recursively, sorted; hidden and unknown file types skipped); paths must exist."""
+def input_files(paths: list[Input], paths_base: str = COMMON_CRAWL) -> list[Input]:
+    """Expand directories (recursively, sorted; hidden and unknown file types skipped) and path lists
+    (`warc.paths.gz`, under `paths_base`); local paths must exist, URLs are checked when opened."""
     known = WARC_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES + HTML_SUFFIXES
-    files: list[Path] = []
-    for p in map(Path, paths):
+    files: list[Input] = []
+    for given in paths:
+        if input_name(given).lower().endswith(PATHS_SUFFIXES):
+            files += read_path_list(given, str(paths_base))
+            continue
+        if is_url(given):
+            files.append(str(given))
+            continue
+        p = Path(given)
         if p.is_dir():
             files += sorted(
                 f for f in p.rglob("*")
@@ -277,13 +330,13 @@ def input_files(paths: list[str | Path]) -> list[Path]:
 
 
 def read_documents(
-    paths: list[str | Path], limit: int | None = None, problems: InputProblems | None = None
+    paths: list[Input], limit: int | None = None, problems: InputProblems | None = None, paths_base: str = COMMON_CRAWL
 ) -> Iterator[Document]:
     """All documents of all inputs in order, stopping after `limit` documents if given.
 
     Inputs that hold no document at all (empty files) are an error: an empty output would look like a
     cleaning that removed everything."""
-    files = input_files(paths)
+    files = input_files(paths, paths_base)
     count = 0
     for path in files:
         for doc in reader_for(path)(path, problems):

@@ -29,9 +29,13 @@ FORMAT = "llmlab-clean-checkpoint-v1"
 MAX_PENDING_CHARS = 4 << 20
 
 
-def fingerprint(inputs: list[Path], recipe: dict, limit: int | None) -> str:
-    """What the saved work depends on: each input file's path, size and modification time, the recipe."""
-    files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs]
+def fingerprint(inputs: list[Path | str], recipe: dict, limit: int | None) -> str:
+    """What the saved work depends on: each input file's path, size and modification time (a URL: its
+    text; Common Crawl's files never change), the recipe."""
+    files = [
+        (str(p), None, None) if "://" in str(p) else (str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns)
+        for p in inputs
+    ]
     blob = json.dumps({"files": files, "recipe": recipe, "limit": limit}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
