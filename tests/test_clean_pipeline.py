@@ -250,7 +250,7 @@ def test_inputs_by_url_through_fsspec(tmp_path):
 
     fsspec = pytest.importorskip("fsspec")
     pytest.importorskip("aiohttp")
-    lists = common_crawl_mirror(tmp_path / "cc")
+    common_crawl_mirror(tmp_path / "cc")
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, *args):
