@@ -431,6 +431,36 @@ def test_sigkilled_clean_resumes_to_the_same_output(tmp_path):
     assert not (out / "checkpoint").exists()
 
 
+def test_pipeline_streams_its_input_and_writes_row_groups(tmp_path, monkeypatch):
+    """Bounded memory: documents are pulled a few batches ahead of the output, and written in row groups."""
+    from llmlab.data.clean import outputs, stream_pipeline
+    from llmlab.data.clean.stats import StepStats
+
+    pulled = 0
+
+    def reader():
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield Document(f"u{i}", text=f"{ARTICLES[i % 3]} Note {i}.")
+
+    steps = [s for s in load_recipe("fineweb").build() if s.name == "gopher_repetition"]
+    totals = [StepStats(s.name, s.kind) for s in steps]
+    for workers in (1, 2):
+        pulled = 0
+        first = next(stream_pipeline(reader(), steps, totals, lambda removed: None, workers=workers, batch_size=16))
+        assert first and pulled <= 16 * (2 * workers + 1)  # the batches in flight, not the corpus
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 2)
+    path = tmp_path / "docs.jsonl"
+    notes = "alpha beta gamma delta epsilon zeta eta theta iota".split()  # digits would normalise alike
+    path.write_text("".join(json.dumps({"text": f"{ARTICLES[i % 3]} Note {n}.", "url": f"u{i}"}) + "\n" for i, n in enumerate(notes)))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[steps]]\nstep = "exact_dedup"\n')
+    clean([path], tmp_path / "out", recipe, workers=1)
+    table = pq.ParquetFile(tmp_path / "out" / "documents.parquet")
+    assert table.metadata.num_rows == 9 and table.metadata.num_row_groups == 5
+
+
 def test_run_pipeline_segments_around_corpus_wide_steps():
     recipe = load_recipe("fineweb")
     steps = [s for s in recipe.build() if s.name in ("exact_dedup", "pii")]
