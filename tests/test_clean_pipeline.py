@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from llmlab.cli import main as cli_main
 from llmlab.data.clean import Document, clean, compare_recipes, load_recipe, read_cleaned, read_documents
 from llmlab.data.clean.pipeline import run_pipeline
+from llmlab.data.clean.readers import InputProblems
 from llmlab.errors import ConfigError, InputError
 
 ARTICLES = [
@@ -144,6 +146,133 @@ def test_text_reader_walks_directories(tmp_path):
     assert docs[0].url.startswith("file://")
     with pytest.raises(InputError, match="does not exist"):
         list(read_documents([tmp_path / "missing.warc.gz"]))
+
+
+def test_truncated_warc_gz_is_an_error_unless_skipped(tmp_path, capsys):
+    pages = [(f"https://example.com/{i}", "200 OK", "text/html", html_page(ARTICLES[i % 3] + f" Page {i}."))
+             for i in range(40)]
+    whole = tmp_path / "whole.warc.gz"
+    write_warc(whole, pages)
+    data = whole.read_bytes()
+    for cut in (len(data) // 2, len(data) - 3):  # mid-record, and only the last gzip trailer missing
+        bad = tmp_path / "bad.warc.gz"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(InputError, match=r"bad\.warc\.gz: truncated or damaged after \d+ records") as e:
+            list(read_documents([bad]))
+        assert "--skip-bad-input" in e.value.hint
+    bad.write_bytes(data[: len(data) // 2])
+    problems = InputProblems(skip=True)
+    docs = list(read_documents([bad], problems=problems))
+    assert 0 < len(docs) < 40 and problems.counts == {"truncated_warc": 1}
+    assert [d.url for d in docs] == [u for u, *_ in pages[: len(docs)]]
+    out = tmp_path / "out"
+    assert cli_main(["clean", str(bad), "--out", str(out), "--workers", "1"]) == 1
+    assert "truncated" in capsys.readouterr().err and not (out / "documents.parquet").exists()
+    assert cli_main(["clean", str(bad), "--out", str(out), "--workers", "1", "--skip-bad-input"]) == 0
+    assert "skipped damaged input (1 truncated_warc)" in capsys.readouterr().err
+    assert json.loads((out / "stats.json").read_text())["input_problems"]["counts"] == {"truncated_warc": 1}
+
+
+def test_jsonl_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n{"text": "three"}\n')
+    with pytest.raises(InputError, match=r"docs\.jsonl:2: not UTF-8 \(byte 0xe9 at column 14\)"):
+        list(read_documents([path]))
+    problems = InputProblems(skip=True)
+    assert [d.text for d in read_documents([path], problems=problems)] == ["one", "three"]
+    assert problems.counts == {"not_utf8": 1} and problems.examples[0].endswith("docs.jsonl:2: not UTF-8 (byte 0xe9 at column 14)")
+
+
+def test_empty_inputs_are_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no input files in"):
+        list(read_documents([tmp_path / "empty"]))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(InputError, match="the inputs hold no documents: .*empty.jsonl"):
+        list(read_documents([tmp_path / "empty.jsonl"]))
+    assert cli_main(["clean", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "out")]) == 1
+    assert "hold no documents" in capsys.readouterr().err
+
+
+def test_null_text_in_parquet_is_counted_not_fatal(tmp_path):
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": [ARTICLES[0], None, ARTICLES[1]], "url": ["u1", "u2", "u3"]}), path)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[steps]]\nstep = "extract"\n')
+    stats = clean([path], tmp_path / "out", recipe, workers=1)
+    assert stats["documents_in"] == 3 and stats["documents_out"] == 2
+    assert stats["steps"][0]["reasons"] == {"empty": 1}
+    removed = pq.read_table(tmp_path / "out" / "removed.parquet").to_pylist()
+    assert [(r["url"], r["reason"]) for r in removed] == [("u2", "empty")]
+
+
+def write_wet(path, texts):
+    """A Common Crawl WET file: one `conversion` record (extracted text) per page."""
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, text in texts:
+            record = writer.create_warc_record(url, "conversion", payload=io.BytesIO(text.encode()),
+                                               warc_headers_dict={"Content-Type": "text/plain"})
+            writer.write_record(record)
+
+
+def common_crawl_mirror(root):
+    """A Common Crawl layout: crawl-data/.../{warc,wet}/ files and the gzipped path lists naming them."""
+    segment = root / "crawl-data" / "CC-MAIN-2099-01" / "segments" / "1"
+    (segment / "warc").mkdir(parents=True)
+    (segment / "wet").mkdir()
+    write_warc(segment / "warc" / "a.warc.gz", [("https://news.example.com/river", "200 OK", "text/html", html_page(ARTICLES[0]))])
+    write_wet(segment / "wet" / "a.warc.wet.gz", [("https://food.example.com/bread", ARTICLES[1])])
+    lists = {}
+    for kind, name in (("warc", "a.warc.gz"), ("wet", "a.warc.wet.gz")):
+        lists[kind] = root / f"{kind}.paths.gz"
+        lists[kind].write_bytes(gzip.compress(f"crawl-data/CC-MAIN-2099-01/segments/1/{kind}/{name}\n".encode()))
+    return lists
+
+
+def test_common_crawl_path_lists_on_local_disk(tmp_path):
+    lists = common_crawl_mirror(tmp_path / "cc")
+    docs = list(read_documents([lists["warc"], lists["wet"]], paths_base=str(tmp_path / "cc")))
+    assert [d.url for d in docs] == ["https://news.example.com/river", "https://wet.example.com/page", "https://food.example.com/bread"]
+    assert docs[0].html and docs[2].text == ARTICLES[1] and docs[2].metadata["source"] == "a.warc.wet.gz"
+    out = tmp_path / "out"
+    assert cli_main(["clean", str(lists["wet"]), "--out", str(out), "--workers", "1", "--paths-base", str(tmp_path / "cc")]) == 0
+    assert [d.url for d in read_cleaned(out / "documents.parquet")] == ["https://food.example.com/bread"]
+
+
+def test_inputs_by_url_through_fsspec(tmp_path):
+    """https:// from a local HTTP server, and fsspec's in-memory filesystem standing in for s3://."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    fsspec = pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    common_crawl_mirror(tmp_path / "cc")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "cc")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        docs = list(read_documents([base + "warc.paths.gz"], paths_base=base))
+        assert [d.url for d in docs] == ["https://news.example.com/river", "https://wet.example.com/page"]
+        assert docs[0].metadata["source"] == "a.warc.gz"
+    finally:
+        server.shutdown()
+        server.server_close()
+    wet = (tmp_path / "cc" / "crawl-data" / "CC-MAIN-2099-01" / "segments" / "1" / "wet" / "a.warc.wet.gz").read_bytes()
+    with fsspec.open("memory://commoncrawl/wet/a.warc.wet.gz", "wb") as f:
+        f.write(wet)
+    stats = clean(["memory://commoncrawl/wet/a.warc.wet.gz"], tmp_path / "out", "fineweb", workers=1)
+    assert stats["documents_in"] == 1 and stats["documents_out"] == 1
+    with pytest.raises(InputError, match="does not exist"):
+        list(read_documents(["memory://commoncrawl/missing.warc.gz"]))
 
 
 # --- recipes ---------------------------------------------------------------------------------------
@@ -300,6 +429,36 @@ def test_sigkilled_clean_resumes_to_the_same_output(tmp_path):
     for name in ("documents.parquet", "removed.parquet"):
         assert pq.read_table(out / name).to_pylist() == pq.read_table(tmp_path / "ref" / name).to_pylist()
     assert not (out / "checkpoint").exists()
+
+
+def test_pipeline_streams_its_input_and_writes_row_groups(tmp_path, monkeypatch):
+    """Bounded memory: documents are pulled a few batches ahead of the output, and written in row groups."""
+    from llmlab.data.clean import outputs, stream_pipeline
+    from llmlab.data.clean.stats import StepStats
+
+    pulled = 0
+
+    def reader():
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield Document(f"u{i}", text=f"{ARTICLES[i % 3]} Note {i}.")
+
+    steps = [s for s in load_recipe("fineweb").build() if s.name == "gopher_repetition"]
+    totals = [StepStats(s.name, s.kind) for s in steps]
+    for workers in (1, 2):
+        pulled = 0
+        first = next(stream_pipeline(reader(), steps, totals, lambda removed: None, workers=workers, batch_size=16))
+        assert first and pulled <= 16 * (2 * workers + 1)  # the batches in flight, not the corpus
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 2)
+    path = tmp_path / "docs.jsonl"
+    notes = "alpha beta gamma delta epsilon zeta eta theta iota".split()  # digits would normalise alike
+    path.write_text("".join(json.dumps({"text": f"{ARTICLES[i % 3]} Note {n}.", "url": f"u{i}"}) + "\n" for i, n in enumerate(notes)))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[steps]]\nstep = "exact_dedup"\n')
+    clean([path], tmp_path / "out", recipe, workers=1)
+    table = pq.ParquetFile(tmp_path / "out" / "documents.parquet")
+    assert table.metadata.num_rows == 9 and table.metadata.num_row_groups == 5
 
 
 def test_run_pipeline_segments_around_corpus_wide_steps():

@@ -144,6 +144,30 @@ def test_extraction_keeps_main_content_and_drops_boilerplate(extractor):
         assert "I disagree" not in out.text
 
 
+def test_documentation_recipe_keeps_list_items_and_drops_navigation():
+    """A DocBook page (PostgreSQL's manual) listing 35 environment variables: resiliparse's main-content
+    heuristic kept none of them but kept the Prev/Up/Home/Next bar."""
+    from llmlab.data.clean.pipeline import load_recipe
+
+    names = [f"PGVARIABLE{i}" for i in range(35)]
+    items = "".join(
+        f'<li class="listitem"><p><a class="indexterm"></a><code class="envar">{n}</code> behaves the same as the '
+        f'<a class="xref" href="c.html#{n}">{n.lower()}</a> connection parameter.</p></li>' for n in names
+    )
+    bar = '<tr><td><a href="a.html">Prev</a></td><td><a href="b.html">Up</a></td><td><a href="d.html">Next</a></td></tr>'
+    page = (
+        f'<html><body><div class="navheader"><table>{bar}</table><hr/></div><div class="sect1">'
+        "<h2>34.15. Environment Variables</h2><p>The following environment variables can be used to select default "
+        "connection parameter values, used by the connection functions if the calling code gives none.</p>"
+        f'<div class="itemizedlist"><ul class="itemizedlist">{items}</ul></div></div>'
+        f'<div class="navfooter"><hr/><table>{bar}</table></div></body></html>'
+    )
+    step = next(s for s in load_recipe("documentation").build() if s.name == "extract")
+    text = step.process(Document("u", html=page)).text
+    assert all(n in text for n in names) and "connection parameter values" in text
+    assert "Prev" not in text and "Next" not in text
+
+
 @pytest.mark.parametrize("extractor", ["trafilatura", "resiliparse"])
 def test_extraction_turns_no_break_spaces_into_spaces(extractor):
     article = ARTICLE.replace("university team", "university&nbsp;team")
@@ -411,6 +435,18 @@ def test_word_splitting_follows_spacy_conventions():
     ]
 
 
+def test_punctuation_runs_split_as_spacy_splits_them():
+    # Markdown tables, ASCII rules and strike-through: datatrove's Gopher filter sees these through spaCy.
+    assert split_words("|---|---| ----+----  ~~old~~ <!-- :-) (...)") == [
+        "|---|---|", "----+----", "~~old~~", "<", "!", "--", ":-)", "(", "...", ")",
+    ]
+    spacy = pytest.importorskip("spacy")
+    nlp = spacy.blank("en")
+    rng = random.Random(0)
+    runs = ["".join(rng.choice("|-+~=*#_.:;!?()[]{}<>/\\'\"`@^&%$") for _ in range(rng.randint(1, 6))) for _ in range(2000)]
+    assert [split_words(r) for r in runs] == [[t.text for t in nlp(r)] for r in runs]
+
+
 @pytest.mark.slow  # loading datatrove's spaCy word splitter takes ~20 s on 2 cores
 def test_quality_rules_agree_with_datatrove_on_crafted_documents():
     pytest.importorskip("spacy")
@@ -515,3 +551,33 @@ def test_pii_leaves_lookalikes_alone(text):
 def test_checksums():
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     assert iban_valid("DE89 3704 0044 0532 0130 00") and not iban_valid("DE88 3704 0044 0532 0130 00")
+
+
+@pytest.mark.parametrize("text", [
+    "4.8.1.1. Introduction\nThe parser reads the stream.",  # a heading's number
+    "## 4.8.1.1 Parsing\n",
+    "9.15.3.2. xpath_exists\n  • 6.2.9.4. Asynchronous generators\n43.6.5.5.\u00a0FOR (Integer Variant)",
+    "Sent as Mozilla/5.0 Firefox/2.0.0.11 by default.",
+    "As Section 4.1.2.3 explains, and sections 4.1.2.2 and 4.1.2.4 repeat, see § 4.8.1.1.",
+    "Card-like zeros 0000 0000 0000 0000 and 4111 1111-1111 1111 fail the rules.",  # one digit; mixed separators
+    "-rw-r--r-- 1 1000 1000 4007 Dec  5 07:12 notes.txt",  # ls -l (its digits pass Luhn)
+    "Year  Q1   Q2   Q3\n2021 1200 3400 1005\n",  # a table row (passes Luhn, no card network starts 2021)
+])
+def test_pii_documentation_numbers_are_not_pii(text):
+    assert redact(text) == (text, {})
+
+
+def test_pii_finds_real_pii_in_sentences():
+    planted = {
+        "phone": ["+49 30 12345678", "020 7946 0958", "1-800-555-0199", "+33 1 42 68 53 00", "(555) 123-4567",
+                  "+1 (555) 123-4567", "555.123.4567", "030 12345678"],
+        "credit_card": ["4111 1111 1111 1111", "4111-1111-1111-1111", "5500 0000 0000 0004", "3782 822463 10005",
+                        "6011111111111117", "3530111333300000"],
+        "ip_address": ["8.8.8.8", "93.184.216.34", "2a00:1450:4001:82b::200e"],
+        "email": ["jane.roe@mail.example.com"],
+    }
+    for kind, values in planted.items():
+        for value in values:
+            for sentence in (f"Reach it at {value} today.", f"It is {value}.\n", f"{value} is the one"):
+                out, counts = redact(sentence)
+                assert counts == {kind: 1} and value not in out, (kind, sentence, out)

@@ -26,7 +26,7 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from llmlab.cli import main as cli_main
-from llmlab.data.crawl import CrawlConfig, crawl
+from llmlab.data.crawl import CrawlConfig, crawl, politeness
 from llmlab.errors import ConfigError, InputError
 
 pytestmark = pytest.mark.network_local
@@ -65,7 +65,7 @@ Route = Page | Callable[[int], Page]  # a callable gets how many times the path 
 class Site:
     """A scripted HTTP/1.1 server on 127.0.0.1, port 0, in a thread; `hits` logs every request."""
 
-    def __init__(self, routes: dict[str, Route]) -> None:
+    def __init__(self, routes: dict[str, Route], port: int = 0) -> None:
         self.routes = routes
         self.hits: list[Hit] = []
         self.active = 0
@@ -103,7 +103,7 @@ class Site:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
@@ -126,8 +126,8 @@ class Site:
 def serve():
     sites: list[Site] = []
 
-    def start(routes: dict[str, Route]) -> Site:
-        sites.append(Site(routes))
+    def start(routes: dict[str, Route], port: int = 0) -> Site:
+        sites.append(Site(routes, port))
         return sites[-1]
 
     yield start
@@ -193,6 +193,8 @@ def test_pages_are_stored_as_common_crawl_style_warc(serve, tmp_path) -> None:
     assert status == 200 and b"page a" in body
     assert http_headers.get_header("Content-Type") == "text/html; charset=utf-8"
     assert warc_headers.get_header("WARC-Date").endswith("Z") and warc_headers.get_header("WARC-IP-Address") == "127.0.0.1"
+    assert warc_headers.get_header("WARC-Identified-Payload-Type") == "text/html"
+    assert records[site.url("/plain.txt")][3].get_header("WARC-Identified-Payload-Type") == "text/plain"
     # Stored decoded, as Common Crawl does, with the original encoding kept under another name.
     _, http_headers, body, _ = records[site.url("/zipped.html")]
     assert body == b"<html><body>compressed page</body></html>"
@@ -211,6 +213,25 @@ def test_pages_are_stored_as_common_crawl_style_warc(serve, tmp_path) -> None:
     assert report["pages_stored"] == 4 and report["urls_by_status"] == {"200": 4}
     assert (tmp_path / "report.md").read_text().startswith("# Crawl report")
     assert json.loads((tmp_path / "report.json").read_text())["pages_stored"] == 4
+
+
+def test_xhtml_pages_carry_an_identified_payload_type_that_datatrove_reads(serve, tmp_path) -> None:
+    warc_reader = pytest.importorskip("datatrove.pipeline.readers.warc")
+    xhtml = b'<?xml version="1.0" encoding="utf-8"?>\n<html xmlns="http://www.w3.org/1999/xhtml"><body><p>x</p></body></html>'
+    site = serve({
+        "/": html("/x.xhtml", "/served-as-html.html"),
+        "/x.xhtml": Page(xhtml, content_type="application/xhtml+xml"),
+        "/served-as-html.html": Page(xhtml),
+    })
+    run(tmp_path, site.url("/"))
+    with open(tmp_path / "pages.warc.gz", "rb") as f:
+        records = [r for r in ArchiveIterator(f) if r.rec_type == "response"]
+        types = {r.rec_headers.get_header("WARC-Target-URI"): r.rec_headers.get_header("WARC-Identified-Payload-Type") for r in records}
+    assert types[site.url("/x.xhtml")] == types[site.url("/served-as-html.html")] == "application/xhtml+xml"
+    # datatrove selects pages by this header (without it, libmagic calls XHTML "text/xml" and drops it).
+    with open(tmp_path / "pages.warc.gz", "rb") as f:
+        read = [warc_reader.process_record(r) for r in ArchiveIterator(f)]
+    assert sorted(d["url"] for d in read if d) == sorted(site.url(p) for p in ["/", "/x.xhtml", "/served-as-html.html"])
 
 
 # -- politeness -------------------------------------------------------------------------------------
@@ -402,7 +423,8 @@ def test_unreachable_hosts_are_recorded_not_fatal(tmp_path, capsys) -> None:
 
     report = run(tmp_path / "a", f"http://127.0.0.1:{port}/", retries=1)
     assert report["pages_stored"] == 0
-    assert report["urls_by_state"] == {"blocked": 1}  # robots.txt unreachable: nothing allowed
+    assert report["urls_by_state"] == {"failed": 1}  # a host that is down is a failure, not a robots rule
+    assert report["robots_blocked"] == 0 and "ConnectError" in report["failures"][0]["reason"]
     assert "ConnectError" in report["run"]["robots"][f"http://127.0.0.1:{port}"]
     report = run(tmp_path / "b", "http://no-such-host.test/", resolver=resolver)
     assert report["failures"][0]["reason"].startswith("cannot resolve host no-such-host.test")
@@ -410,13 +432,48 @@ def test_unreachable_hosts_are_recorded_not_fatal(tmp_path, capsys) -> None:
     assert code == 1 and "no page could be stored" in capsys.readouterr().out
 
 
-def test_a_host_that_stops_answering_is_given_up_quickly(serve, tmp_path) -> None:
+def test_a_host_that_stops_answering_is_given_up_quickly(serve, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(politeness, "HOST_REST_S", 0.05)
     pages = [f"/hang{i}.html" for i in range(10)]
     site = serve({"/": html(*pages), **{p: Page(b"late", delay=1.0) for p in pages}})
     report = run(tmp_path, site.url("/"), timeout=0.2, retries=0, concurrency=1)
-    assert sum(site.count(p) for p in pages) == 3  # then the host is taken for down
+    # Three timeouts rest the host; three probes after growing rests fail too; then it is given up.
+    assert sum(site.count(p) for p in pages) == 6
     assert report["urls_by_state"] == {"stored": 1, "failed": 10}
-    assert sum("is not answering" in f["reason"] for f in report["failures"]) == 7
+    assert sum("is not answering" in f["reason"] for f in report["failures"]) == 4
+
+
+def test_slow_pages_rest_a_host_but_do_not_give_it_up(serve, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(politeness, "HOST_REST_S", 0.05)
+    slow = [f"/slow{i}.html" for i in range(3)]
+    fast = [f"/fast{i}.html" for i in range(5)]
+    site = serve({"/": html(*slow, *fast), **{p: Page(b"late", delay=1.0) for p in slow}, **{p: html() for p in fast}})
+    report = run(tmp_path, site.url("/"), timeout=0.2, retries=0, concurrency=1)
+    assert all(site.count(p) == 1 for p in fast)  # after its rest the host answered, so it was used again
+    assert report["urls_by_state"] == {"stored": 6, "failed": 3}
+    # A rerun retries the failures (the network errors, not a 404).
+    site.routes.update({p: html() for p in slow})
+    report = run(tmp_path, site.url("/"), timeout=0.2, retries=0, concurrency=1)
+    assert report["urls_by_state"] == {"stored": 9} and all(site.count(p) == 2 for p in slow)
+    assert all(site.count(p) == 1 for p in fast)
+
+
+def test_an_unreachable_start_url_fails_and_a_rerun_reaches_it(serve, tmp_path) -> None:
+    port = _closed_port()
+    report = run(tmp_path, f"http://127.0.0.1:{port}/", retries=0)
+    assert report["urls_by_state"] == {"failed": 1}
+    assert "robots.txt disallows" not in report["failures"][0]["reason"]
+    site = serve({"/": html("/a.html"), "/a.html": html()}, port=port)
+    report = run(tmp_path, site.url("/"), retries=0)
+    assert report["urls_by_state"] == {"stored": 2} and site.count("/") == 1
+
+
+def test_https_to_a_plain_http_port_says_so(serve, tmp_path) -> None:
+    site = serve({"/": html()})
+    report = run(tmp_path, f"https://127.0.0.1:{site.port}/", retries=0)
+    assert report["urls_by_state"] == {"failed": 1} and report["robots_blocked"] == 0
+    assert "TLS handshake failed" in report["failures"][0]["reason"]
+    assert "http:// port" in report["failures"][0]["reason"]
 
 
 def test_loopback_is_refused_without_the_flag(serve, tmp_path) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 
 import pytest
 
 from llmlab.data.crawl.links import extract_links, robots_directives
 from llmlab.data.crawl.outcomes import FetchFailed, Refused
+from llmlab.data.crawl.politeness import HostGate
 from llmlab.data.crawl.robots import agent_token
 from llmlab.data.crawl.safety import Guard, address_problem, check_scheme
 from llmlab.data.crawl.urls import UrlError, normalize_url, origin_of, url_key
@@ -154,3 +156,25 @@ def test_robots_directives(value: str, expected: set[str]) -> None:
 def test_agent_token_is_the_product_name() -> None:
     assert agent_token("llmlab/0.1.0 (+https://example.org)") == "llmlab"
     assert agent_token("MyBot") == "MyBot"
+
+
+def test_host_delay_holds_when_the_event_loop_was_busy() -> None:
+    """Requests that waited through a blocked loop must not fire together when it frees up."""
+
+    async def main() -> list[float]:
+        gate, starts = HostGate(0.2), []
+
+        async def request() -> None:
+            await gate.turn()
+            starts.append(time.monotonic())
+
+        async def parse_a_big_page() -> None:
+            await asyncio.sleep(0.05)
+            time.sleep(0.7)  # CPU work on the event loop's thread
+
+        await asyncio.gather(parse_a_big_page(), *(request() for _ in range(5)))
+        return starts
+
+    starts = asyncio.run(main())
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(starts) == 5 and min(gaps) >= 0.199, gaps

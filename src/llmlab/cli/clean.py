@@ -2,13 +2,17 @@
 filters, deduplication and PII redaction, as a recipe lists them (default: FineWeb's).
 
 Inputs are WARC files (the crawler's crawl/pages.warc.gz, Common Crawl WARC/WET), JSONL or Parquet
-with a `text` or `html` field and a `url`, or text/HTML files and directories. Writes
+with a `text` or `html` field and a `url`, or text/HTML files and directories; local paths or URLs
+(s3://, https://, via fsspec), and Common Crawl path lists (warc.paths.gz, wet.paths.gz). Writes
 documents.parquet, removed.parquet (every dropped document with its step and reason), stats.json,
 stats.md and lengths.png into --out. A run that is killed resumes when started again with the same
-arguments (finished pages are saved under --out/checkpoint every 30 s).
+arguments (finished pages are saved under --out/checkpoint every 30 s). Documents stream through in
+batches, so memory stays flat however large the inputs are. Damaged input (a truncated .warc.gz, a
+line that is not UTF-8) stops the run with its place; --skip-bad-input skips and counts it instead.
 
   llmlab clean runs/demo/crawl/pages.warc.gz --out runs/demo/clean
   llmlab clean dump.jsonl --out clean --recipe documentation --workers 2
+  llmlab clean s3://commoncrawl/crawl-data/CC-MAIN-2024-10/segments/.../wet/...warc.wet.gz --out cc
 """
 
 from __future__ import annotations
@@ -30,15 +34,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
         help="save finished work under OUT/checkpoint this often; a rerun after a kill resumes (default: 30)",
     )
+    parser.add_argument(
+        "--paths-base", default="https://data.commoncrawl.org/", metavar="URL",
+        help="where the relative paths of a warc.paths.gz / wet.paths.gz list lie (e.g. s3://commoncrawl/ or a local mirror; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--skip-bad-input", action="store_true",
+        help="skip damaged input (a truncated WARC tail, a non-UTF-8 or non-JSON line) and count it in the report, instead of stopping",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from llmlab.data.clean.pipeline import clean
 
-    report = clean(args.inputs, args.out, args.recipe, args.workers, args.limit, args.batch_size, args.checkpoint_every)
+    report = clean(
+        args.inputs, args.out, args.recipe, args.workers, args.limit, args.batch_size, args.checkpoint_every,
+        skip_bad_input=args.skip_bad_input, paths_base=args.paths_base,
+    )
     out = Path(args.out)
+    problems = report["input_problems"]
+    for message in problems["examples"]:
+        print(f"warning: skipped {message}", file=sys.stderr)
+    if problems["counts"]:
+        counts = ", ".join(f"{n} {kind}" for kind, n in problems["counts"].items())
+        print(f"warning: skipped damaged input ({counts}); see stats.json 'input_problems'", file=sys.stderr)
     print(
         f"kept {report['documents_out']} of {report['documents_in']} documents "
         f"({report['characters_out']:,} characters) in {report['seconds']} s"

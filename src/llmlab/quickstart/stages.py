@@ -62,7 +62,7 @@ def _crawl_summary(report: dict[str, Any], start: str) -> dict[str, Any]:
 
 def clean_documents(inputs: list[str], out: Path, recipe: str) -> dict[str, Any]:
     """Run the cleaning recipe, then count what FineWeb's web-prose rules would have kept of the same pages."""
-    from llmlab.data.clean.pipeline import clean, compare_recipes, load_recipe, read_cleaned
+    from llmlab.data.clean import clean, compare_recipes, load_recipe, read_cleaned
 
     report = clean(inputs, out, recipe=recipe)
     if report["documents_out"] == 0:

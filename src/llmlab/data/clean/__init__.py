@@ -11,13 +11,14 @@ from llmlab.data.clean.pipeline import (
     clean,
     compare_recipes,
     load_recipe,
-    read_cleaned,
     run_pipeline,
     run_steps,
+    stream_pipeline,
 )
+from llmlab.data.clean.outputs import read_cleaned
 from llmlab.data.clean.readers import read_documents
 
 __all__ = [
     "Document", "Removed", "StepResult", "STEPS", "Recipe", "clean", "compare_recipes", "load_recipe",
-    "read_cleaned", "read_documents", "run_pipeline", "run_steps",
+    "read_cleaned", "read_documents", "run_pipeline", "run_steps", "stream_pipeline",
 ]

@@ -1,7 +1,10 @@
 """Deduplication: exact (hash of normalised text) and near-duplicate (MinHash LSH, FineWeb's settings).
 
 Both steps need the whole corpus at once (`corpus_wide`), keep the first document of each group in
-input order and drop the rest with `duplicate_of` naming the URL they repeat.
+input order and drop the rest with `duplicate_of` naming the URL they repeat. What they need of the
+corpus is small: a signature per document (16 bytes for exact, 448 bytes of MinHash values), so the
+runner keeps only the signatures in memory and spills the documents to disk until the groups are known
+(`DedupStep.signatures`, then `DedupStep.roots`).
 
 MinHash (Broder 1997): a document is the set of its word 5-grams (after `normalize_text`); each of
 `buckets x hashes_per_bucket` hash functions h(x) = (a*x + b) >> 32 (multiply-shift, mod 2**64) maps
@@ -17,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from abc import abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -42,25 +47,48 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(normalize_text(text).encode("utf-8"), digest_size=16).hexdigest()
 
 
+class DedupStep(Step):
+    """A corpus-wide step that groups documents by signature and keeps the first of each group."""
+
+    kind = "dedup"
+    corpus_wide = True
+    reason: ClassVar[str] = "duplicate"
+
+    @abstractmethod
+    def signatures(self, batch: list[Document]) -> np.ndarray:
+        """One row per document: all the step needs to know of it to find its group."""
+
+    @abstractmethod
+    def roots(self, signatures: np.ndarray) -> np.ndarray:
+        """For each document (signature row), the index of the first document of its group."""
+
+    def __call__(self, batch: list[Document]) -> StepResult:
+        if not batch:
+            return StepResult([])
+        roots = self.roots(self.signatures(batch))
+        result = StepResult([])
+        for i, doc in enumerate(batch):
+            if roots[i] == i:
+                result.kept.append(doc)
+            else:
+                original = batch[int(roots[i])].url
+                result.removed.append(Removed(doc.with_metadata(duplicate_of=original), self.name, self.reason))
+        return result
+
+
 @dataclass
-class ExactDedup(Step):
+class ExactDedup(DedupStep):
     """Drop documents whose normalised text equals an earlier document's."""
 
     name = "exact_dedup"
-    kind = "dedup"
-    corpus_wide = True
+    reason = "exact_duplicate"
 
-    def __call__(self, batch: list[Document]) -> StepResult:
-        first: dict[str, str] = {}
-        result = StepResult([])
-        for doc in batch:
-            digest = text_hash(doc.text)
-            if digest in first:
-                result.removed.append(Removed(doc.with_metadata(duplicate_of=first[digest]), self.name, "exact_duplicate"))
-            else:
-                first[digest] = doc.url
-                result.kept.append(doc)
-        return result
+    def signatures(self, batch: list[Document]) -> np.ndarray:
+        return np.array([bytes.fromhex(text_hash(d.text)) for d in batch], dtype="S16").reshape(-1, 1)
+
+    def roots(self, signatures: np.ndarray) -> np.ndarray:
+        first: dict[bytes, int] = {}
+        return np.array([first.setdefault(bytes(s), i) for i, s in enumerate(signatures[:, 0])], dtype=np.int64)
 
 
 def _word_hash(word: str) -> int:
@@ -154,30 +182,21 @@ def near_duplicate_roots(signatures: np.ndarray, buckets: int = 14, hashes_per_b
 
 
 @dataclass
-class MinHashDedup(Step):
+class MinHashDedup(DedupStep):
     """Near-duplicate removal with MinHash LSH; FineWeb: 5-grams, 14 buckets of 8 hashes."""
 
     name = "minhash_dedup"
-    kind = "dedup"
-    corpus_wide = True
+    reason = "near_duplicate"
 
     ngram: int = 5
     buckets: int = 14
     hashes_per_bucket: int = 8
     seed: int = 1
 
-    def __call__(self, batch: list[Document]) -> StepResult:
-        if not batch:
-            return StepResult([])
-        signatures = minhash_signatures(
-            [d.text for d in batch], self.buckets * self.hashes_per_bucket, self.ngram, self.seed
-        )
-        roots = near_duplicate_roots(signatures, self.buckets, self.hashes_per_bucket)
-        result = StepResult([])
-        for i, doc in enumerate(batch):
-            if roots[i] == i:
-                result.kept.append(doc)
-            else:
-                original = batch[int(roots[i])].url
-                result.removed.append(Removed(doc.with_metadata(duplicate_of=original), self.name, "near_duplicate"))
-        return result
+    def signatures(self, batch: list[Document]) -> np.ndarray:
+        return minhash_signatures([d.text for d in batch], self.buckets * self.hashes_per_bucket, self.ngram, self.seed)
+
+    def roots(self, signatures: np.ndarray) -> np.ndarray:
+        if not len(signatures):
+            return np.zeros(0, dtype=np.int64)
+        return near_duplicate_roots(signatures, self.buckets, self.hashes_per_bucket)

@@ -2,8 +2,11 @@
 
 FineWeb called `trafilatura.extract(html, favor_precision=True, include_comments=False)`. We add
 `deduplicate=False`: trafilatura's deduplication keeps a process-wide cache of seen text, so with it a
-page's output depends on which pages came before it. resiliparse's `extract_plain_text(main_content=True)`
-is an order of magnitude faster and keeps more code-like text (useful for documentation sites).
+page's output depends on which pages came before it. resiliparse's `extract_plain_text` is an order of
+magnitude faster and keeps more code-like text (useful for documentation sites). Its `main_content`
+heuristic, though, drops lists on documentation pages (a page of 35 environment variables came out
+with none of them, but with its navigation bar), so the documentation recipe extracts the whole page
+and skips the boilerplate by CSS selector instead (`skip_elements`, `DOC_BOILERPLATE`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from llmlab.data.clean.documents import Document
@@ -19,6 +22,12 @@ from llmlab.data.clean.steps import DocumentStep
 from llmlab.errors import ConfigError
 
 EXTRACTORS = ("trafilatura", "resiliparse")
+# Navigation, headers and footers of documentation sites: HTML5 landmarks, Sphinx (sidebar, "related"
+# bars, footer), DocBook (PostgreSQL's navheader/navfooter) and Javadoc's navigation bars.
+DOC_BOILERPLATE = [
+    "nav", "header", "footer", "aside", "[role=navigation]", "[role=banner]", "[role=contentinfo]",
+    ".sphinxsidebar", ".related", ".footer", ".navheader", ".navfooter", ".topNav", ".bottomNav", ".subNav",
+]
 # `&nbsp;` and its narrow/figure cousins only stop line breaks in a browser; in plain text (and to a
 # tokenizer) they should be the ordinary space they look like.
 _NO_BREAK_SPACES = str.maketrans({"\u00a0": " ", "\u2007": " ", "\u202f": " "})
@@ -60,10 +69,12 @@ def trafilatura_text(html: str, favor_precision: bool = True, include_tables: bo
     ) or ""
 
 
-def resiliparse_text(html: str, main_content: bool = True) -> str:
+def resiliparse_text(html: str, main_content: bool = True, skip_elements: list[str] | None = None) -> str:
     from resiliparse.extract.html2text import extract_plain_text
 
-    return extract_plain_text(html, main_content=main_content, alt_texts=False, links=False).strip()
+    return extract_plain_text(
+        html, main_content=main_content, alt_texts=False, links=False, skip_elements=skip_elements or None
+    ).strip()
 
 
 @dataclass
@@ -80,6 +91,8 @@ class Extract(DocumentStep):
     # FineWeb ran with them (fast = false).
     fast: bool = False
     main_content: bool = True  # resiliparse only
+    # resiliparse only: CSS selectors of elements to leave out ("doc" stands for DOC_BOILERPLATE).
+    skip_elements: list[str] = field(default_factory=list)
     timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -87,11 +100,12 @@ class Extract(DocumentStep):
             raise ConfigError(
                 f"unknown extractor {self.extractor!r}", hint=f"use one of: {', '.join(EXTRACTORS)}"
             )
+        self._skip = [sel for s in self.skip_elements for sel in (DOC_BOILERPLATE if s == "doc" else [s])]
 
     def extract(self, html: str) -> str:
         if self.extractor == "trafilatura":
             return trafilatura_text(html, self.favor_precision, self.include_tables, self.fast)
-        return resiliparse_text(html, self.main_content)
+        return resiliparse_text(html, self.main_content, self._skip)
 
     def process(self, doc: Document) -> Document | str:
         status = doc.metadata.get("http_status", 200)

@@ -2,12 +2,21 @@
 
 Each match is replaced by a fixed placeholder (`<EMAIL>`, `<PHONE>`, `<IP_ADDRESS>`, `<CREDIT_CARD>`,
 `<IBAN>`), so the same input always gives the same output and a model trained on the text learns
-where such things appear without learning them. Numbers must pass their checksums (Luhn for cards,
-ISO 13616 mod-97 for IBANs). Only globally routable IP addresses are personal: IPv4 outside the
-private, loopback, documentation and reserved ranges, and IPv6 global unicast (2000::/3, less its
-documentation and other special blocks); clock times and C++ scopes are not addresses. A dotted
-quad that reads as a version (`Python 3.11.7.1`, `v1.2.3.4`, `version 3.11.7.1`, `1.2.3.4-rc1`, part
-of `1.2.3.4.5`) is left alone.
+where such things appear without learning them.
+
+Documentation is full of numbers that look like PII, so each kind needs more than a pattern:
+- Cards pass the Luhn checksum *and* look like a card: a known network's prefix and length (Visa,
+  Mastercard, Amex, Discover, Diners, JCB, UnionPay), written as one run of digits or in the groups
+  cards print (4-4-4-4, Amex 4-6-5) with one separator throughout, and not one repeated digit. Luhn
+  alone passes one random digit string in ten: `0000 0000 0000 0000`, `ls -l` columns, table rows.
+- IBANs pass ISO 13616 mod-97.
+- Only globally routable IP addresses are personal: IPv4 outside the private, loopback, documentation
+  and reserved ranges, and IPv6 global unicast (2000::/3, less its documentation and other special
+  blocks); clock times and C++ scopes are not addresses. A dotted quad that reads as a version
+  (`Python 3.11.7.1`, `v1.2.3.4`, `1.2.3.4-rc1`, part of `1.2.3.4.5`) or as a section number (after
+  "Section", "§", "Chapter"..., or opening a line as a heading's number does) is left alone.
+- Phones: international (`+49 30 12345678`, `+1 (555) 123-4567`), North American (`(555) 123-4567`,
+  `555-123-4567`, `1-800-555-0199`) and national trunk-prefix forms (`020 7946 0958`), 7-15 digits.
 """
 
 from __future__ import annotations
@@ -25,20 +34,43 @@ PLACEHOLDERS = {kind: f"<{kind.upper()}>" for kind in KINDS}
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}\b")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 CARD = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
+# Card networks' prefixes (IIN ranges) and the lengths their numbers have.
+_CARD_NETWORKS = (
+    (re.compile(r"4"), (13, 16, 19)),  # Visa
+    (re.compile(r"5[1-5]|2(?:2[2-9]|[3-6]\d|7[01]|720)"), (16,)),  # Mastercard
+    (re.compile(r"3[47]"), (15,)),  # American Express
+    (re.compile(r"6(?:011|5|4[4-9])"), (16, 19)),  # Discover
+    (re.compile(r"3(?:0[0-5]|[689])"), (14, 16)),  # Diners Club
+    (re.compile(r"35(?:2[89]|[3-8]\d)"), (16, 19)),  # JCB
+    (re.compile(r"62"), (16, 19)),  # UnionPay
+)
+# How printed cards group their digits: one run, fours (Visa 13: 4-4-5), Amex/Diners 4-6-5 / 4-6-4.
+_CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 4, 5), (4, 6, 5), (4, 6, 4)}
 IPV4 = re.compile(r"(?<![\w.-])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w-]|\.\w)")
 # Candidates only: 2000::/3 addresses start with 2 or 3; `ipaddress` decides what is valid and global.
 IPV6 = re.compile(r"(?<![\w:.])[23][0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]|\.\w)")
 GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 PHONE = re.compile(
     r"(?<![\w.+-])(?:"
-    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}"  # +44 20 7946 0958, +1 (555) 123-4567
-    r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567
-    r"|\d{3}[.-]\d{3}[.-]\d{4}"  # 555-123-4567
+    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,8}){1,4}"  # +44 20 7946 0958, +49 30 12345678
+    r"|(?:1[ .-]?)?\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567
+    r"|(?:1([.-]))?\d{3}([.-])\d{3}\2\d{4}"  # 555-123-4567, 1-800-555-0199
+    r"|0[1-9]\d{1,3}( |-)\d{3,4}\3\d{3,4}"  # 020 7946 0958 (a national trunk prefix 0)
+    r"|0[1-9]\d{1,3}[ /-]\d{6,8}"  # 030 12345678
     r")(?![\w-]|\.\d)"
 )
+# Words that announce a section number just before a dotted quad ("Section 4.1.2.3", "§ 4.8.1.1").
+# A list of them counts too: "Sections 4.1.2.2 and 4.1.2.3".
+_SECTION_CUE = re.compile(
+    r"(?:\bsections?|\bsecs?\.|§+|\bchapters?|\bch\.|\bclauses?|\bparts?|\bsteps?|\bfig(?:ure)?s?\.?|\btables?"
+    r"|\bappendix|\barticles?|\barts?\.|\bparagraphs?|\bitems?|\brules?)"
+    r"\s*(?:\d+(?:\.\d+)*\.?\s*(?:,|and|or|to|through|-|–)\s*)*$",
+    re.IGNORECASE,
+)
+_TITLE_AFTER = re.compile(r"(\.)?[^\S\n]+([^\W\d_])")
 # Words that announce a version number just before a dotted quad.
 _VERSION_CUE = re.compile(
-    r"(?:\bv|\bversion|\bver\.?|\brelease|\brev\.?|\bbuild|\bpython|\bupdate|\bpatch|\bfirmware|\bkernel|[=<>~]=?)\s*$",
+    r"(?:\bv|\bversion|\bver\.?|\brelease|\brev\.?|\bbuild|\bpython|\bupdate|\bpatch|\bfirmware|\bkernel|[=<>~]=?|(?<=\w)/)\s*$",
     re.IGNORECASE,
 )
 
@@ -61,8 +93,31 @@ def iban_valid(candidate: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
+def card_like(match: re.Match) -> bool:
+    """A card number as cards are printed: network prefix and length, grouping, Luhn, not one digit,
+    and not one cell of a row of numbers (a digit just before or after it, one space away)."""
+    text, candidate = match.string, match.group()
+    if re.search(r"\d[ \t]$", text[max(0, match.start() - 2) : match.start()]) or re.match(r"[ \t]\d", text[match.end() : match.end() + 2]):
+        return False
+    digits = re.sub(r"\D", "", candidate)
+    separators = set(re.findall(r"\D", candidate))
+    if len(separators) > 1 or len(set(digits)) == 1 or not luhn_valid(digits):
+        return False
+    if separators and tuple(map(len, re.split(r"\D", candidate))) not in _CARD_GROUPS:
+        return False
+    return any(prefix.match(digits) and len(digits) in lengths for prefix, lengths in _CARD_NETWORKS)
+
+
 def _is_public_ip(match: re.Match, text: str) -> bool:
-    if _VERSION_CUE.search(text[max(0, match.start() - 12) : match.start()]):
+    before = text[max(0, match.start() - 60) : match.start()]
+    line_start = text.rfind("\n", 0, match.start()) + 1
+    # A heading's or list item's number opens its line and is followed by a title: "4.8.1.1. intro"
+    # (the dot after the number), or "4.8.1.1 Intro" (a capital).
+    title = _TITLE_AFTER.match(text, match.end())
+    opens_line = not text[line_start : match.start()].strip(" \t\u00a0#*>•·|-") and bool(
+        title and (title.group(1) or title.group(2).isupper())
+    )
+    if _VERSION_CUE.search(before[-12:]) or _SECTION_CUE.search(before) or opens_line:
         return False
     return ipaddress.ip_address(match.group()).is_global
 
@@ -95,8 +150,7 @@ def redact(text: str, kinds: tuple[str, ...] | list[str] = KINDS) -> tuple[str, 
         text = _replace(IBAN, PLACEHOLDERS["iban"], text, lambda m: iban_valid(m.group()), counts, "iban")
     if "credit_card" in kinds:
         text = _replace(
-            CARD, PLACEHOLDERS["credit_card"], text,
-            lambda m: luhn_valid(re.sub(r"\D", "", m.group())), counts, "credit_card",
+            CARD, PLACEHOLDERS["credit_card"], text, card_like, counts, "credit_card",
         )
     if "ip_address" in kinds:
         text = _replace(IPV4, PLACEHOLDERS["ip_address"], text, lambda m: _is_public_ip(m, m.string), counts, "ip_address")
@@ -104,7 +158,7 @@ def redact(text: str, kinds: tuple[str, ...] | list[str] = KINDS) -> tuple[str, 
     if "phone" in kinds:
         text = _replace(
             PHONE, PLACEHOLDERS["phone"], text,
-            lambda m: 7 <= len(re.sub(r"\D", "", m.group())) <= 15, counts, "phone",
+            lambda m: 7 <= len(digits := re.sub(r"\D", "", m.group())) <= 15 and len(set(digits)) > 1, counts, "phone",
         )
     return text, counts
 

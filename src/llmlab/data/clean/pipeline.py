@@ -1,38 +1,43 @@
-"""Recipes and the runner: build steps from a TOML recipe, run them over batches on local cores.
+"""Recipes and the runner: build steps from a TOML recipe, stream documents through them on local cores.
 
 A recipe is a list of named steps with their settings (`recipes/fineweb.toml` is the default). The
 runner cuts the step list at corpus-wide steps (deduplication): each run of per-document steps is
 applied batch by batch in a pool of worker processes (results come back in input order, so the
-output does not depend on the number of workers); a corpus-wide step then sees all surviving
-documents at once in the main process.
+output does not depend on the number of workers); a deduplication step keeps one small signature per
+document in memory and the documents in a spill file until it knows the groups. Documents flow from
+the readers to the Parquet writers a batch at a time, so peak memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
-import json
 import multiprocessing
 import os
+import pickle
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 from llmlab.data.clean.resume_log import ResumeLog, fingerprint
-from llmlab.data.clean.dedup import ExactDedup, MinHashDedup
+from llmlab.data.clean.dedup import DedupStep, ExactDedup, MinHashDedup
 from llmlab.data.clean.documents import Document, Removed
 from llmlab.data.clean.extract import Extract
 from llmlab.data.clean.langid import LanguageFilter
 from llmlab.data.clean.pii import PiiRedaction
 from llmlab.data.clean.quality import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
-from llmlab.data.clean.readers import input_files, read_documents
-from llmlab.data.clean.stats import StepStats, build_report, doc_chars, write_report
+from llmlab.data.clean.outputs import output_sinks
+from llmlab.data.clean.readers import COMMON_CRAWL, InputProblems, input_files, read_documents
+from llmlab.data.clean.stats import KeptSummary, StepStats, build_report, doc_chars, write_report
 from llmlab.data.clean.steps import Step
 from llmlab.data.clean.url_filter import UrlFilter
 from llmlab.errors import ConfigError
-from llmlab.files import atomic_path
 from llmlab.progress import Progress
 
 STEPS: dict[str, type[Step]] = {
@@ -138,8 +143,7 @@ def _init_worker(segments: list[list[Step]]) -> None:
     _worker_segments = segments
 
 
-def _run_in_worker(task: tuple[int, list[Document]]):
-    index, batch = task
+def _run_in_worker(index: int, batch: list[Document]):
     return run_steps(_worker_segments[index], batch)
 
 
@@ -165,6 +169,146 @@ def split_segments(steps: list[Step]) -> list[list[Step]]:
     return segments
 
 
+Output = tuple[list[Document], list[Removed], list[StepStats]]
+
+
+def _map_segment(pool, index: int, segment: list[Step], batches: Iterable[list[Document]], window: int) -> Iterator[Output]:
+    """Run a per-document segment over `batches`, in input order, with at most `window` batches in flight."""
+    if pool is None:
+        for batch in batches:
+            yield run_steps(segment, batch)
+        return
+    pending: collections.deque = collections.deque()
+    for batch in batches:
+        pending.append(pool.apply_async(_run_in_worker, (index, batch)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _dedup_segment(step: DedupStep, batches: Iterable[list[Document]], spill_dir: Path, batch_size: int) -> Iterator[Output]:
+    """A corpus-wide step with only signatures in memory: documents wait in a spill file on disk until
+    every signature is known, then are read back in order and split into kept and removed."""
+    signatures: list[np.ndarray] = []
+    seconds = 0.0
+    with tempfile.TemporaryFile(dir=spill_dir) as spill:
+        for batch in batches:
+            start = time.perf_counter()
+            signatures.append(step.signatures(batch))
+            seconds += time.perf_counter() - start
+            pickle.dump(batch, spill, protocol=pickle.HIGHEST_PROTOCOL)
+        if not signatures:
+            return
+        start = time.perf_counter()
+        roots = step.roots(np.concatenate(signatures))
+        seconds += time.perf_counter() - start
+        del signatures
+        # Only the URLs that others repeat are remembered, for `duplicate_of`.
+        wanted = set(roots[roots != np.arange(len(roots))].tolist())
+        urls: dict[int, str] = {}
+        spill.seek(0)
+        index = 0
+        while True:
+            try:
+                batch = pickle.load(spill)
+            except EOFError:
+                break
+            kept, removed = [], []
+            for doc in batch:
+                root = int(roots[index])
+                if index in wanted:
+                    urls[index] = doc.url
+                if root == index:
+                    kept.append(doc)
+                else:
+                    removed.append(Removed(doc.with_metadata(duplicate_of=urls[root]), step.name, step.reason))
+                index += 1
+            stats = StepStats(step.name, step.kind, docs_in=len(batch), chars_in=sum(map(doc_chars, batch)),
+                              docs_out=len(kept), chars_out=sum(map(doc_chars, kept)), seconds=seconds)
+            stats.reasons.update(r.reason for r in removed)
+            seconds = 0.0  # counted once
+            yield kept, removed, [stats]
+
+
+def stream_pipeline(
+    documents: Iterable[Document],
+    steps: list[Step],
+    totals: list[StepStats],
+    on_removed: Callable[[list[Removed]], None],
+    workers: int = 1,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    resume_log: ResumeLog | None = None,
+    spill_dir: str | os.PathLike | None = None,
+) -> Iterator[list[Document]]:
+    """Run `steps` over `documents` a batch at a time; yields kept batches in input order.
+
+    Memory stays bounded whatever the corpus size: per-document segments keep at most two batches per
+    worker in flight, deduplication keeps signatures and spills documents to `spill_dir`. Removed
+    documents go to `on_removed` as they are found, step counters are added into `totals`. With a
+    `resume_log`, the first segment's saved output is replayed first (the documents it covers are
+    skipped), and every batch it finishes is handed to it."""
+    segments = split_segments(steps)
+    spill = Path(spill_dir or tempfile.gettempdir())
+    pool = None
+    if workers > 1 and any(not seg[0].corpus_wide for seg in segments):
+        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
+            workers, initializer=_init_worker, initargs=(segments,)
+        )
+
+    def run_segment(index: int, batches: Iterable[list[Document]]) -> Iterator[Output]:
+        segment = segments[index]
+        if segment[0].corpus_wide:
+            return _dedup_segment(segment[0], batches, spill, batch_size)
+        return _map_segment(pool, index, segment, batches, 2 * workers)
+
+    counts = {"kept": 0, "removed": 0}
+
+    def first_segment(docs: Iterable[Document]) -> Iterator[Output]:
+        if resume_log is not None:
+            for total, s in zip(totals, resume_log.load()):
+                total.add(s)
+            docs = itertools.islice(docs, resume_log.consumed, None)
+            for kept, removed in resume_log.replay(batch_size):
+                counts["kept"] += len(kept)
+                counts["removed"] += len(removed)
+                yield kept, removed, []
+            if progress is not None and resume_log.consumed:
+                progress.update(resume_log.consumed, **counts)
+        for kept, removed, stats in run_segment(0, _batches(docs, batch_size)):
+            counts["kept"] += len(kept)
+            counts["removed"] += len(removed)
+            if resume_log is not None:
+                resume_log.add(kept, removed, stats)
+            if progress is not None and stats:
+                progress.update(stats[0].docs_in, **counts)
+            yield kept, removed, stats
+        if resume_log is not None:
+            resume_log.save()
+
+    def drain(outputs: Iterable[Output], offset: int) -> Iterator[list[Document]]:
+        for kept, removed, stats in outputs:
+            if removed:
+                on_removed(removed)
+            for total, s in zip(totals[offset:], stats):
+                total.add(s)
+            if kept:
+                yield kept
+
+    try:
+        stream = drain(first_segment(documents), 0)
+        offset = len(segments[0])
+        for index in range(1, len(segments)):
+            stream = drain(run_segment(index, stream), offset)
+            offset += len(segments[index])
+        yield from stream
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+
 @dataclass
 class PipelineResult:
     kept: list[Document]
@@ -173,122 +317,14 @@ class PipelineResult:
 
 
 def run_pipeline(
-    documents: Iterable[Document],
-    steps: list[Step],
-    workers: int = 1,
-    batch_size: int = 32,
-    progress: Progress | None = None,
-    resume_log: ResumeLog | None = None,
+    documents: Iterable[Document], steps: list[Step], workers: int = 1, batch_size: int = 32
 ) -> PipelineResult:
-    """Run `steps` over `documents` with `workers` processes; output order follows input order.
-
-    With a `resume_log`, the first segment's saved output (`resume_log.load()`, for the documents
-    `documents` no longer contains) comes first, and every batch it finishes is handed to it."""
-    segments = split_segments(steps)
+    """`stream_pipeline` collected into lists: for small corpora, tests and benchmarks."""
     totals = [StepStats(s.name, s.kind) for s in steps]
     removed: list[Removed] = []
-    saved: list[Document] = []
-    if resume_log is not None:
-        saved, removed, saved_stats = resume_log.load()
-        for total, s in zip(totals, saved_stats):
-            total.add(s)
-        documents = itertools.islice(documents, resume_log.consumed, None)
-        if progress is not None and resume_log.consumed:
-            progress.update(resume_log.consumed, kept=len(saved), removed=len(removed))
-    pool = None
-    if workers > 1:
-        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
-            workers, initializer=_init_worker, initargs=(segments,)
-        )
-    try:
-        docs: Iterable[Document] = documents
-        offset = 0
-        for index, segment in enumerate(segments):
-            kept: list[Document] = saved if index == 0 else []
-            if segment[0].corpus_wide:
-                outputs: Iterable = [run_steps(segment, list(docs))]
-            else:
-                tasks = ((index, b) for b in _batches(docs, batch_size))
-                outputs = pool.imap(_run_in_worker, tasks) if pool else (run_steps(segment, b) for _, b in tasks)
-            for batch_kept, batch_removed, batch_stats in outputs:
-                kept += batch_kept
-                removed += batch_removed
-                for total, s in zip(totals[offset : offset + len(segment)], batch_stats):
-                    total.add(s)
-                if index == 0:
-                    if resume_log is not None:
-                        resume_log.add(batch_kept, batch_removed, batch_stats)
-                    if progress is not None:
-                        progress.update(batch_stats[0].docs_in, kept=len(kept), removed=len(removed))
-            if index == 0 and resume_log is not None:
-                resume_log.save()
-            offset += len(segment)
-            docs = kept
-        return PipelineResult(list(docs), removed, totals)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-
-
-# --- outputs -------------------------------------------------------------------------------------
-
-COLUMNS = ("language", "language_score", "source", "fetch_time")
-
-
-def _document_rows(docs: list[Document]) -> dict[str, list]:
-    rows: dict[str, list] = {"text": [], "url": [], **{c: [] for c in COLUMNS}, "metadata": []}
-    for d in docs:
-        rows["text"].append(d.text)
-        rows["url"].append(d.url)
-        for c in COLUMNS:
-            rows[c].append(d.metadata.get(c))
-        rest = {k: v for k, v in d.metadata.items() if k not in COLUMNS}
-        rows["metadata"].append(json.dumps(rest, ensure_ascii=False, default=str))
-    return rows
-
-
-def write_documents(docs: list[Document], path: Path) -> None:
-    """`documents.parquet`: text, url, language, language_score, source, fetch_time, metadata (JSON)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
-        [("text", pa.string()), ("url", pa.string()), ("language", pa.string()), ("language_score", pa.float64()),
-         ("source", pa.string()), ("fetch_time", pa.string()), ("metadata", pa.string())]
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table(_document_rows(docs), schema=schema), tmp)
-
-
-def write_removed(removed: list[Removed], path: Path) -> None:
-    """`removed.parquet`: every dropped document with the step and reason, plus its text or HTML."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    docs = [r.document for r in removed]
-    rows = _document_rows(docs)
-    rows["step"] = [r.step for r in removed]
-    rows["reason"] = [r.reason for r in removed]
-    rows["html"] = [d.html for d in docs]
-    schema = pa.schema(
-        [("url", pa.string()), ("step", pa.string()), ("reason", pa.string()), ("text", pa.string()),
-         ("html", pa.string()), ("language", pa.string()), ("language_score", pa.float64()),
-         ("source", pa.string()), ("fetch_time", pa.string()), ("metadata", pa.string())]
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table({name: rows[name] for name in schema.names}, schema=schema), tmp)
-
-
-def read_cleaned(path: str | os.PathLike) -> list[Document]:
-    """Read `documents.parquet` back into documents (metadata columns merged back)."""
-    import pyarrow.parquet as pq
-
-    docs = []
-    for row in pq.read_table(path).to_pylist():
-        metadata = json.loads(row.pop("metadata") or "{}") | {c: row[c] for c in COLUMNS if row.get(c) is not None}
-        docs.append(Document(row["url"], text=row["text"], metadata=metadata))
-    return docs
+    batches = stream_pipeline(documents, steps, totals, removed.extend, workers, batch_size)
+    kept = [doc for batch in batches for doc in batch]
+    return PipelineResult(kept, removed, totals)
 
 
 def clean(
@@ -299,28 +335,46 @@ def clean(
     limit: int | None = None,
     batch_size: int = 32,
     checkpoint_every_s: float = 30.0,
+    skip_bad_input: bool = False,
+    paths_base: str = COMMON_CRAWL,
 ) -> dict:
     """Read `inputs`, run the recipe, write documents/removed Parquet and the report; return the stats.
 
+    Inputs are read, cleaned and written a batch at a time, so memory does not grow with the corpus.
     Work in progress is saved under `out_dir/checkpoint` every `checkpoint_every_s` seconds, so a
-    killed run started again with the same arguments picks up where it stopped."""
+    killed run started again with the same arguments picks up where it stopped. Bad input (a truncated
+    WARC file, a line that is not UTF-8 or not JSON) stops the run with its place, or with
+    `skip_bad_input` is skipped and counted in the report's `input_problems`. Inputs may be URLs
+    (s3://, https://) and Common Crawl path lists (`warc.paths.gz`, resolved under `paths_base`)."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     steps = recipe.build()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
-    key = fingerprint(input_files(inputs), {"name": recipe.name, "steps": recipe.steps}, limit)
+    files = input_files(inputs, paths_base)
+    key = fingerprint(files, {"name": recipe.name, "steps": recipe.steps}, limit)
     resume_log = ResumeLog(out / "checkpoint", key, checkpoint_every_s)
+    problems = InputProblems(skip=skip_bad_input)
     metrics = out / "progress.jsonl"
     metrics.unlink(missing_ok=True)
+    totals = [StepStats(s.name, s.kind) for s in steps]
+    summary = KeptSummary()
     start = time.perf_counter()
-    with Progress(total=limit, desc=f"clean ({recipe.name})", unit="doc", metrics_path=metrics) as progress:
-        result = run_pipeline(read_documents(inputs, limit), steps, workers, batch_size, progress, resume_log)
+    with (
+        Progress(total=limit, desc=f"clean ({recipe.name})", unit="doc", metrics_path=metrics) as progress,
+        tempfile.TemporaryDirectory(dir=out, prefix=".spill-") as spill,
+        output_sinks(out) as (kept_sink, removed_sink),
+    ):
+        documents = read_documents(files, limit, problems)
+        for batch in stream_pipeline(
+            documents, steps, totals, removed_sink.add_removed, workers, batch_size, progress, resume_log, spill
+        ):
+            kept_sink.add_documents(batch)
+            summary.add(batch)
     seconds = time.perf_counter() - start
-    write_documents(result.kept, out / "documents.parquet")
-    write_removed(result.removed, out / "removed.parquet")
-    report = build_report(recipe.name, [str(p) for p in inputs], result.steps, result.kept, seconds)
-    write_report(out, report, result.kept)
+    report = build_report(recipe.name, [str(p) for p in inputs], totals, summary, seconds)
+    report["input_problems"] = problems.report()
+    write_report(out, report, summary)
     resume_log.remove()
     return report
 

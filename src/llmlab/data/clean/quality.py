@@ -26,26 +26,71 @@ from llmlab.data.clean.steps import DocumentStep
 # digit, contractions such as 's and n't) off each chunk, then split infixes (hyphens, '/', ':', '='
 # between letters; '-', '+', '*', '^' between digits, as in dates 2024-08-17).
 # URLs and abbreviations like "e.g." stay whole.
-_PREFIX = re.compile(r"""\.{2,}|[\"'`“”‘’«»(\[{<¿¡$£€#§*~_…&]""")
+_PREFIX = re.compile(r"""\.{2,}|[\"'`“”‘’«»(\[{<¿¡$£€#§*_…&]""")
 _SUFFIX = re.compile(r"""(?:\):|''|\.{2,}|…|(?<=[0-9])\+|n['’]t|N['’]T|['’](?:s|S|re|ve|ll|d|m)|[\"'`“”‘’»()\]}>,;:!?%_*.])$""")
 _INFIX = re.compile(r"((?<=[^\W_])(?:-+|[/:=<>])(?=[^\W\d_])|(?<=[0-9])[-+*^](?=[0-9-])|(?<=[a-z])\.(?=[A-Z]))")
 _KEEP_WHOLE = re.compile(r"^(?:(?:https?://|www\.)\S+[\w/]|(?:[A-Za-z]\.)+)$")
 # Chunks spaCy keeps whole although they are punctuation (emoticons, quotes), and words it splits.
-_SPECIAL = {"''": ["''"], "):": ["):"], ":)": [":)"], "(:": ["(:"], ":(": [":("], ";)": [";)"], "--": ["--"],
-            "...": ["..."], "cannot": ["can", "not"], "Cannot": ["Can", "not"]}
+_EMOTICONS = """'' (*_*) (-: (-; (-_-) (._.) (: (; (= (>_<) (^_^) )-: ): -_- -__- ._. :'( :') :'-( :'-) :( :(( :(((
+    :() :) :)) :))) :* :-( :-(( :-((( :-) :-)) :-))) :-* :-/ :-> :-] :-| :-} :/ :> :] :| :} ;) ;-) ;_; <.< =( =) =/
+    =[ =] =| >.< >.> >:( ><(((*> @_@ [-: [: [= \\") ]= ^_^ ^__^ ^___^""".split()
+_SPECIAL = {**{e: [e] for e in _EMOTICONS}, "...": ["..."], "cannot": ["can", "not"], "Cannot": ["Can", "not"]}
+# A chunk of punctuation alone ("|---|", "----+----", "~~", "<!--"): spaCy sheds only these prefixes and
+# suffixes from it, one at a time, and keeps the rest whole.
+_RUN_PREFIX = re.compile(r"""\.\.+|[!"#$%&'()*+,:;<=>?\[\]_`{}§—–…·«»“”‘’´‚„¿¡]""")
+_RUN_SUFFIX = re.compile(r"""(?:\.\.+|[!"#&'()*,:;<>?\[\]_`{}—–…·«»“”‘’´‚„¿¡]|(?<![$/=@\\^~§—–])\.)$""")
+_LONGEST_EMOTICON = max(map(len, _EMOTICONS))
 # Tokens made only of these characters are "symbols", not words (Gopher counts words without them).
 _PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~—–“”‘’«»„…·•►■□▪●★☆、。，；：！？（）【】《》〈〉「」")
 TERMINAL_PUNCTUATION = tuple(".!?。！？｡．।॥؟۔።፧‼⁇⁈⁉‽")
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 
 
+def _split_run(chunk: str, out: list[str]) -> None:
+    """A chunk without letters or digits, split as spaCy's affix loop splits it."""
+    prefixes: list[str] = []
+    suffixes: list[str] = []
+    while chunk and chunk not in _SPECIAL:
+        m = _RUN_PREFIX.match(chunk)
+        pre = m.end() if m else 0
+        if pre and chunk[pre:] in _SPECIAL:
+            prefixes.append(chunk[:pre])
+            chunk = chunk[pre:]
+            break
+        m = _RUN_SUFFIX.search(chunk, pre)
+        suf = len(m.group()) if m else 0
+        if suf and chunk[:-suf] in _SPECIAL:
+            suffixes.append(chunk[-suf:])
+            chunk = chunk[:-suf]
+            break
+        if not pre and not suf:
+            break
+        if pre:
+            prefixes.append(chunk[:pre])
+        if suf and pre + suf <= len(chunk):
+            suffixes.append(chunk[len(chunk) - suf :])
+            chunk = chunk[pre : len(chunk) - suf]
+        else:
+            chunk = chunk[pre:]
+    tokens = prefixes + ([chunk] if chunk else []) + suffixes[::-1]
+    # spaCy then merges neighbouring pieces that spell an emoticon (":" ")" -> ":)"), longest first.
+    i = 0
+    while i < len(tokens):
+        for j in range(len(tokens), i + 1, -1):
+            joined = "".join(tokens[i:j])
+            if len(joined) <= _LONGEST_EMOTICON and joined in _SPECIAL:
+                tokens[i:j] = [joined]
+                break
+        out.append(tokens[i])
+        i += 1
+
+
 def _split_chunk(chunk: str, out: list[str]) -> None:
     if chunk in _SPECIAL:
         out.extend(_SPECIAL[chunk])
         return
-    if not any(c.isalnum() for c in chunk) and not chunk.startswith(".."):
-        # "==", "::=", "+=": one token per character; runs of dashes or slashes stay whole
-        out.extend([chunk] if set(chunk) <= {"-"} or set(chunk) <= {"/"} else chunk)
+    if not any(c.isalnum() for c in chunk):
+        _split_run(chunk, out)
         return
     suffixes: list[str] = []
     while chunk and not _KEEP_WHOLE.match(chunk):

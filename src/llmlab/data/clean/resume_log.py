@@ -19,17 +19,23 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 from llmlab.data.clean.documents import Document, Removed
-from llmlab.data.clean.stats import StepStats
+from llmlab.data.clean.stats import StepStats, doc_chars
 from llmlab.files import atomic_write, write_json
 
 FORMAT = "llmlab-clean-checkpoint-v1"
+MAX_PENDING_CHARS = 4 << 20
 
 
-def fingerprint(inputs: list[Path], recipe: dict, limit: int | None) -> str:
-    """What the saved work depends on: each input file's path, size and modification time, the recipe."""
-    files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs]
+def fingerprint(inputs: list[Path | str], recipe: dict, limit: int | None) -> str:
+    """What the saved work depends on: each input file's path, size and modification time (a URL: its
+    text; Common Crawl's files never change), the recipe."""
+    files = [
+        (str(p), None, None) if "://" in str(p) else (str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns)
+        for p in inputs
+    ]
     blob = json.dumps({"files": files, "recipe": recipe, "limit": limit}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -52,10 +58,11 @@ class ResumeLog:
         self.stats: list[StepStats] = []
         self._pending: list[tuple[list[Document], list[Removed], list[StepStats]]] = []
         self._pending_in = 0
+        self._pending_chars = 0
         self._last_save = time.monotonic()
 
-    def load(self) -> tuple[list[Document], list[Removed], list[StepStats]]:
-        """The saved kept documents, removals and step counters; nothing if there is no usable state."""
+    def load(self) -> list[StepStats]:
+        """Read the saved state: step counters and how many inputs it covers (`replay` gives its documents)."""
         state_path = self.folder / "state.json"
         try:
             state = json.loads(state_path.read_text())
@@ -63,10 +70,16 @@ class ResumeLog:
             state = None
         if not state or state.get("format") != FORMAT or state.get("key") != self.key:
             shutil.rmtree(self.folder, ignore_errors=True)  # another run's work, or none: start afresh
-            return [], [], []
+            return []
+        self.consumed, self.parts = state["consumed"], list(state["parts"])
+        self.stats = [StepStats(**{**s, "reasons": Counter(s["reasons"])}) for s in state["stats"]]
+        return self.stats
+
+    def replay(self, batch_size: int) -> Iterator[tuple[list[Document], list[Removed]]]:
+        """The saved kept and removed documents in their original order, a few at a time (read from disk)."""
         kept: list[Document] = []
         removed: list[Removed] = []
-        for part in state["parts"]:
+        for part in self.parts:
             with gzip.open(self.folder / part, "rt", encoding="utf-8") as f:
                 for line in f:
                     row = json.loads(line)
@@ -74,15 +87,19 @@ class ResumeLog:
                         removed.append(Removed(_doc(row["document"]), row["step"], row["reason"]))
                     else:
                         kept.append(_doc(row))
-        self.consumed, self.parts = state["consumed"], list(state["parts"])
-        self.stats = [StepStats(**{**s, "reasons": Counter(s["reasons"])}) for s in state["stats"]]
-        return kept, removed, self.stats
+                    if len(kept) + len(removed) >= batch_size:
+                        yield kept, removed
+                        kept, removed = [], []
+        if kept or removed:
+            yield kept, removed
 
     def add(self, kept: list[Document], removed: list[Removed], stats: list[StepStats]) -> None:
         """Record one finished batch; save to disk once `every_s` seconds have passed since the last save."""
         self._pending.append((kept, removed, stats))
         self._pending_in += stats[0].docs_in if stats else len(kept) + len(removed)
-        if time.monotonic() - self._last_save >= self.every_s:
+        self._pending_chars += sum(map(doc_chars, kept)) + sum(doc_chars(r.document) for r in removed)
+        # Saved every `every_s` seconds, and sooner when the unsaved pages would take much memory.
+        if time.monotonic() - self._last_save >= self.every_s or self._pending_chars >= MAX_PENDING_CHARS:
             self.save()
 
     def save(self) -> None:
@@ -102,7 +119,7 @@ class ResumeLog:
                     total.add(s)
         self.parts.append(part)
         self.consumed += self._pending_in
-        self._pending, self._pending_in = [], 0
+        self._pending, self._pending_in, self._pending_chars = [], 0, 0
         self._last_save = time.monotonic()
         # The part is on disk before the state names it: a kill in between leaves an unused file.
         write_json(self.folder / "state.json", {

@@ -42,25 +42,39 @@ def doc_chars(doc: Document) -> int:
     return len(doc.html) if doc.html is not None else len(doc.text)
 
 
-def build_report(recipe: str, inputs: list[str], steps: list[StepStats], kept: list[Document], seconds: float) -> dict:
-    lengths = sorted(len(d.text) for d in kept)
-    languages = Counter(d.metadata.get("language", "unknown") for d in kept)
-    docs_in = steps[0].docs_in if steps else len(kept)
+@dataclass
+class KeptSummary:
+    """What the report needs of the kept documents, gathered as they are written (never all of them)."""
+
+    lengths: list[int] = field(default_factory=list)
+    languages: Counter = field(default_factory=Counter)
+    pii: Counter = field(default_factory=Counter)
+
+    def add(self, docs: list[Document]) -> None:
+        for d in docs:
+            self.lengths.append(len(d.text))
+            self.languages[d.metadata.get("language", "unknown")] += 1
+            self.pii.update(d.metadata.get("pii", {}))
+
+
+def build_report(recipe: str, inputs: list[str], steps: list[StepStats], kept: KeptSummary, seconds: float) -> dict:
+    lengths = sorted(kept.lengths)
+    docs_in = steps[0].docs_in if steps else len(lengths)
     return {
         "recipe": recipe,
         "inputs": inputs,
         "documents_in": docs_in,
-        "documents_out": len(kept),
+        "documents_out": len(lengths),
         "characters_out": sum(lengths),
         "seconds": round(seconds, 3),
         "documents_per_second": round(docs_in / seconds, 2) if seconds > 0 else None,
         "steps": [{**asdict(s), "seconds": round(s.seconds, 3), "reasons": dict(s.reasons.most_common())} for s in steps],
-        "languages": dict(languages.most_common()),
+        "languages": dict(kept.languages.most_common()),
         "length_percentiles": {
             f"p{q}": lengths[min(len(lengths) - 1, int(q / 100 * len(lengths)))] if lengths else 0
             for q in (10, 50, 90, 99)
         },
-        "pii_redactions": dict(sum((Counter(d.metadata.get("pii", {})) for d in kept), Counter())),
+        "pii_redactions": dict(kept.pii),
     }
 
 
@@ -89,19 +103,22 @@ def render_markdown(report: dict) -> str:
     lines += [f"- {lang}: {n}" for lang, n in report["languages"].items()] or ["- none"]
     lines += ["", "## Kept document lengths (characters)", ""]
     lines += [", ".join(f"{k} {v:,}" for k, v in report["length_percentiles"].items()), "", "![lengths](lengths.png)"]
+    problems = report.get("input_problems", {}).get("counts")
+    if problems:
+        lines += ["", "## Damaged input skipped (--skip-bad-input)", ""] + [f"- {k}: {v}" for k, v in problems.items()]
     if report["pii_redactions"]:
         lines += ["", "## PII redactions", ""] + [f"- {k}: {v}" for k, v in report["pii_redactions"].items()]
     lines += ["", "Every removed document is in `removed.parquet` with its step and reason.", ""]
     return "\n".join(lines)
 
 
-def plot_lengths(kept: list[Document], path: Path) -> None:
+def plot_lengths(kept_lengths: list[int], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lengths = [max(1, len(d.text)) for d in kept]
+    lengths = [max(1, n) for n in kept_lengths]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if lengths:
         top = math.log10(max(lengths)) + 0.1
@@ -117,7 +134,7 @@ def plot_lengths(kept: list[Document], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: Path, report: dict, kept: list[Document]) -> None:
+def write_report(out_dir: Path, report: dict, kept: KeptSummary) -> None:
     write_json(out_dir / "stats.json", report)
     write_text(out_dir / "stats.md", render_markdown(report))
-    plot_lengths(kept, out_dir / "lengths.png")
+    plot_lengths(kept.lengths, out_dir / "lengths.png")

@@ -30,7 +30,7 @@ from llmlab.data.crawl.report import crawl_report, write_report
 from llmlab.data.crawl.robots import RobotsCache, agent_token
 from llmlab.data.crawl.safety import Guard, Resolver, check_scheme, system_resolver
 from llmlab.data.crawl.scope import Scope, compile_patterns
-from llmlab.data.crawl.urls import DEFAULT_PORTS, UrlError, host_of, normalize_url, url_key
+from llmlab.data.crawl.urls import DEFAULT_PORTS, UrlError, host_of, normalize_url, origin_of, url_key
 from llmlab.data.crawl.warc import PageWarc
 from llmlab.errors import ConfigError, InputError
 from llmlab.progress import Progress
@@ -268,7 +268,10 @@ class Crawler:
             why = None
         if why:
             raise Skipped(f"redirect to {url}: {why}" if hop else why)
-        if not await self.robots.allowed(url):
+        robots = await self.robots.for_url(url)
+        if robots.unreachable:
+            raise FetchFailed(f"cannot fetch robots.txt of {origin_of(url)}: {robots.unreachable}")
+        if not robots.allowed(url, self.agent):
             raise RobotsBlocked(f"robots.txt disallows {url}" + (f" (redirect from {entry.url})" if hop else ""))
 
     def _keep(self, entry: Entry, response: Response) -> str:

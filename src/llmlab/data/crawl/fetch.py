@@ -80,6 +80,14 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def _describe(error: Exception, scheme: str) -> str:
+    """A network error as one line; a TLS handshake refused by a plain-HTTP port says so."""
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if scheme == "https" and isinstance(error, httpx.ConnectError) and "SSL" in str(error):
+        return f"TLS handshake failed ({error}): is this an http:// port?"
+    return text
+
+
 def _decode_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
 
@@ -131,17 +139,18 @@ class Fetcher:
         addresses = await self.guard.resolve(host, parts.port or DEFAULT_PORTS[parts.scheme])
         gate = self.gates[host]
         for attempt in range(self.retries + 1):
-            if gate.down:
+            wait = self.backoff * 2**attempt * (1 + 0.25 * random.random())
+            if not gate.given_up:
+                await gate.turn()  # waits out the host's delay, and its rest when it stopped answering
+            if gate.given_up:  # (checked again: a probe may have failed during the wait)
                 raise FetchFailed(
                     f"host {host} is not answering: {gate.failures_in_a_row} requests in a row failed"
-                    f" (last: {gate.last_failure})"
+                    f" (last: {gate.last_failure}); the next run tries again"
                 )
-            wait = self.backoff * 2**attempt * (1 + 0.25 * random.random())
             try:
-                await gate.turn()
                 response = await self._request(url, addresses, max_bytes, accept)
             except _RETRY_ERRORS as e:
-                error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                error = _describe(e, parts.scheme)
                 if attempt == self.retries:
                     gate.record(error)
                     raise FetchFailed(f"{error} (after {attempt + 1} attempts)") from None

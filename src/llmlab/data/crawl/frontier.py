@@ -3,7 +3,8 @@
 One table holds the visited set and the frontier together: a URL is a row the first time it is found
 (state `queued`), and its state says what happened (`stored`, `failed`, `blocked`, `refused`,
 `skipped`, `duplicate`). Every change is committed at once (WAL journal), so a crawl killed at any
-moment finds on restart everything it had discovered. Rows that were `inflight` go back to the queue;
+moment finds on restart everything it had discovered. Rows that were `inflight` go back to the queue,
+and so do failures that may pass and robots.txt blocks (robots.txt is read again each run);
 rows marked `stored` point at their records in the WARC file (byte offsets), which is how the WARC
 and this table are made to agree again after a kill (see `crawler.reconcile_warc`).
 """
@@ -73,6 +74,12 @@ class Frontier:
             self.db.execute("BEGIN")
             # Pages in progress when the last run stopped were not stored: fetch them again.
             self.db.execute("UPDATE urls SET state = 'queued' WHERE state = 'inflight'")
+            # Failures that may pass (network errors, 5xx, 429) are tried again, and robots.txt is read
+            # afresh each run, so blocked URLs are asked again; 4xx, redirect loops and refusals stay.
+            self.db.execute(
+                "UPDATE urls SET state = 'queued', reason = NULL, status = NULL WHERE state = 'blocked'"
+                " OR (state = 'failed' AND (status IS NULL OR status >= 500 OR status = 429))"
+            )
 
     def close(self) -> None:
         self.db.close()

@@ -3,18 +3,26 @@
 A `HostGate` spaces request starts to one host by at least its delay (the crawl's `--delay`, raised to
 the host's robots.txt `Crawl-delay`), and counts the pages in progress on the host so the scheduler
 can give a busy host's turn to another host instead of waiting. It also notices a host that stopped
-answering, so the crawl gives up on it instead of timing out once per queued URL.
+answering and rests it instead of timing out once per queued URL.
+
+The spacing is measured from the moment the previous request was released, checked again after every
+wait: a start time is never reserved ahead, so requests that waited through a busy event loop (a big
+page being parsed) cannot all fire together when it frees up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
-
-# A host whose last requests all failed at the network level is taken for down: its remaining URLs
-# fail at once instead of each waiting through its own timeouts and retries.
+# A host whose last requests all failed at the network level is taken for down and rested: its
+# requests wait HOST_REST_S, then one goes ahead as a probe. An answer (any HTTP status) makes the host
+# healthy again; a failed probe doubles the rest. After HOST_PROBES failed probes the host is given up
+# for this run: its remaining URLs fail at once, and the next run tries them again.
 HOST_DOWN_AFTER = 3
+HOST_REST_S = 5.0
+HOST_PROBES = 3
 
 
 class HostGate:
@@ -24,28 +32,37 @@ class HostGate:
         self.delay = delay
         self.active = 0
         self.failures_in_a_row = 0
+        self.failed_probes = 0
         self.last_failure = ""
-        self._next_start = 0.0
+        self.resting_until = 0.0
+        self._last_start = -math.inf
 
     @property
-    def down(self) -> bool:
-        return self.failures_in_a_row >= HOST_DOWN_AFTER
+    def given_up(self) -> bool:
+        return self.failed_probes >= HOST_PROBES
 
     def record(self, failure: str | None) -> None:
         """Note how a request ended: None for an HTTP answer (any status), else the network error."""
         if failure is None:
-            self.failures_in_a_row = 0
-        else:
-            self.failures_in_a_row += 1
-            self.last_failure = failure
+            self.failures_in_a_row = self.failed_probes = 0
+            self.resting_until = 0.0
+            return
+        self.failures_in_a_row += 1
+        self.last_failure = failure
+        if self.failures_in_a_row > HOST_DOWN_AFTER:
+            self.failed_probes += 1
+        if self.failures_in_a_row >= HOST_DOWN_AFTER:
+            self.resting_until = time.monotonic() + HOST_REST_S * 2**self.failed_probes
 
     async def turn(self) -> None:
-        """Wait until this host may receive the next request; reserve that start time."""
-        now = time.monotonic()
-        start = max(now, self._next_start)
-        self._next_start = start + self.delay
-        if start > now:
-            await asyncio.sleep(start - now)
+        """Wait until this host may receive the next request (its delay since the last start, its rest)."""
+        while True:
+            ready = max(self._last_start + self.delay, self.resting_until)
+            now = time.monotonic()
+            if now >= ready:
+                self._last_start = now
+                return
+            await asyncio.sleep(ready - now)
 
 
 class HostGates:

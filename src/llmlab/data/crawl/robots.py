@@ -2,8 +2,10 @@
 
 protego implements RFC 9309 as search engines do (the longest matching rule wins, `*` and `$`
 wildcards, `Crawl-delay`), which the standard library's `urllib.robotparser` does not. What a failed
-fetch means follows the RFC: a 4xx answer (no robots.txt) allows everything; a 5xx answer or an
-unreachable server disallows everything, since the site may be down or overloaded.
+fetch means follows the RFC: a 4xx answer (no robots.txt) allows everything; a 5xx answer disallows
+everything, since the site may be overloaded. A server that cannot be reached at all is not a rule:
+its URLs fail (the host is down, or the URL names the wrong port or scheme), the answer is not cached,
+so the next URL of that origin asks again, and a later run retries them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Robots:
     rules: Protego | None
     allow_all: bool
     note: str
+    unreachable: str | None = None  # why robots.txt could not be fetched at all (network, safety guard)
 
     def allowed(self, url: str, agent: str) -> bool:
         return self.rules.can_fetch(url, agent) if self.rules is not None else self.allow_all
@@ -49,20 +52,22 @@ class RobotsCache:
         self.fetcher = fetcher
         self.agent = agent
         self._tasks: dict[str, asyncio.Task] = {}
+        self._notes: dict[str, str] = {}
 
     async def for_url(self, url: str) -> Robots:
         origin = origin_of(url)
         task = self._tasks.get(origin)
         if task is None:
             task = self._tasks[origin] = asyncio.ensure_future(self._load(origin))
-        return await task
-
-    async def allowed(self, url: str) -> bool:
-        return (await self.for_url(url)).allowed(url, self.agent)
+        robots = await task
+        self._notes[origin] = robots.note
+        if robots.unreachable and self._tasks.get(origin) is task:
+            del self._tasks[origin]  # not an answer: ask again for the next URL of this origin
+        return robots
 
     def notes(self) -> dict[str, str]:
         """What was found at each origin, for the crawl report."""
-        return {origin: task.result().note for origin, task in self._tasks.items() if task.done()}
+        return dict(self._notes)
 
     async def _load(self, origin: str) -> Robots:
         url = origin + "/robots.txt"
@@ -71,7 +76,7 @@ class RobotsCache:
                 url, max_redirects=MAX_ROBOTS_REDIRECTS, max_bytes=MAX_ROBOTS_BYTES
             )
         except UrlOutcome as e:
-            return Robots(None, allow_all=False, note=f"unreachable ({e.reason}): everything disallowed")
+            return Robots(None, allow_all=False, note=f"unreachable ({e.reason})", unreachable=e.reason)
         except httpx.HTTPError as e:  # an answer httpx cannot decode
             return Robots(None, allow_all=False, note=f"unreadable ({type(e).__name__}): everything disallowed")
         status = response.status

@@ -27,6 +27,22 @@ WARC_VERSION = "1.1"
 _RENAMED = {"content-encoding", "transfer-encoding", "content-length"}
 
 
+def identified_payload_type(response: Response) -> str:
+    """What the body is, judged from its first bytes, for `WARC-Identified-Payload-Type`.
+
+    Common Crawl's WARCs carry this header (from content detection), and readers such as datatrove's
+    select pages by it; without it they guess with libmagic, which calls an XHTML page "text/xml" and
+    drops it. An XML declaration followed by an <html> element is XHTML; markup that opens with a
+    doctype, <html>, <head> or <body> is HTML; anything else keeps the type the server declared.
+    """
+    head = response.body[:2048].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<?xml") and b"<html" in head:
+        return "application/xhtml+xml"
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "text/html"
+    return response.mime_type or "application/octet-stream"
+
+
 def _stored_headers(response: Response) -> list[tuple[str, str]]:
     headers = [(f"X-Crawler-{k}" if k.lower() in _RENAMED else k, v) for k, v in response.headers]
     headers.append(("Content-Length", str(len(response.body))))
@@ -78,6 +94,7 @@ class PageWarc:
         )
         response_headers = dict(common)
         response_headers["WARC-Concurrent-To"] = request.rec_headers.get_header("WARC-Record-ID")
+        response_headers["WARC-Identified-Payload-Type"] = identified_payload_type(response)
         if response.truncated:
             response_headers["WARC-Truncated"] = "length"
         record = self._writer.create_warc_record(
