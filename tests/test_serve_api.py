@@ -300,3 +300,21 @@ def test_legacy_logprobs_show_partial_characters_as_bytes_with_character_offsets
     chunks = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
     whole = client.completions.create(model=GPT_ID, prompt=prompt, logprobs=1, max_tokens=8, temperature=0)
     assert [o for c in chunks for o in c.text_offset] == whole.choices[0].logprobs.text_offset
+
+
+def test_fit_chat_drops_the_fewest_oldest_turns_by_the_tokenizers_count(http):
+    system = [{"role": "system", "content": "Be brief."}]
+    turns = []
+    for i in range(6):
+        turns += [{"role": "user", "content": f"question {i} " + "about tokens " * 6},
+                  {"role": "assistant", "content": f"answer {i} " + "with many words " * 6}]
+    turns.append({"role": "user", "content": "and now?"})
+    fit = http.post("/api/fit_chat", json={"model": GPT_ID, "messages": system + turns, "max_tokens": 64}).json()
+    assert fit["fits"] and fit["budget"] == 256 - 64 and fit["dropped"] > 0 and turns[fit["dropped"]]["role"] == "user"
+    kept = prompt_ids(http, GPT_ID, system + turns[fit["dropped"]:])
+    assert len(kept) == fit["prompt_tokens"] <= fit["budget"]
+    assert len(prompt_ids(http, GPT_ID, system + turns[fit["dropped"] - 2:])) > fit["budget"]  # one turn more is too many
+    short = http.post("/api/fit_chat", json={"model": GPT_ID, "messages": turns[-3:]}).json()
+    assert short["dropped"] == 0 and short["fits"]
+    huge = http.post("/api/fit_chat", json={"model": GPT_ID, "messages": [{"role": "user", "content": "x " * 400}]})
+    assert huge.json()["fits"] is False and huge.json()["dropped"] == 0

@@ -1,4 +1,5 @@
-"""The playground's own routes (beyond OpenAI's): server status and the "look inside" views."""
+"""The playground's own routes (beyond OpenAI's): server status, fitting a chat to the context window and the
+"look inside" views."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ class NextTokenRequest(InspectRequest, SamplingFields):
     """The completion requests' sampling fields, of which the filters and penalties shape one step."""
 
     k: int = Field(20, ge=1, le=100)
+
+
+class FitRequest(BaseModel):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
 
 
 class AttentionRequest(InspectRequest):
@@ -66,6 +73,34 @@ async def tokenizers(request: Request) -> dict[str, Any]:
     data = [{"id": m, "kind": "model"} for m in registry.ids()]
     data += [{"id": t, "kind": "reference"} for t in registry.reference_tokenizers() if t not in registry]
     return {"object": "list", "data": data}
+
+
+@router.post("/fit_chat")
+async def fit_chat(req: FitRequest, request: Request) -> dict[str, Any]:
+    """How many of the oldest messages a chat must leave out so that its prompt, counted by the model's own
+    tokenizer and chat template, leaves room for the answer in the context window.
+
+    System messages at the start always stay; the rest is cut at a user turn (a question never loses its
+    answer's context halfway), keeping at least the last user turn. `dropped` counts messages after the
+    system ones; `fits` is false when even the last turn alone is too long.
+    """
+    gen = _generator(request)
+    loaded = await gen.load(req.model)
+    messages = [m.flat() for m in req.messages]
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    system, turns = messages[:head], messages[head:]
+    ctx = loaded.context_length
+    room = min(req.max_tokens or gen.limits.default_output_tokens, ctx // 2)  # for the answer
+    budget = min(gen.limits.max_prompt_tokens, ctx - room)
+    starts = [i for i, m in enumerate(turns) if m["role"] == "user" and i < len(turns) - 1] + [len(turns) - 1]
+    count = 0
+    for start in dict.fromkeys([0, *starts]):  # from dropping nothing to keeping only the last turn
+        count = len(gen.chat_prompt(loaded, system + turns[start:]))
+        if count <= budget:
+            return {"dropped": start, "prompt_tokens": count, "budget": budget, "context_length": ctx, "fits": True}
+    return {"dropped": start, "prompt_tokens": count, "budget": budget, "context_length": ctx, "fits": False}
 
 
 @router.post("/next_token")

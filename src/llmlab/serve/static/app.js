@@ -19,6 +19,7 @@ const state = {
   models: [],
   conversation: { id: null, messages: [] },  // messages: {role, content, meta}
   busy: false,
+  streaming: null,  // {conv, node} while a chat reply arrives
 };
 
 // ------------------------------------------------------------------ API helpers
@@ -164,17 +165,19 @@ function recolour() {
 }
 
 function statsText(t, tokens, finish) {
-  if (!t) return "";
+  if (!t && !finish) return "";
+  t = t || {};
   const parts = [];
   if (t.ttft_ms != null) parts.push(`first token ${Math.round(t.ttft_ms)} ms`);
   if (t.tokens_per_second != null) parts.push(`${t.tokens_per_second.toFixed(1)} tok/s`);
   if (tokens != null) parts.push(`${tokens} tokens`);
   if (t.queue_ms > 50) parts.push(`queued ${Math.round(t.queue_ms)} ms`);
-  if (finish) parts.push(finish === "length" ? "stopped: max tokens" : "stopped: end of answer");
+  if (finish) parts.push({ length: "stopped: max tokens", stopped: "stopped by you" }[finish] || "stopped: end of answer");
   return parts.join(" · ");
 }
 
-// Stream one chat or text completion into `body`, colouring tokens; returns {text, tokens, timings, finish}.
+// Stream one chat or text completion into `body`, colouring tokens; returns {text, tokens, timings, finish}
+// (finish "stopped" when `signal` aborted it: the text so far is kept).
 async function streamInto(body, path, request, signal) {
   const result = { text: "", tokens: [], timings: null, finish: null };
   body.classList.add("streaming");
@@ -198,6 +201,9 @@ async function streamInto(body, path, request, signal) {
         if (choice.finish_reason) { result.finish = choice.finish_reason; result.timings = choice.timings || null; }
       }
     }, signal);
+  } catch (e) {
+    if (e.name !== "AbortError") throw e;
+    result.finish = "stopped";  // Stop keeps what arrived so far
   } finally {
     body.classList.remove("streaming");
   }
@@ -206,56 +212,96 @@ async function streamInto(body, path, request, signal) {
 
 // ------------------------------------------------------------------ chat
 
-function renderMessage(msg) {
+const OPEN_KEY = "llmlab-open-conversation";  // reopened after a reload
+const plain = (messages) => messages.map((m) => ({ role: m.role, content: m.content }));
+
+function renderMessage(msg, index) {
   const body = el("div", { class: "body" });
   if (msg.meta && msg.meta.tokens) for (const t of msg.meta.tokens) body.append(tokenSpan(t.shown, t));
   else body.append(msg.content);
   const node = el("div", { class: "msg " + msg.role }, el("div", { class: "role" }, msg.role === "user" ? "you" : (msg.meta && msg.meta.model) || msg.role), body);
+  if (index !== undefined) node.dataset.index = String(index);
   if (msg.meta && msg.meta.timings) node.append(el("div", { class: "stats" }, statsText(msg.meta.timings, msg.meta.tokens ? msg.meta.tokens.length : null, msg.meta.finish)));
   $("#messages").append(node);
   return node;
 }
 
+// Grey out the oldest messages that the last request left out to fit the context window, with a note saying so.
+function markDropped(dropped, context) {
+  for (const n of $$("#messages .context-note")) n.remove();
+  for (const n of $$("#messages .msg.dropped")) n.classList.remove("dropped");
+  if (!dropped) return;
+  const nodes = $$("#messages .msg[data-index]");
+  for (const n of nodes) if (Number(n.dataset.index) < dropped) n.classList.add("dropped");
+  const first = nodes.find((n) => Number(n.dataset.index) >= dropped);
+  const note = el("div", { class: "context-note" },
+    `${dropped} earlier message${dropped === 1 ? "" : "s"} no longer fit${dropped === 1 ? "s" : ""} the model's ${context}-token context and ${dropped === 1 ? "was" : "were"} not sent`);
+  if (first) first.before(note); else $("#messages").append(note);
+}
+
 function renderConversation() {
+  const conv = state.conversation;
   $("#messages").innerHTML = "";
-  if (!state.conversation.messages.length) $("#messages").append(emptyHint);
-  for (const m of state.conversation.messages) if (m.role !== "system") renderMessage(m);
+  if (!conv.messages.length) $("#messages").append(emptyHint);
+  conv.messages.forEach((m, i) => { if (m.role !== "system") renderMessage(m, i); });
+  const fitted = [...conv.messages].reverse().find((m) => m.meta && m.meta.dropped !== undefined);
+  if (fitted) markDropped(fitted.meta.dropped, fitted.meta.context_length);
+  if (state.streaming && state.streaming.conv === conv) $("#messages").append(state.streaming.node);  // the reply still arriving
   $("#messages").scrollTop = $("#messages").scrollHeight;
 }
 
 let chatAbort = null;
 const emptyHint = $("#chat-empty");
+const isOpen = (conv) => state.conversation === conv;
 
+// A reply belongs to the conversation it was asked in: switching chats or starting a new one while it
+// streams leaves it to finish, and be saved, there. Before sending, the oldest turns that no longer fit
+// the model's context (by its tokenizer's count, /api/fit_chat) are left out, and the page says so.
 async function sendChat(ev) {
   ev && ev.preventDefault();
   const text = $("#chat-input").value.trim();
   if (!text || state.busy) return;
   $("#chat-input").value = "";
   emptyHint.remove();
+  const conv = state.conversation;
+  const model = currentModel(), settings = sampling(), system = $("#system-prompt").value.trim();
   const user = { role: "user", content: text };
-  state.conversation.messages.push(user);
-  renderMessage(user);
-  const system = $("#system-prompt").value.trim();
-  const messages = [...(system ? [{ role: "system", content: system }] : []),
-                    ...state.conversation.messages.map((m) => ({ role: m.role, content: m.content }))];
-  const node = renderMessage({ role: "assistant", content: "", meta: { model: currentModel() } });
+  conv.messages.push(user);
+  const userNode = renderMessage(user, conv.messages.length - 1);
+  const node = renderMessage({ role: "assistant", content: "", meta: { model } });
   const body = node.querySelector(".body");
+  state.streaming = { conv, node };
   setBusy(true);
   chatAbort = new AbortController();
+  let answered = false;
   try {
-    const r = await streamInto(body, "/v1/chat/completions", { model: currentModel(), messages, ...sampling() }, chatAbort.signal);
-    const meta = { model: currentModel(), timings: r.timings, finish: r.finish, tokens: r.tokens, settings: sampling() };
+    const sys = system ? [{ role: "system", content: system }] : [];
+    const fit = await postJSON("/api/fit_chat", { model, messages: [...sys, ...plain(conv.messages)], max_tokens: settings.max_tokens },
+                               { signal: chatAbort.signal });
+    if (isOpen(conv)) markDropped(fit.dropped, fit.context_length);
+    const messages = [...sys, ...plain(conv.messages.slice(fit.dropped))];
+    const r = await streamInto(body, "/v1/chat/completions", { model, messages, ...settings }, chatAbort.signal);
+    const meta = { model, timings: r.timings, finish: r.finish, tokens: r.tokens, settings,
+                   dropped: fit.dropped, context_length: fit.context_length };
     node.append(el("div", { class: "stats" }, statsText(r.timings, r.tokens.length, r.finish)));
-    state.conversation.messages.push({ role: "assistant", content: r.text, meta });
-    await saveConversation(system);
+    conv.messages.push({ role: "assistant", content: r.text, meta });
+    answered = true;
+    node.dataset.index = String(conv.messages.length - 1);
+    await saveConversation(conv, system, model, settings);
   } catch (e) {
-    if (e.name === "AbortError") node.append(el("div", { class: "stats" }, "stopped"));
-    else node.append(el("div", { class: "error" }, e.message));
+    if (!answered) {  // a failed turn leaves the conversation as it was; its text goes back to the input box
+      conv.messages.splice(conv.messages.indexOf(user), 1);
+      userNode.classList.add("failed");
+      delete userNode.dataset.index;
+      if (isOpen(conv) && !$("#chat-input").value) $("#chat-input").value = text;
+    }
+    node.append(el("div", { class: "error" }, e.name === "AbortError" ? "stopped before the answer began" : e.message));
   } finally {
+    state.streaming = null;
     setBusy(false);
     chatAbort = null;
   }
-  $("#messages").scrollTop = $("#messages").scrollHeight;
+  if (isOpen(conv)) $("#messages").scrollTop = $("#messages").scrollHeight;
 }
 
 function setBusy(busy) {
@@ -266,13 +312,17 @@ function setBusy(busy) {
 
 // ------------------------------------------------------------------ history
 
-async function saveConversation(system) {
-  const body = { mode: "chat", model: currentModel(), settings: { ...sampling(), system },
-                 messages: state.conversation.messages };
-  const conv = state.conversation.id
-    ? await (await api("/api/conversations/" + state.conversation.id, { method: "PUT", body: JSON.stringify(body) })).json()
+async function saveConversation(conv, system, model, settings) {
+  const body = { mode: "chat", model, settings: { ...settings, system }, messages: conv.messages };
+  const saved = conv.id
+    ? await (await api("/api/conversations/" + conv.id, { method: "PUT", body: JSON.stringify(body) })).json()
     : await postJSON("/api/conversations", body);
-  state.conversation.id = conv.id;
+  conv.id = saved.id;
+  if (!isOpen(conv) && state.conversation.id === conv.id) {  // reopened while its reply streamed: show the reply
+    state.conversation = conv;
+    renderConversation();
+  }
+  if (isOpen(conv)) localStorage.setItem(OPEN_KEY, conv.id);
   await loadHistory();
 }
 
@@ -290,13 +340,19 @@ async function loadHistory() {
     li.addEventListener("click", () => openConversation(c.id));
     ul.append(li);
   }
+  return list;
 }
 
 async function openConversation(id) {
-  const conv = await (await api("/api/conversations/" + id)).json();
-  state.conversation = { id: conv.id, messages: conv.messages };
-  if (conv.settings && conv.settings.system !== undefined) $("#system-prompt").value = conv.settings.system;
-  if (conv.model && state.models.some((m) => m.id === conv.model)) $("#model-select").value = conv.model;
+  if (state.streaming && state.streaming.conv.id === id) {
+    state.conversation = state.streaming.conv;  // the one still receiving its reply, not its saved copy
+  } else {
+    const conv = await (await api("/api/conversations/" + id)).json();
+    state.conversation = { id: conv.id, messages: conv.messages };
+    if (conv.settings && conv.settings.system !== undefined) $("#system-prompt").value = conv.settings.system;
+    if (conv.model && state.models.some((m) => m.id === conv.model)) $("#model-select").value = conv.model;
+  }
+  localStorage.setItem(OPEN_KEY, id);
   switchTab("chat");
   renderConversation();
   await loadHistory();
@@ -329,6 +385,7 @@ const exportConversation = (id) => download("/api/conversations/" + id + "/expor
 
 function newChat() {
   state.conversation = { id: null, messages: [] };
+  localStorage.removeItem(OPEN_KEY);
   renderConversation();
   loadHistory();
 }
@@ -639,7 +696,12 @@ function init() {
   $("#att-layer").addEventListener("change", runAttention);
   $("#att-head").addEventListener("change", drawAttention);
   $("#export-all").addEventListener("click", (e) => { e.preventDefault(); download("/api/conversations/export", "llmlab-conversations.json"); });
-  loadModels(saved).then(() => { loadHistory(); refreshStatus(); });
+  loadModels(saved).then(async () => {
+    const list = await loadHistory();
+    const open = localStorage.getItem(OPEN_KEY);
+    if (open && list.some((c) => c.id === open)) await openConversation(open);
+    refreshStatus();
+  });
   setInterval(refreshStatus, 3000);
 }
 
