@@ -131,8 +131,15 @@ def test_a_failed_turn_is_not_kept(page, server):
     assert "context window" in page.locator(".msg.assistant .error").last.inner_text()
     assert page.input_value("#chat-input") == too_long.strip()  # back in the box to edit
     page.fill("#chat-input", "")
+    failure = {"error": {"message": "boom", "type": "server_error", "param": None, "code": "internal_error"}}
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(status=500, json=failure))
+    ask(page, "tiny-gpt", "the server fails")
+    page.unroute("**/v1/chat/completions")
+    assert page.locator(".msg.assistant .error").last.inner_text() == "boom"
+    assert page.input_value("#chat-input") == "the server fails"
+    page.fill("#chat-input", "")
     ask(page, "tiny-gpt", "short again")
-    assert page.locator(".msg.assistant .error").count() == 1
+    assert page.locator(".msg.assistant .error").count() == 2
     assert [c for _, c in conversations(server)["hello"]][::2] == ["hello", "short again"]
 
 

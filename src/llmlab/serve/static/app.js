@@ -390,6 +390,10 @@ async function sendChat(ev, question) {
     const sys = system ? [{ role: "system", content: system }] : [];
     const fit = await postJSON("/api/fit_chat", { model, messages: [...sys, ...plain(conv.messages)], max_tokens: settings.max_tokens },
                                { signal: chatAbort.signal });
+    if (!fit.fits) {
+      throw new Error(`this message alone is ${fit.prompt_tokens} tokens with the chat template; the model's ` +
+                      `${fit.context_length}-token context window leaves room for ${fit.budget} beside the answer`);
+    }
     if (isOpen(conv)) markDropped(fit.dropped, fit.context_length);
     const messages = [...sys, ...plain(conv.messages.slice(fit.dropped))];
     const r = await streamInto(tokens, "/v1/chat/completions", { model, messages, ...settings }, chatAbort.signal, onText);
