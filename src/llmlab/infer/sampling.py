@@ -134,9 +134,9 @@ class SamplingParams:
             problem = s.problem(getattr(self, s.name))
             if problem:
                 raise ConfigError(problem, hint="see `llmlab generate --help` for each option's range")
-        for token, bias in self.logit_bias.items():
-            if token < 0 or not -100 <= bias <= 100:
-                raise ConfigError(f"logit_bias maps token ids >= 0 to values in [-100, 100], got {token}: {bias}")
+        problem = logit_bias_problem(self.logit_bias)
+        if problem:
+            raise ConfigError(problem)
 
     @property
     def greedy(self) -> bool:
@@ -174,6 +174,14 @@ def apply_penalties(
         counts = torch.bincount(generated, minlength=logits.numel()).to(logits.dtype)
         logits = logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0).to(logits.dtype)
     return logits
+
+
+def logit_bias_problem(bias: dict[int, float]) -> str | None:
+    """Why a logit_bias mapping is invalid (OpenAI's rule: token ids to values in [-100, 100]); None if it is fine."""
+    for token, value in bias.items():
+        if token < 0 or not -100 <= value <= 100:
+            return f"logit_bias maps token ids >= 0 to values in [-100, 100], got {token}: {value}"
+    return None
 
 
 def apply_logit_bias(logits: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
-from llmlab.infer.sampling import Setting, sampling_settings
+from llmlab.infer.sampling import Setting, logit_bias_problem, sampling_settings
 from llmlab.serve.api_errors import APIError, error_body, unknown_model
 from llmlab.serve.dispatch import ChoiceResult, Generator, until_disconnected
 from llmlab.serve.lookinside import prompt_logprobs
@@ -115,9 +115,9 @@ class SamplingRequest(SamplingFields):
     @field_validator("logit_bias")
     @classmethod
     def _bias_range(cls, v: dict[int, float] | None) -> dict[int, float] | None:
-        for token, bias in (v or {}).items():
-            if not -100 <= bias <= 100:
-                raise ValueError(f"each bias must be in [-100, 100], got {bias} for token {token}")
+        problem = logit_bias_problem(v or {})
+        if problem:
+            raise PydanticCustomError("invalid_value", "{problem}", {"problem": problem})
         return v
 
     @property

@@ -405,8 +405,10 @@ async function sendChat(ev, question) {
     const reply = { role: "assistant", content: r.text, meta };
     conv.messages.push(reply);
     answered = true;
-    for (const bar of $$("#messages .regenerate")) bar.remove();  // only the last answer can be regenerated
-    addActions(node, reply, conv.messages.length - 1);
+    if (isOpen(conv)) {
+      for (const button of $$("#messages .regenerate")) button.remove();  // only the last answer can be regenerated
+      addActions(node, reply, conv.messages.length - 1);
+    }
     await saveConversation(conv, system, model, settings);
   } catch (e) {
     if (!answered) {  // a failed turn leaves the conversation as it was; its text goes back to the input box
@@ -414,6 +416,10 @@ async function sendChat(ev, question) {
       userNode.classList.add("failed");
       delete userNode.dataset.index;
       userNode.querySelector(".actions").remove();
+      if (isOpen(conv) && !userNode.isConnected) {  // reopened mid-request: show the struck-out turn again
+        renderConversation();
+        $("#messages").append(userNode, node);
+      }
       if (isOpen(conv) && !$("#chat-input").value) $("#chat-input").value = text;
     }
     node.append(el("div", { class: "error" }, e.name === "AbortError" ? "stopped before the answer began" : e.message));
