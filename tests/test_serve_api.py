@@ -318,3 +318,4 @@ def test_fit_chat_drops_the_fewest_oldest_turns_by_the_tokenizers_count(http):
     assert short["dropped"] == 0 and short["fits"]
     huge = http.post("/api/fit_chat", json={"model": GPT_ID, "messages": [{"role": "user", "content": "x " * 400}]})
     assert huge.json()["fits"] is False and huge.json()["dropped"] == 0
+    assert http.post("/api/fit_chat", json={"model": GPT_ID, "messages": system}).status_code == 400

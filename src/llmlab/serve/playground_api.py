@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -91,16 +92,29 @@ async def fit_chat(req: FitRequest, request: Request) -> dict[str, Any]:
     while head < len(messages) and messages[head]["role"] == "system":
         head += 1
     system, turns = messages[:head], messages[head:]
+    if not turns:
+        raise APIError(400, "the chat has no message after its system prompt", param="messages")
     ctx = loaded.context_length
     room = min(req.max_tokens or gen.limits.default_output_tokens, ctx // 2)  # for the answer
     budget = min(gen.limits.max_prompt_tokens, ctx - room)
-    starts = [i for i, m in enumerate(turns) if m["role"] == "user" and i < len(turns) - 1] + [len(turns) - 1]
-    count = 0
-    for start in dict.fromkeys([0, *starts]):  # from dropping nothing to keeping only the last turn
-        count = len(gen.chat_prompt(loaded, system + turns[start:]))
-        if count <= budget:
-            return {"dropped": start, "prompt_tokens": count, "budget": budget, "context_length": ctx, "fits": True}
-    return {"dropped": start, "prompt_tokens": count, "budget": budget, "context_length": ctx, "fits": False}
+    starts = list(dict.fromkeys([0, *(i for i, m in enumerate(turns) if m["role"] == "user"), len(turns) - 1]))
+
+    def tokens_from(k: int) -> int:  # the prompt's length when the chat starts at turns[starts[k]]
+        return len(gen.chat_prompt(loaded, system + turns[starts[k]:]))
+
+    def fit() -> dict[str, Any]:
+        # Dropping more turns never lengthens the prompt, so bisect for the first start that fits.
+        low, high = 0, len(starts) - 1
+        if tokens_from(high) > budget:
+            low = high
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if tokens_from(mid) <= budget else (mid + 1, high)
+        count = tokens_from(low)
+        return {"dropped": starts[low], "prompt_tokens": count, "budget": budget, "context_length": ctx,
+                "fits": count <= budget}
+
+    return await asyncio.to_thread(fit)  # tokenizing a long chat must not stall the event loop
 
 
 @router.post("/next_token")
