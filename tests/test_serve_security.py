@@ -64,7 +64,8 @@ def test_serving_beyond_loopback_without_a_key_warns(tmp_path, monkeypatch, caps
     monkeypatch.setattr("llmlab.serve.run_server", lambda app, host, port: served.append(app))
     assert main(["serve", "--tiny", "--no-smollm2", "--host", "0.0.0.0", "--allowed-host", "lan.box",
                  "--history", str(tmp_path / "h.sqlite")]) == 0
-    assert "without an API key" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "without an API key" in out.err and "answering requests for: 127.0.0.1, ::1, lan.box, localhost" in out.out
     with BackgroundServer(served[0]) as srv:
         assert httpx.get(srv.url + "/api/conversations", headers={"host": "lan.box:8000"}).status_code == 200
         assert httpx.get(srv.url + "/api/conversations", headers={"host": "other.box"}).status_code == 400

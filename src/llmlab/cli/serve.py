@@ -60,7 +60,7 @@ def _named(spec: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from llmlab.serve import Limits, ModelRegistry, create_app, run_server
-    from llmlab.serve.security import allowed_hosts, exposure_warning
+    from llmlab.serve.security import allowed_hosts, exposure_warning, is_loopback
 
     if args.threads is not None:
         import torch
@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     warning = exposure_warning(args.host, api_key)
     if warning:
         print(warning, file=sys.stderr)
+    if not is_loopback(args.host) and "*" not in hosts:
+        print(f"answering requests for: {', '.join(sorted(hosts))} (add the name or address clients use "
+              "with --allowed-host)")
     print(f"models: {', '.join(registry.ids())}")
     print(f"history: {args.history}")
     print(f"playground: http://{args.host}:{args.port}/   API: http://{args.host}:{args.port}/v1"
