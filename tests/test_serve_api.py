@@ -233,6 +233,9 @@ def test_logit_bias_changes_the_output(client, http):
     biased = client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=4, temperature=0,
                                             logit_bias={str(forced): 100})
     assert biased.choices[0].message.content == piece * 4 != plain.choices[0].message.content
+    stream = client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=4, temperature=0, stream=True,
+                                            logit_bias={str(forced): 100})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == piece * 4
     for bias in ({"5": 101}, {"999999": 1}):  # out of range; outside the vocabulary
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=2, logit_bias=bias)
