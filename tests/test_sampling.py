@@ -179,3 +179,11 @@ def test_every_exposed_setting_reaches_the_engine_from_the_cli_and_the_api():
             assert getattr(params, s.name) == expected, (command.__name__, s.cli_flags[pick])
         for request, params in from_api.items():
             assert getattr(params, s.name) == EXAMPLES[s.name], (request, s.api)
+
+
+def test_logit_bias_is_added_before_everything_else_and_checked():
+    logits = torch.tensor([3.0, 1.0, 0.0, -1.0])
+    biased = processed_logits(logits, SamplingParams(temperature=0, logit_bias={2: 5.0, 0: -100}))
+    assert torch.equal(biased, torch.tensor([-97.0, 1.0, 5.0, -1.0])) and int(torch.argmax(biased)) == 2
+    with pytest.raises(ConfigError, match="logit_bias"):
+        SamplingParams(logit_bias={1: 101})

@@ -224,3 +224,101 @@ def test_api_key_gives_401_without_it(models_dir):
         right = openai.OpenAI(base_url=srv.url + "/v1", api_key="s3cret", max_retries=0)
         assert right.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=2).usage.completion_tokens >= 1
         assert httpx.get(srv.url + "/").status_code == 200  # the page itself loads; it asks for the key
+
+
+def test_logit_bias_changes_the_output(client, http):
+    plain = client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=4, temperature=0)
+    forced = http.post("/tokenize", json={"model": GPT_ID, "prompt": "zebra"}).json()["tokens"][0]
+    piece = http.post("/detokenize", json={"model": GPT_ID, "tokens": [forced]}).json()["prompt"]
+    biased = client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=4, temperature=0,
+                                            logit_bias={str(forced): 100})
+    assert biased.choices[0].message.content == piece * 4 != plain.choices[0].message.content
+    stream = client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=4, temperature=0, stream=True,
+                                            logit_bias={str(forced): 100})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == piece * 4
+    for bias in ({"5": 101}, {"999999": 1}):  # out of range; outside the vocabulary
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=2, logit_bias=bias)
+        assert e.value.body["param"] == "logit_bias"
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+     "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+])
+def test_json_output_and_tools_are_refused_not_ignored(client, extra, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=2, **extra)
+    assert e.value.body["param"] == param and e.value.code == "unsupported_parameter"
+    ok = client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=2, response_format={"type": "text"},
+                                        tool_choice="none")
+    assert ok.choices[0].finish_reason == "length"
+
+
+def test_seed_beyond_64_bits_and_invalid_json_are_400s_in_openais_shape(client, http):
+    for seed in (2**64, -(2**63) - 1, 10**400):
+        r = http.post("/v1/chat/completions", content=f'{{"model": "{GPT_ID}", "messages": {json.dumps(HI)}, '
+                      f'"seed": {seed}}}', headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
+    assert client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=1, seed=2**63 - 1).choices
+    r = http.post("/v1/chat/completions", content=b'{"model": "tiny-gpt", "messages": [',
+                  headers={"content-type": "application/json"})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] is None and error["code"] == "invalid_json"
+    assert "byte 35" in error["message"]  # where the body ends
+
+
+def test_an_unexpected_error_is_a_500_in_openais_shape(models_dir):
+    app = create_app(ModelRegistry(models_dir, imported=False))
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    app.state.generator.chat_prompt = broken
+    with BackgroundServer(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model=GPT_ID, messages=HI, max_tokens=1)
+        assert e.value.code == "internal_error" and "a bug" in e.value.message
+
+
+def test_legacy_logprobs_show_partial_characters_as_bytes_with_character_offsets(client):
+    prompt = "café 🤖 naïve"
+    r = client.completions.create(model=GPT_ID, prompt=prompt, echo=True, logprobs=1, max_tokens=8, temperature=0)
+    choice = r.choices[0]
+    tokens, offsets = choice.logprobs.tokens, choice.logprobs.text_offset
+    assert not any("\ufffd" in t for t in tokens)
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    for t, off in zip(tokens, offsets):
+        if not t.startswith("bytes:"):
+            assert choice.text[off:off + len(t)] == t
+    parts = [t for t in tokens[:len(tokens) - 8] if t.startswith("bytes:")]
+    assert parts and all(set(p[6:].replace("\\x", "")) <= set("0123456789abcdef") for p in parts)
+    assert tokens[offsets.index(4)].startswith(" ")  # after "café": four characters, however many tokens
+    streamed = client.completions.create(model=GPT_ID, prompt=prompt, logprobs=1, max_tokens=8, temperature=0,
+                                         stream=True)
+    chunks = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    whole = client.completions.create(model=GPT_ID, prompt=prompt, logprobs=1, max_tokens=8, temperature=0)
+    assert [o for c in chunks for o in c.text_offset] == whole.choices[0].logprobs.text_offset
+
+
+def test_fit_chat_drops_the_fewest_oldest_turns_by_the_tokenizers_count(http):
+    system = [{"role": "system", "content": "Be brief."}]
+    turns = []
+    for i in range(6):
+        turns += [{"role": "user", "content": f"question {i} " + "about tokens " * 6},
+                  {"role": "assistant", "content": f"answer {i} " + "with many words " * 6}]
+    turns.append({"role": "user", "content": "and now?"})
+    fit = http.post("/api/fit_chat", json={"model": GPT_ID, "messages": system + turns, "max_tokens": 64}).json()
+    assert fit["fits"] and fit["budget"] == 256 - 64 and fit["dropped"] > 0 and turns[fit["dropped"]]["role"] == "user"
+    kept = prompt_ids(http, GPT_ID, system + turns[fit["dropped"]:])
+    assert len(kept) == fit["prompt_tokens"] <= fit["budget"]
+    assert len(prompt_ids(http, GPT_ID, system + turns[fit["dropped"] - 2:])) > fit["budget"]  # one turn more is too many
+    short = http.post("/api/fit_chat", json={"model": GPT_ID, "messages": turns[-3:]}).json()
+    assert short["dropped"] == 0 and short["fits"]
+    huge = http.post("/api/fit_chat", json={"model": GPT_ID, "messages": [{"role": "user", "content": "x " * 400}]})
+    assert huge.json()["fits"] is False and huge.json()["dropped"] == 0
+    assert http.post("/api/fit_chat", json={"model": GPT_ID, "messages": system}).status_code == 400

