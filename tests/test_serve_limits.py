@@ -26,9 +26,11 @@ class SlowGPT(GPT):
     """The tiny GPT, `delay` seconds slower per pass through its layers (one decoded token)."""
 
     delay = 0.02
+    passes = 0
 
     def hidden_states(self, *args, **kwargs):
         time.sleep(self.delay)
+        self.passes += 1
         return super().hidden_states(*args, **kwargs)
 
 
@@ -75,7 +77,7 @@ def test_body_larger_than_the_limit_is_413(registry):
 
 
 def test_full_server_answers_429_and_recovers(registry):
-    with serve(registry, max_concurrent=1, max_queued=0) as srv:
+    with serve(registry, max_batch=1, max_queued=0) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
         stream = client.chat.completions.create(model="slow", messages=HI, max_tokens=60, stream=True,
                                                 extra_body={"ignore_eos": True})
@@ -90,7 +92,7 @@ def test_full_server_answers_429_and_recovers(registry):
 
 
 def test_client_disconnect_stops_its_generation(registry):
-    with serve(registry, max_concurrent=1) as srv:
+    with serve(registry, max_batch=1) as srv:
         body = {"model": "slow", "messages": HI, "max_tokens": 400, "stream": True, "temperature": 1.0}
         with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, timeout=30) as r:
             lines = r.iter_lines()
@@ -103,7 +105,7 @@ def test_client_disconnect_stops_its_generation(registry):
 
 
 def test_non_streaming_disconnect_also_stops(registry):
-    with serve(registry, max_concurrent=1) as srv:
+    with serve(registry, max_batch=1) as srv:
         body = {"model": "slow", "messages": HI, "max_tokens": 400}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=0.5)
@@ -112,7 +114,7 @@ def test_non_streaming_disconnect_also_stops(registry):
 
 
 def test_concurrent_requests_all_complete_with_their_own_output(registry):
-    with serve(registry, max_concurrent=2, max_queued=32) as srv:
+    with serve(registry, max_batch=2, max_queued=32) as srv:
         async def one(client, seed):
             r = await client.chat.completions.create(model="fast", messages=HI, max_tokens=12, seed=seed,
                                                      temperature=1.0)
@@ -129,6 +131,26 @@ def test_concurrent_requests_all_complete_with_their_own_output(registry):
         assert together[:4] == alone  # no cross-talk between concurrent generations
         s = status(srv.url)
         assert s["completed"] == 20 and s["failed"] == 0 and s["rejected"] == 0
+
+
+def test_concurrent_streams_decode_together_in_one_batch(registry):
+    slow = registry.get("slow").model
+    with serve(registry, max_batch=8, max_queued=8) as srv:
+        async def one(client, seed):
+            stream = await client.chat.completions.create(model="slow", messages=HI, max_tokens=20, seed=seed,
+                                                          stream=True, extra_body={"ignore_eos": True})
+            return sum([1 async for chunk in stream if chunk.choices and chunk.choices[0].delta.role is None
+                        and chunk.choices[0].delta.content is not None])
+
+        async def all_at_once():
+            client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+            return await asyncio.gather(*(one(client, seed) for seed in range(8)))
+
+        before = slow.passes
+        assert asyncio.run(all_at_once()) == [20] * 8
+        # One by one: 8 x (1 prefill + 19 decoding passes) = 160 passes; batched, the decoding is shared.
+        assert slow.passes - before <= 8 + 19 + 8
+        assert status(srv.url)["completed"] == 8
 
 
 def test_server_limits_on_prompt_and_output_length(registry):

@@ -14,6 +14,7 @@ vLLM's scheduler does the same with paged blocks instead of slots).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,15 +85,19 @@ class SlotKVCache(KVCache):
 
 @dataclass(eq=False)
 class BatchRequest:
-    """One submitted prompt and its n samples; `started` once its prefill began, `done` once all ended."""
+    """One submitted prompt and its n samples; `started_at` is when its prefill began (time.perf_counter())."""
 
     prompt: list[int]
     params: SamplingParams
     sequences: list[SequenceState]
     prefill: KVCache | None = None  # the prompt's keys/values while it is being prefilled
-    started: bool = False
+    started_at: float | None = None
     cancelled: bool = False
     _rows_held: int = field(default=0, repr=False)
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
 
     @property
     def done(self) -> bool:
@@ -178,7 +183,7 @@ class Batcher:
                 if len(self.rows) + self.held + n > self.max_rows:
                     return  # first come, first served: later requests wait behind this one
                 request.prefill = KVCache(self.config, 1, len(request.prompt), self.device, self.dtype)
-                request.started, request._rows_held = True, n
+                request.started_at, request._rows_held = time.perf_counter(), n
                 self.held += n
             done = request.prefill.length
             chunk = request.prompt[done : done + budget]

@@ -49,7 +49,7 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None, history_pa
     """The whole playground as one ASGI app; `api_key` None leaves the API open (as on 127.0.0.1)."""
     registry.require_models()
     limits = limits or Limits()
-    worker = GenerationWorker(limits.max_concurrent, limits.max_queued)
+    worker = GenerationWorker(limits.max_batch, limits.max_queued, limits.step_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
