@@ -204,17 +204,25 @@ class BatchLoop:
             self.queued = 0
             return
         now = time.perf_counter()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
         for request, event in events:
             job = self._live[request]
             job.tokens += 1
             job.first_token_at = job.first_token_at or now
-            job.put(event)
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, items in by_loop.items():  # one wake-up of the event loop per step, not one per token
+            loop.call_soon_threadsafe(_deliver, items)
         for request, job in list(self._live.items()):
             job.started_at = request.started_at
             if request.done:
                 del self._live[request]
                 self.worker.finish(job, "cancelled" if request.cancelled else "completed")
         self.queued = sum(1 for request in self.batcher.waiting if not request.started)
+
+
+def _deliver(items: list[tuple[Job, Any]]) -> None:
+    for job, item in items:
+        job.queue.put_nowait(item)
 
 
 async def events_of(job: Job) -> AsyncIterator[Any]:
