@@ -39,26 +39,28 @@ class SlotKVCache(KVCache):
     key of each shorter row from W - 1 to its own next column, where later steps will look for it.
     """
 
-    def __init__(self, config: Any, rows: int, device: torch.device, dtype: torch.dtype, width: int = 64) -> None:
-        self.context_length = config.context_length
-        self.max_len = min(width, config.context_length)
-        self.length = 0
-        shape = (config.n_layers, rows, config.n_kv_heads, self.max_len, config.head_dim)
+    def __init__(self, config: Any, max_rows: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.context_length, self.max_rows = config.context_length, max_rows
+        self.max_len = self.length = 0
+        # Allocated as rows and columns are needed (zeros: a masked value must still be finite).
+        shape = (config.n_layers, 0, config.n_kv_heads, 0, config.head_dim)
         self.slots_k = torch.zeros(shape, device=device, dtype=dtype)
         self.slots_v = torch.zeros(shape, device=device, dtype=dtype)
         self.k, self.v = self.slots_k, self.slots_v
 
-    def grow(self, width: int) -> None:
-        """Make room for `width` columns, doubling (up to the context window) so growth is rare."""
-        if width <= self.max_len:
+    def grow(self, rows: int, width: int) -> None:
+        """Make room for `rows` slots of `width` columns, doubling (up to the limits) so growth is rare."""
+        have_rows = self.slots_k.size(1)
+        if rows <= have_rows and width <= self.max_len:
             return
-        new = min(self.context_length, max(width, 2 * self.max_len))
+        new_rows = have_rows if rows <= have_rows else min(self.max_rows, max(rows, 2 * have_rows))
+        new_len = self.max_len if width <= self.max_len else min(self.context_length, max(width, 2 * self.max_len))
         for name in ("slots_k", "slots_v"):
             old = getattr(self, name)
-            grown = old.new_zeros((*old.shape[:3], new, old.shape[4]))
-            grown[..., : self.max_len, :] = old
+            grown = old.new_zeros((old.size(0), new_rows, old.size(2), new_len, old.size(4)))
+            grown[:, :have_rows, :, : self.max_len] = old
             setattr(self, name, grown)
-        self.max_len = new
+        self.max_len = new_len
 
     def put(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Place a prefilled prompt's keys/values (n_layers, n_kv_heads, T, head_dim) in `slot`."""
@@ -198,7 +200,7 @@ class Batcher:
     def _join(self, request: BatchRequest, logits: torch.Tensor, events: list) -> None:
         """Copy a prefilled prompt into one row per sample and sample each one's first token."""
         prefill, request.prefill = request.prefill, None
-        self.cache.grow(len(request.prompt) + 1)
+        self.cache.grow(len(self.rows) + len(request.sequences), len(request.prompt) + 1)
         for seq in request.sequences:
             self.cache.put(len(self.rows), prefill.k[:, 0], prefill.v[:, 0])
             self.rows.append(seq)
@@ -210,7 +212,7 @@ class Batcher:
         # Row r's KV cache holds its prompt and all but its newest token, which it feeds now at that position.
         positions = [len(s.prompt) + len(s.generated) - 1 for s in rows]
         width = max(positions) + 1
-        self.cache.grow(width)
+        self.cache.grow(len(rows), width)
         self.cache.select(len(rows), width)
         tokens = torch.tensor([s.generated[-1] for s in rows], device=self.device)[:, None]
         if min(positions) == width - 1:  # every row at the same length: the model's default positions, no mask
