@@ -8,7 +8,8 @@ to first token p50/p95.
 
 The peer is the same server built from another source tree (`--baseline-src`, e.g. the main checkout
 before continuous batching, with its own flags in `--baseline-args`): both servers run side by side and
-each level runs on one then the other, alternating which goes first, so machine noise lands on both.
+each round of each level runs on one then the other, alternating which goes first, so machine noise
+lands on both. Aggregate tokens/s is the median over `--rounds`; TTFT percentiles pool every round.
 
     python benchmarks/serve_load.py                                   # this tree only
     python benchmarks/serve_load.py --baseline-src ../main/src --baseline-args="--max-concurrent 2"
@@ -115,10 +116,13 @@ def start_server(src: str, extra: list[str], checkpoint: Path, tmp: Path, name: 
         time.sleep(0.2)
 
 
-def summary(results: list[dict], wall: float) -> dict:
+def summary(rounds: list[tuple[list[dict], float]]) -> dict:
+    """Median aggregate tokens/s over rounds; TTFT p50/p95 over every request of every round."""
+    results = [r for rs, _ in rounds for r in rs]
     ok = [r for r in results if r["ok"]]
     ttft = sorted(r["ttft"] * 1000 for r in ok) or [float("nan")]
-    return {"ok": len(ok), "clients": len(results), "tps": sum(r["tokens"] for r in ok) / wall,
+    tps = statistics.median(sum(r["tokens"] for r in rs if r["ok"]) / wall for rs, wall in rounds)
+    return {"ok": len(ok), "requests": len(results), "tps": tps,
             "p50": pct(ttft, 50), "p95": pct(ttft, 95), "failed": [r for r in results if not r["ok"]]}
 
 
@@ -126,6 +130,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", default="1,8,32,64", help="load levels: concurrent streams (default 1,8,32,64)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per answer (default 64)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per load level and server (default 5)")
     parser.add_argument("--server-args", default="--max-batch 64",
                         help="extra `llmlab serve` flags for this tree's server (default '--max-batch 64')")
     parser.add_argument("--baseline-src", default=None, help="a source tree (its src/) to serve as the peer")
@@ -150,13 +155,15 @@ def main() -> int:
         try:
             for name, (_, url) in servers.items():
                 asyncio.run(load(url, 2, 4))  # warm up (first forward passes, connections)
-            for i, clients in enumerate(levels):
+            for clients in levels:
+                rounds: dict[str, list] = {name: [] for name in servers}
                 order = list(servers.items())
-                for name, (_, url) in order if i % 2 == 0 else order[::-1]:
-                    results, wall = asyncio.run(load(url, clients, args.tokens))
-                    table[name, clients] = summary(results, wall)
-                    s = table[name, clients]
-                    print(f"  {name:8s} {clients:3d} streams: {s['ok']}/{clients} ok, {s['tps']:.0f} tok/s, "
+                for i in range(args.rounds):
+                    for name, (_, url) in order if i % 2 == 0 else order[::-1]:
+                        rounds[name].append(asyncio.run(load(url, clients, args.tokens)))
+                for name in servers:
+                    s = table[name, clients] = summary(rounds[name])
+                    print(f"  {name:8s} {clients:3d} streams: {s['ok']}/{s['requests']} ok, {s['tps']:.0f} tok/s, "
                           f"TTFT p50 {s['p50']:.0f} ms p95 {s['p95']:.0f} ms", flush=True)
         finally:
             for server, _ in servers.values():
@@ -165,7 +172,8 @@ def main() -> int:
 
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"load: streaming clients x {args.tokens} tokens, tiny model, torch threads {args.threads}; "
+    print(f"load: streaming clients x {args.tokens} tokens, {args.rounds} rounds, tiny model, "
+          f"torch threads {args.threads}; "
           + "; ".join(f"{name}: `llmlab serve {' '.join(extra)}`" for name, (_, extra) in sides.items()))
     names = list(sides)
     print("| streams | " + " | ".join(f"{n} tok/s | {n} TTFT p50 / p95 ms" for n in names)
@@ -176,7 +184,7 @@ def main() -> int:
                  for n in names]
         ratio = f" | {table['llmlab', clients]['tps'] / table['baseline', clients]['tps']:.2f}x" if len(names) > 1 else ""
         print(f"| {clients} | " + " | ".join(cells) + ratio + " |")
-    complete = all(s["ok"] == s["clients"] for s in table.values())
+    complete = all(s["ok"] == s["requests"] for s in table.values())
     for (name, clients), s in table.items():
         for r in s["failed"]:
             print(f"  failed ({name}, {clients} streams):", r)

@@ -52,6 +52,7 @@ ARRIVALS = {  # prompts of different lengths joining at different steps
 @pytest.mark.parametrize("params", [
     SamplingParams(max_new_tokens=30, temperature=0),
     SamplingParams(max_new_tokens=30, temperature=1.0, top_k=40, seed=11),
+    SamplingParams(max_new_tokens=30, temperature=0.8, top_p=0.9, min_p=0.02, seed=7),
     SamplingParams(max_new_tokens=25, temperature=0.9, seed=3, n=3, repetition_penalty=1.3),
 ])
 def test_rows_joining_mid_flight_match_a_lone_request(model, params):

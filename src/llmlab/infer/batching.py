@@ -23,7 +23,7 @@ import torch
 
 from llmlab.errors import ConfigError, InputError
 from llmlab.infer.head import DecodeHead
-from llmlab.infer.sampling import SamplingParams
+from llmlab.infer.sampling import SamplingParams, sample_rows
 from llmlab.infer.sequence import SequenceState, StreamEvent, end_token_ids, new_sequence
 from llmlab.model.transformer import KVCache
 
@@ -223,9 +223,18 @@ class Batcher:
             x, _ = self.model.hidden_states(tokens, kv_cache=self.cache, position_ids=pos[:, None],
                                             attention_mask=mask)
             self.cache.commit(pos, width)
-        logits = self.head(x[:, -1])
+        self._sample(logits=self.head(x[:, -1]), events=events)
+
+    def _sample(self, logits: torch.Tensor, events: list) -> None:
+        """Each row's next token: rows without penalties or logprobs in one shared step, the rest alone."""
+        rows = self.rows
+        shared = [b for b, seq in enumerate(rows) if not seq.samples_alone]
+        tokens = dict(zip(shared, sample_rows(logits if len(shared) == len(rows) else logits[shared],
+                                              [rows[b].params for b in shared], [rows[b].generator for b in shared])))
         for b, seq in enumerate(rows):
-            events.append((self.owners[b], seq.add(*seq.next_token(logits[b]))))
+            token = tokens.get(b)
+            chosen = seq.next_token(logits[b]) if token is None else (token, None, None)
+            events.append((self.owners[b], seq.add(*chosen)))
 
     def _retire(self) -> None:
         """Drop finished and cancelled rows, moving the last row into each hole so rows stay contiguous."""
