@@ -116,6 +116,14 @@ def start_server(src: str, extra: list[str], checkpoint: Path, tmp: Path, name: 
         time.sleep(0.2)
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux), to see that serving many requests does not grow it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def summary(rounds: list[tuple[list[dict], float]]) -> dict:
     """Median aggregate tokens/s over rounds; TTFT p50/p95 over every request of every round."""
     results = [r for rs, _ in rounds for r in rs]
@@ -154,7 +162,8 @@ def main() -> int:
                    for name, (src, extra) in sides.items()}
         try:
             for name, (_, url) in servers.items():
-                asyncio.run(load(url, 2, 4))  # warm up (first forward passes, connections)
+                asyncio.run(load(url, max(levels), 4))  # warm up (first forward passes, connections, rows)
+            memory = {name: [rss_mib(server.pid)] for name, (server, _) in servers.items()}
             for clients in levels:
                 rounds: dict[str, list] = {name: [] for name in servers}
                 order = list(servers.items())
@@ -165,6 +174,8 @@ def main() -> int:
                     s = table[name, clients] = summary(rounds[name])
                     print(f"  {name:8s} {clients:3d} streams: {s['ok']}/{s['requests']} ok, {s['tps']:.0f} tok/s, "
                           f"TTFT p50 {s['p50']:.0f} ms p95 {s['p95']:.0f} ms", flush=True)
+            for name, (server, _) in servers.items():
+                memory[name].append(rss_mib(server.pid))
         finally:
             for server, _ in servers.values():
                 server.terminate()
@@ -176,6 +187,10 @@ def main() -> int:
           f"torch threads {args.threads}; "
           + "; ".join(f"{name}: `llmlab serve {' '.join(extra)}`" for name, (_, extra) in sides.items()))
     names = list(sides)
+    requests = args.rounds * sum(levels)
+    for name in names:
+        print(f"{name} server memory: {memory[name][0]:.0f} MiB after warm-up, {memory[name][1]:.0f} MiB after "
+              f"{requests} more requests")
     print("| streams | " + " | ".join(f"{n} tok/s | {n} TTFT p50 / p95 ms" for n in names)
           + (" | llmlab / baseline tok/s |" if len(names) > 1 else " |"))
     print("|---:|" + "---:|---:|" * len(names) + ("---:|" if len(names) > 1 else ""))
