@@ -118,6 +118,20 @@ def test_n_samples_prefill_the_prompt_once():
     assert all(len(s) == 5 for s in samples) and len(set(map(tuple, samples))) == 4  # seeds 0..3 differ
 
 
+def test_equal_length_prompts_arriving_together_prefill_in_one_pass():
+    torch.manual_seed(0)
+    model = CountingGPT(preset("tiny", vocab_size=300)).eval()
+    model.seen = []
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    batcher = Batcher(model, max_rows=4, step_tokens=20)
+    prompts = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15], [3, 3, 3], [4, 4, 4, 4, 4]]
+    requests = run(batcher, {0: [(p, params) for p in prompts]})
+    # 15 of the 20-token budget prefill the first three together; the 3-token prompt alone; the last waits
+    # for a free row (four rows).
+    assert model.seen[:3] == [(3, 5), (1, 3), (4, 1)]
+    assert [tokens_by_sample(r)[0] for r in requests] == [lone(model, p, params)[0] for p in prompts]
+
+
 def test_cancel_frees_the_row_for_a_waiting_request_at_the_next_step(model):
     params = SamplingParams(max_new_tokens=50, temperature=0)
     batcher = Batcher(model, max_rows=1)

@@ -184,6 +184,10 @@ class Batcher:
             if request.prefill is None:
                 if len(self.rows) + self.held + n > self.max_rows:
                     return  # first come, first served: later requests wait behind this one
+                group = self._same_length_group(budget)
+                if len(group) > 1:
+                    budget -= self._prefill_together(group, events)
+                    continue
                 request.prefill = KVCache(self.config, 1, len(request.prompt), self.device, self.dtype)
                 request.started_at, request._rows_held = time.perf_counter(), n
                 self.held += n
@@ -195,14 +199,41 @@ class Batcher:
                 return  # the rest of this prompt goes into the next steps
             self.waiting.popleft()
             self.held -= n
-            self._join(request, self.model.lm_head(x[:, -1])[0], events)
+            prefill, request.prefill = request.prefill, None
+            self._join(request, prefill.k[:, 0], prefill.v[:, 0], self.model.lm_head(x[:, -1])[0], events)
 
-    def _join(self, request: BatchRequest, logits: torch.Tensor, events: list) -> None:
-        """Copy a prefilled prompt into one row per sample and sample each one's first token."""
-        prefill, request.prefill = request.prefill, None
+    def _same_length_group(self, budget: int) -> list[BatchRequest]:
+        """The waiting requests at the head of the queue whose prompts have the first one's length and fit,
+        whole, in the free rows and the step's budget: they prefill as one batch, with no padding."""
+        group, rows, length = [], len(self.rows) + self.held, len(self.waiting[0].prompt)
+        for request in self.waiting:
+            n = len(request.sequences)
+            if (request.cancelled or request.prefill is not None or len(request.prompt) != length
+                    or rows + n > self.max_rows or (len(group) + 1) * length > budget):
+                break
+            group.append(request)
+            rows += n
+        return group
+
+    def _prefill_together(self, group: list[BatchRequest], events: list) -> int:
+        """Prefill equal-length prompts in one forward pass; returns the prompt tokens it used."""
+        cache = KVCache(self.config, len(group), len(group[0].prompt), self.device, self.dtype)
+        ids = torch.tensor([r.prompt for r in group], device=self.device)
+        x, _ = self.model.hidden_states(ids, kv_cache=cache)
+        logits = self.model.lm_head(x[:, -1])
+        now = time.perf_counter()
+        for i, request in enumerate(group):
+            self.waiting.popleft()
+            request.started_at = now
+            self._join(request, cache.k[:, i], cache.v[:, i], logits[i], events)
+        return ids.numel()
+
+    def _join(self, request: BatchRequest, k: torch.Tensor, v: torch.Tensor, logits: torch.Tensor,
+              events: list) -> None:
+        """Copy a prefilled prompt's keys/values into one row per sample and sample each one's first token."""
         self.cache.grow(len(self.rows) + len(request.sequences), len(request.prompt) + 1)
         for seq in request.sequences:
-            self.cache.put(len(self.rows), prefill.k[:, 0], prefill.v[:, 0])
+            self.cache.put(len(self.rows), k, v)
             self.rows.append(seq)
             self.owners.append(request)
             events.append((request, seq.add(*seq.next_token(logits))))
