@@ -21,7 +21,6 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from llmlab.infer import SamplingParams
 from llmlab.infer.batching import Batcher, BatchRequest
-from llmlab.infer.engine import eval_mode
 
 DONE = object()  # sentinel put on a job's queue after its last event
 
@@ -145,6 +144,7 @@ class BatchLoop:
 
     def __init__(self, worker: GenerationWorker, model: Any, tokenizer: Any) -> None:
         self.worker, self.model, self.tokenizer = worker, model, tokenizer
+        model.eval()  # a served model only generates: no dropout, and no per-step mode switching
         self.batcher = self._new_batcher()
         self.queued = 0  # requests waiting for rows in the batcher, read by stats()
         self._inbox: list[tuple[Job, list[int], SamplingParams]] = []
@@ -193,8 +193,7 @@ class BatchLoop:
             if job.cancel.is_set():
                 self.batcher.cancel(request)  # its rows are freed at the start of this step
         try:
-            with eval_mode(self.model):
-                events = self.batcher.step()
+            events = self.batcher.step()
         except Exception as e:  # the batch's state is unknown now: fail its requests, start afresh
             for job in self._live.values():
                 job.put(e)
