@@ -145,6 +145,9 @@ def test_cancel_frees_the_row_for_a_waiting_request_at_the_next_step(model):
     while batcher.busy:
         events += batcher.step()
     assert [e.token_id for r, e in events if r is b] == lone(model, [3, 4], params)[0]
+    waiting = batcher.submit([5], params), batcher.submit([6], params)
+    batcher.cancel(waiting[1])  # not admitted yet: it leaves the queue at once
+    assert list(batcher.waiting) == [waiting[0]] and waiting[1].done
 
 
 def test_memory_is_bounded_and_reused_over_many_requests(model):

@@ -147,8 +147,10 @@ class Batcher:
         return request
 
     def cancel(self, request: BatchRequest) -> None:
-        """Stop a request; its rows are freed at the start of the next step."""
+        """Stop a request: one still waiting leaves the queue now; rows are freed at the start of the next step."""
         request.cancelled = True
+        if not request.started and request in self.waiting:
+            self.waiting.remove(request)
 
     @property
     def busy(self) -> bool:
