@@ -104,6 +104,32 @@ def test_client_disconnect_stops_its_generation(registry):
         assert s["cancelled"] == 1 and s["tokens"] < 200
 
 
+def test_a_disconnect_hands_its_row_to_a_waiting_request(registry):
+    with serve(registry, max_batch=1, max_queued=4) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        first = client.chat.completions.create(model="slow", messages=HI, max_tokens=400, stream=True,
+                                               extra_body={"ignore_eos": True})
+        next(iter(first))
+
+        async def second():
+            c = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+            return await c.chat.completions.create(model="slow", messages=HI, max_tokens=5,
+                                                   extra_body={"ignore_eos": True})
+
+        async def scenario():
+            waiting = asyncio.ensure_future(second())
+            await asyncio.sleep(0.3)
+            assert status(srv.url)["queued"] == 1  # the one row is taken
+            started = time.monotonic()
+            first.close()  # 400 tokens would take >= 8 s; the row is handed over at the next step
+            r = await waiting
+            return r, time.monotonic() - started
+
+        r, waited = asyncio.run(scenario())
+        assert r.usage.completion_tokens == 5 and waited < 4.0
+        assert wait_until(lambda: status(srv.url)["cancelled"] == 1)
+
+
 def test_non_streaming_disconnect_also_stops(registry):
     with serve(registry, max_batch=1) as srv:
         body = {"model": "slow", "messages": HI, "max_tokens": 400}
