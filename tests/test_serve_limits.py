@@ -118,8 +118,11 @@ def test_a_disconnect_hands_its_row_to_a_waiting_request(registry):
 
         async def scenario():
             waiting = asyncio.ensure_future(second())
-            await asyncio.sleep(0.3)
-            assert status(srv.url)["queued"] == 1  # the one row is taken
+            for _ in range(100):  # until the second request waits for the one row
+                await asyncio.sleep(0.05)
+                if status(srv.url)["queued"] == 1:
+                    break
+            assert status(srv.url)["queued"] == 1 and not waiting.done()
             started = time.monotonic()
             first.close()  # 400 tokens would take >= 8 s; the row is handed over at the next step
             r = await waiting

@@ -46,7 +46,10 @@ class Job:
     tokens: int = 0
 
     def put(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop has closed (the server is stopping): nobody is listening
+            self.cancel.set()
 
     def timings(self) -> dict[str, float | None]:
         """Queue wait, time to first token, total time (ms) and decode speed (tokens/s) of this job."""
@@ -210,7 +213,11 @@ class BatchLoop:
             job.first_token_at = job.first_token_at or now
             by_loop.setdefault(job.loop, []).append((job, event))
         for loop, items in by_loop.items():  # one wake-up of the event loop per step, not one per token
-            loop.call_soon_threadsafe(_deliver, items)
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop has closed (the server is stopping): stop its jobs
+                for job, _ in items:
+                    job.cancel.set()
         for request, job in list(self._live.items()):
             job.started_at = request.started_at
             if request.done:
