@@ -164,11 +164,11 @@ class Engine:
         # A request's samples are consecutive rows 0..n-1: submit each prompt once, it prefills once.
         widest = max((p.n for _, p, _, _ in rows), default=1)
         batcher = Batcher(self.model, self.tokenizer, max_rows=max(self.max_batch_size, widest))
-        first_row = {id(batcher.submit(ids, p)): r for r, (ids, p, _, index) in enumerate(rows) if index == 0}
+        first_row = {batcher.submit(ids, p): r for r, (ids, p, _, index) in enumerate(rows) if index == 0}
         with eval_mode(self.model):
             while batcher.busy:
                 for request, event in batcher.step():
-                    yield first_row[id(request)] + event.index, event
+                    yield first_row[request] + event.index, event
 
     def _sequence(self, row: tuple) -> SequenceState:
         prompt, p, _, index = row
