@@ -34,6 +34,18 @@ class SlowGPT(GPT):
         return super().hidden_states(*args, **kwargs)
 
 
+class FlakyGPT(GPT):
+    """The tiny GPT, failing its next `failures` passes."""
+
+    failures = 0
+
+    def hidden_states(self, *args, **kwargs):
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("the device fell over")
+        return super().hidden_states(*args, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def registry():
     tok = tiny_tokenizer()
@@ -41,6 +53,7 @@ def registry():
     registry = ModelRegistry(imported=False)
     registry.add("fast", GPT(preset("tiny", vocab_size=tok.vocab_size, context_length=512)), tok)
     registry.add("slow", SlowGPT(preset("tiny", vocab_size=tok.vocab_size, context_length=512)), tok)
+    registry.add("flaky", FlakyGPT(preset("tiny", vocab_size=tok.vocab_size, context_length=512)), tok)
     return registry
 
 
@@ -180,6 +193,18 @@ def test_concurrent_streams_decode_together_in_one_batch(registry):
         # One by one: 8 x (1 prefill + 19 decoding passes) = 160 passes; batched, the decoding is shared.
         assert slow.passes - before <= 8 + 19 + 8
         assert status(srv.url)["completed"] == 8
+
+
+def test_a_failing_forward_fails_its_requests_and_the_batch_recovers(registry):
+    with serve(registry) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        registry.get("flaky").model.failures = 1
+        with pytest.raises(openai.InternalServerError, match="fell over"):
+            client.chat.completions.create(model="flaky", messages=HI, max_tokens=4)
+        assert client.chat.completions.create(model="flaky", messages=HI, max_tokens=4,
+                                              extra_body={"ignore_eos": True}).usage.completion_tokens == 4
+        s = status(srv.url)
+        assert (s["failed"], s["completed"], s["running"]) == (1, 1, 0)
 
 
 def test_server_limits_on_prompt_and_output_length(registry):

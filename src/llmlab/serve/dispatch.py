@@ -122,8 +122,13 @@ class Generator:
     async def collect(self, job: Job, n: int) -> list[ChoiceResult]:
         """Wait for every choice to finish and gather its text, tokens and logprobs."""
         results = [ChoiceResult(i) for i in range(n)]
-        async for event in events_of(job):
-            add_event(results[event.index], event)
+        try:
+            async for event in events_of(job):
+                add_event(results[event.index], event)
+        except APIError:
+            raise
+        except Exception as e:  # the model failed mid-generation: an OpenAI-shaped 500, as when streaming
+            raise APIError(500, f"generation failed: {e}") from e
         for r in results:
             r.timings = job.timings()
             r.finish_reason = r.finish_reason or "length"
