@@ -46,12 +46,9 @@ class SequenceState:
         self.emitted = 0
         self.finish_reason: str | None = None if budget > 0 else "length"
         self.max_stop = max((len(s) for s in params.stop), default=0)
-
-    @property
-    def samples_alone(self) -> bool:
-        """Penalties and logprobs need this sequence's own history or outputs: no shared sampling step."""
-        p = self.params
-        return p.repetition_penalty != 1.0 or bool(p.frequency_penalty or p.presence_penalty) or p.wants_logprobs
+        # Penalties and logprobs need this sequence's own history or outputs: no shared sampling step.
+        penalised = params.repetition_penalty != 1.0 or bool(params.frequency_penalty or params.presence_penalty)
+        self.samples_alone = penalised or params.wants_logprobs
 
     def next_token(self, logits: torch.Tensor) -> tuple[int, float | None, list | None]:
         p = self.params
