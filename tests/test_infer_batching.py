@@ -109,7 +109,7 @@ def test_n_samples_prefill_the_prompt_once():
     model = CountingGPT(preset("tiny", vocab_size=300)).eval()
     model.seen = []
     batcher = Batcher(model)
-    request = batcher.submit(list(range(1, 11)), SamplingParams(max_new_tokens=5, temperature=1.0, seed=0, n=4))
+    batcher.submit(list(range(1, 11)), SamplingParams(max_new_tokens=5, temperature=1.0, seed=0, n=4))
     events = batcher.step()
     assert model.seen == [(1, 10), (4, 1)]  # one prefill of 10 tokens, then one decoding step of 4 rows
     while batcher.busy:

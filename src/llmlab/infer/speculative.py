@@ -21,8 +21,8 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.infer.engine import Completion, Engine, eval_mode
-from llmlab.infer.sequence import StreamEvent
 from llmlab.infer.sampling import SamplingParams, processed_logits
+from llmlab.infer.sequence import StreamEvent
 from llmlab.model.transformer import KVCache
 
 
