@@ -21,10 +21,12 @@ from llmlab.errors import ConfigError
 from llmlab.infer.sampling import (
     SamplingParams,
     apply_penalties,
+    draw,
     make_generator,
     min_p_filter,
     processed_logits,
     sample,
+    sample_rows,
     sampling_settings,
     top_k_filter,
     top_p_filter,
@@ -119,6 +121,32 @@ def test_same_seed_same_draws_and_sampling_follows_the_distribution():
     share = draws.count(1) / len(draws)
     assert abs(share - 0.75) < 0.03  # 4 sigma for n=4000
     assert 2 not in draws
+
+
+@pytest.mark.parametrize("vocab", [2, 300, 49152])
+def test_draw_is_torch_multinomial_draw_for_draw(vocab):
+    torch.manual_seed(vocab)
+    for seed in range(100 if vocab < 1000 else 10):
+        logits = torch.randn(vocab) * (1 + seed % 4)
+        logits[torch.rand(vocab) < 0.5 * (seed % 2)] = float("-inf")
+        logits[seed % vocab] = 2.0
+        probs = logits.softmax(-1)
+        ours, theirs = make_generator(seed), make_generator(seed)
+        assert int(draw(probs[None], [ours])[0]) == int(torch.multinomial(probs, 1, generator=theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())  # the next draw agrees too
+
+
+def test_sample_rows_gives_each_row_what_it_would_get_alone():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 300) * 3
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=0.7, top_k=20, seed=1),
+              SamplingParams(temperature=1.0, top_p=0.8), SamplingParams(temperature=0.7, top_k=20, seed=2),
+              SamplingParams(temperature=1.3, min_p=0.05), SamplingParams(temperature=0),
+              SamplingParams(temperature=1.0, top_p=0.8)]
+    for seed in range(20):
+        gens = [make_generator(seed * 10 + i) for i in range(7)]
+        alone = [sample(processed_logits(logits[i], p), p, make_generator(seed * 10 + i)) for i, p in enumerate(params)]
+        assert sample_rows(logits, params, gens) == alone
 
 
 @pytest.mark.parametrize(

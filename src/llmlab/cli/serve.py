@@ -38,9 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require 'Authorization: Bearer KEY' on the API (default: $LLMLAB_API_KEY, else none)")
     parser.add_argument("--history", metavar="FILE", default="runs/playground/history.sqlite",
                         help="SQLite file for saved conversations (default runs/playground/history.sqlite)")
-    parser.add_argument("--max-concurrent", type=int, default=2, help="generations running at once (default 2)")
+    parser.add_argument("--max-batch", type=int, default=32,
+                        help="sequences decoding together per model, in one continuous batch (default 32)")
+    parser.add_argument("--step-tokens", type=int, default=256,
+                        help="prompt tokens prefilled per decoding step, so long prompts do not stall running "
+                             "streams (default 256)")
     parser.add_argument("--max-queued", type=int, default=64,
-                        help="requests waiting for a free slot before new ones get HTTP 429 (default 64)")
+                        help="requests waiting for free rows before new ones get HTTP 429 (default 64)")
     parser.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest prompt accepted (default 4096)")
     parser.add_argument("--max-output-tokens", type=int, default=1024,
                         help="largest max_tokens accepted per choice (default 1024)")
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         models_dir = "runs"
     try:
         limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
-                        max_concurrent=args.max_concurrent, max_queued=args.max_queued,
+                        max_batch=args.max_batch, step_tokens=args.step_tokens, max_queued=args.max_queued,
                         max_body_bytes=args.max_body_bytes)
     except ValueError as e:
         raise ConfigError(str(e)) from e

@@ -8,9 +8,10 @@ dot product per row, reads it at ~5-11 GB/s on our 2-core EPYC; the same values 
 sometimes prefers the original layout, so only batches of one or two rows use the copy, and only on
 the CPU.
 
-The copy costs one more vocab x d_model matrix for as long as one generation runs. It is made at the
-first decoding step of each generation, not kept between them: a model may be trained between two calls
-(and PyTorch's fused optimizers update weights without moving their version counters).
+The copy costs one more vocab x d_model matrix for as long as its batcher lives: one `Engine.generate`
+or `Engine.stream` call, or a served model's lifetime. It is made at the first one- or two-row decoding
+step, not kept between engine calls: a model may be trained between two calls (and PyTorch's fused
+optimizers update weights without moving their version counters); a served model is not trained.
 """
 
 from __future__ import annotations

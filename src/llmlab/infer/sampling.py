@@ -5,6 +5,8 @@ A decoding step turns the model's logits for the last position into one token id
     logits -> logit bias -> penalties (repetition, frequency, presence) -> / temperature
            -> keep top-k -> keep top-p (nucleus) -> keep min-p -> softmax -> draw with the request's RNG
 
+`sample_rows` does the same for many rows of a batch at once, each still drawing with its own RNG.
+
 Temperature 0 means greedy (argmax). Each filter masks logits with -inf, so what is left renormalises
 in the softmax. The filters are separate functions so that tests can check exactly which tokens each keeps.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, get_type_hints
+from typing import Any, Sequence, get_type_hints
 
 import torch
 
@@ -249,8 +251,41 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     """Draw one token id from already-processed logits (V,): argmax when greedy, else from softmax."""
     if params.greedy:
         return int(torch.argmax(logits))
-    probs = logits.softmax(dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(draw(logits.softmax(dim=-1)[None], [generator])[0])
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One token id per row of `probs` (B, V), row i drawn with generators[i].
+
+    The exponential race: with q_i ~ Exp(1), argmax(p_i / q_i) is token i with probability p_i (the
+    Gumbel-max trick, exponentiated). It is what `torch.multinomial` computes for one sample, draw for
+    draw (a test checks they agree), without the validity checks that cost more than the draw itself,
+    and the division and argmax run once for a whole batch.
+    """
+    q = torch.empty_like(probs)
+    for row, generator in zip(q, generators):
+        row.exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1)
+
+
+def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams],
+                generators: Sequence[torch.Generator | None]) -> list[int]:
+    """One token per row of `logits` (B, V) for rows without penalties: row i gets what
+    `sample(processed_logits(logits[i], params[i]), params[i], generators[i])` gives, while rows with the
+    same settings share each filter's operations."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        key = (p.temperature, p.top_k, p.top_p, p.min_p, tuple(sorted(p.logit_bias.items())))
+        groups.setdefault(key, []).append(i)
+    tokens = [0] * len(params)
+    for rows in groups.values():
+        p = params[rows[0]]
+        part = logits if len(rows) == len(params) else logits[torch.tensor(rows, device=logits.device)]
+        scores = processed_logits(part, p)
+        picked = scores.argmax(dim=-1) if p.greedy else draw(scores.softmax(dim=-1), [generators[i] for i in rows])
+        for i, token in zip(rows, picked.tolist()):
+            tokens[i] = token
+    return tokens
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

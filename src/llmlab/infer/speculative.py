@@ -20,8 +20,9 @@ from typing import Iterator, Sequence
 import torch
 
 from llmlab.errors import ConfigError
-from llmlab.infer.engine import Completion, Engine, StreamEvent, eval_mode
+from llmlab.infer.engine import Completion, Engine, eval_mode
 from llmlab.infer.sampling import SamplingParams, processed_logits
+from llmlab.infer.sequence import StreamEvent
 from llmlab.model.transformer import KVCache
 
 

@@ -40,7 +40,7 @@ def create_app(registry: ModelRegistry, limits: Limits | None = None, history_pa
     """
     registry.require_models()
     limits = limits or Limits()
-    worker = GenerationWorker(limits.max_concurrent, limits.max_queued)
+    worker = GenerationWorker(limits.max_batch, limits.max_queued, limits.step_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

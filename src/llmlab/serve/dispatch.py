@@ -1,7 +1,8 @@
 """From an API request to a running generation: prompt ids, checked sampling settings, one queued job.
 
-Every token comes from `llmlab.infer.Engine.stream`; this module only prepares its inputs, applies the
-server's limits and hands the work to the worker threads. A request's `n` choices run as one batch.
+Every token comes from the model's continuous batch (`llmlab.infer.batching`, run by `serve.worker`);
+this module only prepares its inputs and applies the server's limits. A request's `n` choices share one
+prefill of the prompt.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llmlab.errors import LlmlabError
-from llmlab.infer import Engine, SamplingParams
+from llmlab.infer import SamplingParams
 from llmlab.serve.api_errors import APIError, unknown_model
 from llmlab.serve.limits import Limits
 from llmlab.serve.registry import LoadedModel, ModelRegistry
@@ -97,19 +98,20 @@ class Generator:
             raise APIError(429, f"{e}; retry shortly", code="server_busy") from e
 
     def start(self, loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams) -> Job:
-        """Queue the generation of `params.n` choices of one prompt (one batched job; event.index names the choice).
+        """Queue the generation of `params.n` choices of one prompt (one job; event.index names the choice).
 
         The engine gives choice j the seed seed + j, so each choice is reproducible and they differ.
         """
-        if params.n > self.limits.max_n:
-            raise APIError(400, f"n={params.n} is above this server's limit of {self.limits.max_n}", param="n")
+        most = min(self.limits.max_n, self.limits.max_batch)  # a request's choices decode side by side
+        if params.n > most:
+            raise APIError(400, f"n={params.n} is above this server's limit of {most}", param="n")
         self._reserve()
         job = Job()
-        self.worker.submit(job, lambda: Engine(loaded.model, loaded.tokenizer).stream(prompt_ids, params))
+        self.worker.generate(job, loaded.model, loaded.tokenizer, prompt_ids, params)
         return job
 
     async def compute(self, fn: Callable[[], Any]) -> Any:
-        """Run one model computation (scoring, a look inside) on a worker thread, within the same limits."""
+        """Run one model computation (scoring, a look inside) on the compute pool, within the same limits."""
         self._reserve()
         job = Job()
         self.worker.submit(job, lambda: iter([fn()]))
@@ -120,8 +122,13 @@ class Generator:
     async def collect(self, job: Job, n: int) -> list[ChoiceResult]:
         """Wait for every choice to finish and gather its text, tokens and logprobs."""
         results = [ChoiceResult(i) for i in range(n)]
-        async for event in events_of(job):
-            add_event(results[event.index], event)
+        try:
+            async for event in events_of(job):
+                add_event(results[event.index], event)
+        except APIError:
+            raise
+        except Exception as e:  # the model failed mid-generation: an OpenAI-shaped 500, as when streaming
+            raise APIError(500, f"generation failed: {e}") from e
         for r in results:
             r.timings = job.timings()
             r.finish_reason = r.finish_reason or "length"

@@ -1,7 +1,7 @@
 """Limits that protect the machine a playground runs on, and the middleware that enforces body size.
 
-A laptop serves one or two generations at a time well; the rest wait in a queue (bounded, so a flood
-of requests gets a quick 429 instead of an ever-growing backlog). Prompt and output lengths are capped
+Up to `max_batch` generations decode together in one continuous batch per model; the rest wait in a
+queue (bounded, so a flood of requests gets a quick 429 instead of an ever-growing backlog). Prompt and output lengths are capped
 so a single request cannot occupy the CPU for minutes, and request bodies are capped before parsing.
 """
 
@@ -18,8 +18,9 @@ class Limits:
     max_prompt_tokens: int = 4096  # further capped by each model's context window
     max_output_tokens: int = 1024  # per choice
     default_output_tokens: int = 256  # when a request names no max_tokens
-    max_concurrent: int = 2  # generations running at once (one worker thread each)
-    max_queued: int = 64  # generations waiting for a worker; beyond this a request gets 429
+    max_batch: int = 32  # rows (sequences) decoding together per model; a request with n choices takes n
+    step_tokens: int = 256  # prompt tokens prefilled per decoding step; longer prompts take several steps
+    max_queued: int = 64  # requests waiting for rows; beyond this a request gets 429
     max_body_bytes: int = 1_000_000
     max_n: int = 8  # choices per request
     max_inspect_tokens: int = 64  # tokens shown by the attention and next-token views
