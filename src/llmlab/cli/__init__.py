@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("llmlab.cli.train", "Pretrain a transformer on token shards (resumable, DDP/FSDP via torchrun)."),
     "sft": ("llmlab.cli.sft", "Supervised fine-tuning on chat data (full or LoRA)."),
     "dpo": ("llmlab.cli.dpo", "Direct preference optimisation on (prompt, chosen, rejected) pairs."),
+    "reward": ("llmlab.cli.reward", "Train a reward model on preference pairs, or score answers with one."),
+    "rl": ("llmlab.cli.rl", "Reinforcement learning from rewards: GRPO on checkable tasks, PPO with a reward model."),
     "generate": ("llmlab.cli.generate", "Generate text from a checkpoint with any decoding strategy."),
     "chat": ("llmlab.cli.chat", "Chat with a model in the terminal."),
     "eval": ("llmlab.cli.eval", "Perplexity, multiple-choice benchmarks and generation metrics."),

@@ -36,6 +36,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
+    value_head: bool = False  # a scalar head beside the LM head: a reward model's score, PPO's value V(s)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):
