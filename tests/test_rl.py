@@ -71,8 +71,8 @@ def test_grpo_raises_the_reward_it_is_given(base, tmp_path, monkeypatch):
     assert last > first + 0.2, (first, last)
 
 
-@pytest.mark.parametrize("algo, lora", [("grpo", None), ("grpo", LoRAConfig(rank=2, alpha=4)), ("ppo", None)],
-                         ids=["grpo", "grpo-lora", "ppo"])
+@pytest.mark.parametrize("algo, lora", [("grpo", None), ("grpo", LoRAConfig(rank=2, alpha=4)), ("ppo", None),
+                                        ("ppo", LoRAConfig(rank=2, alpha=4))], ids=["grpo", "grpo-lora", "ppo", "ppo-lora"])
 def test_rl_resumes_exactly_mid_rollout(base, tmp_path, algo, lora, monkeypatch):
     directory, _ = base
     monkeypatch.setattr("llmlab.train.rl.verifier_reward", digit_share)  # a reward that varies, so steps move

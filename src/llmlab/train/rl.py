@@ -82,8 +82,10 @@ class RLOptions(PostTrainOptions):
             raise ConfigError(f"GRPO compares answers within a group: group_size must be >= 2, got {self.group_size}")
         if grpo and self.target_kl is not None:
             raise ConfigError("target_kl (an adaptive beta) is PPO's; GRPO keeps beta fixed")
-        if self.prompts_per_round < 1 or not 0 < self.clip < 1 or self.beta < 0 or self.temperature <= 0:
-            raise ConfigError("prompts_per_round >= 1, 0 < clip < 1, beta >= 0 and temperature > 0 are required")
+        if self.prompts_per_round < 1 or self.max_new_tokens < 1 or not 0 < self.clip < 1 or self.beta < 0 \
+                or self.temperature <= 0:
+            raise ConfigError("prompts_per_round >= 1, max_new_tokens >= 1, 0 < clip < 1, beta >= 0 and "
+                              "temperature > 0 are required")
 
 
 # --- prompts and rewards ---------------------------------------------------------------------------------
