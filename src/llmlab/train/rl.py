@@ -161,6 +161,7 @@ class RolloutBatches:
         self.position = 0  # rows of the current round's order served
         self.buffer: dict[str, torch.Tensor] | None = None
         self.order: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._shuffle: tuple[int, np.ndarray] = (-1, self.order)
 
     def steps_for(self, epochs: float) -> int:
         """Optimizer steps that sample every prompt `epochs` times."""
@@ -171,9 +172,11 @@ class RolloutBatches:
         per = self.options.prompts_per_round
         first = (r * self.world + self.rank) * per
         out = []
-        for g in range(first, first + per):
+        for g in range(first, first + per):  # a fresh shuffle of the prompts for every pass over them
             epoch, pos = divmod(g, len(self.prompts))
-            out.append(self.prompts[np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))[pos]])
+            if self._shuffle[0] != epoch:
+                self._shuffle = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts)))
+            out.append(self.prompts[self._shuffle[1][pos]])
         return out
 
     def _order(self, r: int) -> np.ndarray:
