@@ -15,8 +15,8 @@ from llmlab.errors import ConfigError
 from llmlab.model import load_checkpoint
 from llmlab.tokenizer.chat import render_chat
 from llmlab.train import checkable_tasks as tasks
-from llmlab.train.reward import (RewardOptions, collate_scored_pairs, encode_answer, load_reward_model, prepare_reward,
-                                 reward_loss, score_answers, train_reward_model)
+from llmlab.train.reward import RewardOptions, collate_scored_pairs, prepare_reward, reward_loss, train_reward_model
+from llmlab.train.reward_scores import encode_answer, load_reward_model, score_answers
 from test_sft import make_base, tiny, write_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_progress")

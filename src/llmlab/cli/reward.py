@@ -54,7 +54,7 @@ def _score(args: argparse.Namespace) -> int:
     from llmlab.train.checkable_tasks import write_jsonl
     from llmlab.train.examples import read_jsonl
     from llmlab.train.preferences import read_preferences
-    from llmlab.train.reward import load_reward_model, score_answers
+    from llmlab.train.reward_scores import load_reward_model, score_answers
 
     model, tokenizer = load_reward_model(args.model, device=args.device)
     records = [record for _, record in read_jsonl(args.data)]

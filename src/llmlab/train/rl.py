@@ -41,7 +41,7 @@ from llmlab.train.examples import IGNORE, pad_id, read_jsonl
 from llmlab.train.loop import TrainResult
 from llmlab.train.lora import adapters_off
 from llmlab.train.posttrain import PostTraining, PostTrainOptions, build_trainer, load_start, write_posttrain_report
-from llmlab.train.reward import load_reward_model, score_answers
+from llmlab.train.reward_scores import load_reward_model, score_answers
 from llmlab.train.rl_losses import (AdaptiveKL, gae, group_advantages, grpo_loss, kl_penalised_rewards, masked_mean,
                                     ppo_loss, token_entropy, token_logprobs, whiten)
 
@@ -200,8 +200,9 @@ class RolloutBatches:
                               f"{self.policy.config.context_length}-token context window")
         prompts = [render_chat([{"role": "user", "content": e.prompt}], tok, add_generation_prompt=True,
                                max_tokens=limit).ids for e in examples]
+        # Prompt i's k answers use seeds s, s + 1, ..., s + k - 1 with s drawn from (seed, round, process, i).
         params = [SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, n=o.group_size,
-                                 seed=(self.seed * 1_000_003 + (r * self.world + self.rank) * 7919 + i * 131) % 2**62)
+                                 seed=int(np.random.SeedSequence([self.seed, r, self.rank, i]).generate_state(1)[0]))
                   for i in range(len(prompts))]
         was_training = self.policy.training
         self.policy.eval()
