@@ -33,9 +33,9 @@ import torch
 
 SIZES = {  # pretraining steps, SFT/DPO epochs, task examples (train, held-out, prose rounds), Shakespeare characters
     "full": dict(pretrain_steps=300, sft_epochs=6.0, dpo_epochs=1.0, n_train=2500, n_eval=250, prose_rounds=3,
-                 text_chars=600_000, rl_steps=120, reward_epochs=1.0),
+                 text_chars=600_000, grpo_steps=300, ppo_steps=120, reward_epochs=1.0),
     "quick": dict(pretrain_steps=60, sft_epochs=0.5, dpo_epochs=0.2, n_train=500, n_eval=50, prose_rounds=1,
-                  text_chars=200_000, rl_steps=8, reward_epochs=0.2),
+                  text_chars=200_000, grpo_steps=8, ppo_steps=8, reward_epochs=0.2),
 }
 
 
@@ -111,7 +111,8 @@ def main() -> int:
     from llmlab.files import write_json, write_text
     from llmlab.infer import load_model
     from llmlab.infer.answers import chat_answers
-    from llmlab.train.reward import RewardOptions, load_reward_model, score_answers, train_reward_model
+    from llmlab.train.reward import RewardOptions, train_reward_model
+    from llmlab.train.reward_scores import load_reward_model, score_answers
     from llmlab.train import checkable_tasks as tasks
     from llmlab.train.dpo import DPOOptions, prepare_dpo
     from llmlab.train.posttrain import write_posttrain_report
@@ -193,7 +194,7 @@ def rl_run(algo: str, sft_dir: Path, root: Path, args, size: dict, timings: dict
 
     t = time.perf_counter()
     config = posttrain_config(sft_dir, root / algo, args.threads, lr=1e-4 if algo == "grpo" else 5e-5, seed=args.seed,
-                              max_steps=size["rl_steps"], micro_batch=32, warmup_steps=5, log_every=5)
+                              max_steps=size[f"{algo}_steps"], micro_batch=32, warmup_steps=5, log_every=5)
     options = RLOptions(algo=algo, epochs=None, prompts_per_round=16, group_size=8 if algo == "grpo" else 2,
                         **common, **extra)
     out = rl(config, options)

@@ -66,6 +66,7 @@ class RewardEval:
     def __init__(self, batches: list[dict[str, torch.Tensor]], device: torch.device) -> None:
         self.batches, self.device = batches, device
 
+    @torch.no_grad()
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
         sums: dict[str, float] = {}
         n = 0
