@@ -5,8 +5,10 @@ leaves a report with curves, and bad input is refused."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch.multiprocessing as mp
 import torch
 
 from llmlab.cli import main
@@ -17,6 +19,7 @@ from llmlab.train.lora import LoRAConfig
 from llmlab.train.rl import RLOptions, prepare_rl, rl
 from llmlab.train.rl_losses import group_advantages, token_logprobs
 from test_sft import make_base, tiny, write_lines
+from test_train import _free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_progress")
 
@@ -144,3 +147,41 @@ def test_cli_runs_grpo_and_writes_the_report(base, tmp_path):
                  "--tasks-eval", "4", "--max-new-tokens", "4", "--device", "cpu", "--set", "eval_every=2"]) == 0
     report = (out / "report.md").read_text()
     assert "RL (GRPO)" in report and "exact_match" in report and (out / "curves.png").exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, opts: dict, out_file: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LLMLAB_PROGRESS="0",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from llmlab.train.config import TrainConfig
+    from llmlab.train.distributed import shutdown
+
+    try:
+        result = rl(TrainConfig(**cfg_dict), RLOptions(**opts))
+        if rank == 0:
+            with open(out_file, "w") as f:
+                json.dump({"losses": result.losses, "exact_match": result.last_eval["exact_match"]}, f)
+    finally:
+        shutdown()
+
+
+@pytest.mark.slow  # two processes start and import torch: ~20 s
+def test_two_process_grpo_matches_one_process_sampling_the_same_prompts(base, tmp_path):
+    """Two processes share each rollout's prompts (groups stay whole, seeds follow the prompt's place in
+    the round), so with one optimizer step per rollout they train what one process does."""
+    directory, _ = base
+    model = load_checkpoint(directory)
+    model.add_value_head()  # an untrained reward model: rewards that differ within every group
+    save_checkpoint(tmp_path / "rm", model, tokenizer_file=directory / "tokenizer.json")
+    opts = dict(data="tasks", epochs=None, tasks_train=32, tasks_eval=4, max_new_tokens=6, beta=0.04,
+                reward_model=str(tmp_path / "rm"))
+    single = rl(tiny(directory, tmp_path / "one", max_steps=3, micro_batch=16, eval_every=3),
+                RLOptions(**opts, prompts_per_round=4))
+    cfg = tiny(directory, tmp_path / "two", max_steps=3, micro_batch=8, eval_every=3).to_dict()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, {**opts, "prompts_per_round": 2}, str(tmp_path / "ddp.json")),
+             nprocs=2, join=True)
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    assert [s for s, _ in ddp["losses"]] == [s for s, _ in single.losses]
+    assert all(l != 0 for _, l in single.losses)
+    assert [l for _, l in ddp["losses"]] == pytest.approx([l for _, l in single.losses], rel=1e-4, abs=1e-6)
+    assert ddp["exact_match"] == single.last_eval["exact_match"]

@@ -200,9 +200,11 @@ class RolloutBatches:
                               f"{self.policy.config.context_length}-token context window")
         prompts = [render_chat([{"role": "user", "content": e.prompt}], tok, add_generation_prompt=True,
                                max_tokens=limit).ids for e in examples]
-        # Prompt i's k answers use seeds s, s + 1, ..., s + k - 1 with s drawn from (seed, round, process, i).
+        # A prompt's k answers use seeds s, s + 1, ..., s + k - 1, s drawn from (seed, round, the prompt's place
+        # in the round over all processes): the same samples however many processes share the round.
+        first = self.rank * len(prompts)
         params = [SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, n=o.group_size,
-                                 seed=int(np.random.SeedSequence([self.seed, r, self.rank, i]).generate_state(1)[0]))
+                                 seed=int(np.random.SeedSequence([self.seed, r, first + i]).generate_state(1)[0]))
                   for i in range(len(prompts))]
         was_training = self.policy.training
         self.policy.eval()
