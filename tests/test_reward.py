@@ -12,7 +12,8 @@ import torch
 
 from llmlab.cli import main
 from llmlab.errors import ConfigError
-from llmlab.model import load_checkpoint
+from llmlab.model import load_checkpoint, save_checkpoint
+from llmlab.tokenizer import train_bpe
 from llmlab.tokenizer.chat import render_chat
 from llmlab.train import checkable_tasks as tasks
 from llmlab.train.reward import RewardOptions, collate_scored_pairs, prepare_reward, reward_loss, train_reward_model
@@ -107,12 +108,8 @@ def test_a_model_without_a_value_head_or_with_another_tokenizer_is_refused(base,
     directory, tok = base
     with pytest.raises(ConfigError, match="not a reward model"):
         load_reward_model(directory)
-    other_dir, other_tok = make_base(tmp_path / "other", seed=1)
     model = load_checkpoint(directory)
     model.add_value_head()
-    from llmlab.model import save_checkpoint
-    from llmlab.tokenizer import train_bpe
-
     different = train_bpe(["completely different text " * 20], vocab_size=300)
     different.save(tmp_path / "tok.json")
     save_checkpoint(tmp_path / "rm", model, tokenizer_file=tmp_path / "tok.json")
@@ -124,8 +121,6 @@ def test_a_model_without_a_value_head_or_with_another_tokenizer_is_refused(base,
 
 def test_cli_scores_answers_and_pairs(base, tmp_path, capsys):
     directory, tok = base
-    from llmlab.model import save_checkpoint
-
     save_checkpoint(tmp_path / "rm", scorer(directory), tokenizer_file=directory / "tokenizer.json")
     pairs = write_lines(tmp_path / "pairs.jsonl", PAIRS)
     assert main(["reward", "score", "--model", str(tmp_path / "rm"), "--data", str(pairs)]) == 0

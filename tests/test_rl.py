@@ -8,12 +8,14 @@ import json
 import os
 
 import pytest
-import torch.multiprocessing as mp
 import torch
+import torch.multiprocessing as mp
 
 from llmlab.cli import main
 from llmlab.errors import ConfigError, InputError
 from llmlab.model import load_checkpoint, save_checkpoint
+from llmlab.tokenizer import train_bpe
+from llmlab.train.config import TrainConfig
 from llmlab.train.examples import IGNORE
 from llmlab.train.lora import LoRAConfig
 from llmlab.train.rl import RLOptions, prepare_rl, rl
@@ -111,8 +113,6 @@ def test_ppo_trains_against_a_reward_model_and_reports_a_judges_mean_reward(base
     report = (tmp_path / "ppo" / "report.md").read_text()
     assert "curves.png" in report and (tmp_path / "ppo" / "curves.png").stat().st_size > 0
     # A reward model that reads other token ids is refused before anything trains.
-    from llmlab.tokenizer import train_bpe
-
     other = train_bpe(["entirely different words " * 30], vocab_size=300)
     other.save(tmp_path / "other.json")
     save_checkpoint(tmp_path / "rm-other", model, tokenizer_file=tmp_path / "other.json")
@@ -153,7 +153,6 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, opts: dict, ou
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LLMLAB_PROGRESS="0",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from llmlab.train.config import TrainConfig
     from llmlab.train.distributed import shutdown
 
     try:

@@ -17,7 +17,6 @@ that written formula, since trl 1.x no longer ships PPO).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from llmlab.errors import ConfigError
 
