@@ -134,3 +134,12 @@ def test_cli_scores_answers_and_pairs(base, tmp_path, capsys):
     empty = write_lines(tmp_path / "empty.jsonl", [{"prompt": "", "response": "5"}])
     assert main(["reward", "score", "--model", str(tmp_path / "rm"), "--data", str(empty)]) == 1
     assert "prompt is empty" in capsys.readouterr().err
+
+
+def test_cli_trains_a_reward_model(base, tmp_path):
+    directory, _ = base
+    out = tmp_path / "reward"
+    assert main(["reward", "train", "--init-from", str(directory), "--data", "tasks", "--tasks-train", "16",
+                 "--tasks-eval", "8", "--steps", "2", "--micro-batch", "8", "--out", str(out), "--device", "cpu"]) == 0
+    assert "val_accuracy" in (out / "report.md").read_text()
+    load_reward_model(out / "checkpoints" / "latest")  # an ordinary checkpoint with a value head
