@@ -1,4 +1,4 @@
-"""Post-training gains, measured: pretrain a small GPT, then SFT and DPO it on the built-in checkable tasks.
+"""Post-training gains, measured: pretrain a small GPT, then SFT, DPO, GRPO and PPO it on the built-in checkable tasks.
 
     .venv/bin/python benchmarks/posttrain.py              # runs/posttrain-bench/, about 9 minutes on 2 busy cores
     .venv/bin/python benchmarks/posttrain.py --lora-rank 16   # also a LoRA SFT from the same base
@@ -9,9 +9,14 @@
 2. An llmlab BPE tokenizer and token shards; a ~1M-parameter GPT pretrained with `llmlab.train`.
 3. SFT on the tasks' training split in the chat format (full fine-tuning, optionally LoRA too).
 4. DPO from the SFT model on (prompt, correct answer, wrong answer) pairs of the training split.
+5. GRPO from the SFT model on the training prompts, rewarded by the tasks' verifier (exact match).
+6. Two reward models from the SFT model on the same pairs (different seeds and draws): one rewards PPO
+   from the SFT model, the other (the judge) scores the held-out answers of SFT, DPO and PPO.
 
 Exact match is scored with greedy decoding on the held-out split (prompts that no training split can
-contain); DPO's preference accuracy and reward margin on held-out pairs. Results go to
+contain); DPO's preference accuracy and reward margin on held-out pairs; GRPO's and PPO's KL to the
+reference in nats per answer token (the mean of the last quarter of logged steps), their tokens/s and MFU
+(sampling included in the step time). Results go to
 OUT/results.json and OUT/results.md and are printed with the machine they ran on.
 """
 
@@ -28,9 +33,9 @@ import torch
 
 SIZES = {  # pretraining steps, SFT/DPO epochs, task examples (train, held-out, prose rounds), Shakespeare characters
     "full": dict(pretrain_steps=300, sft_epochs=6.0, dpo_epochs=1.0, n_train=2500, n_eval=250, prose_rounds=3,
-                 text_chars=600_000),
+                 text_chars=600_000, grpo_steps=300, ppo_steps=120, reward_epochs=1.0),
     "quick": dict(pretrain_steps=60, sft_epochs=0.5, dpo_epochs=0.2, n_train=500, n_eval=50, prose_rounds=1,
-                  text_chars=200_000),
+                  text_chars=200_000, grpo_steps=8, ppo_steps=8, reward_epochs=0.2),
 }
 
 
@@ -105,6 +110,9 @@ def main() -> int:
 
     from llmlab.files import write_json, write_text
     from llmlab.infer import load_model
+    from llmlab.infer.answers import chat_answers
+    from llmlab.train.reward import RewardOptions, train_reward_model
+    from llmlab.train.reward_scores import load_reward_model, score_answers
     from llmlab.train import checkable_tasks as tasks
     from llmlab.train.dpo import DPOOptions, prepare_dpo
     from llmlab.train.posttrain import write_posttrain_report
@@ -148,6 +156,23 @@ def main() -> int:
     results["sft_before_dpo"] = {k: v for k, v in before.items() if k != "samples"}
     results["dpo"] = {k: v for k, v in out.last_eval.items() if k != "samples"}
 
+    sft_dir = root / "sft" / "checkpoints" / "latest"
+    results["grpo"] = rl_run("grpo", sft_dir, root, args, size, timings, common)
+    for name, draw in (("reward", args.seed), ("judge", args.seed + 50)):  # the judge learns from other pairs
+        t = time.perf_counter()
+        reward = train_reward_model(posttrain_config(sft_dir, root / name, args.threads, lr=3e-4, seed=draw),
+                                    RewardOptions(epochs=size["reward_epochs"], **common))
+        timings[f"{name}_s"] = time.perf_counter() - t
+        results[name] = {k: v for k, v in reward.last_eval.items() if k != "samples"}
+    results["ppo"] = rl_run("ppo", sft_dir, root, args, size, timings, common, reward_model=str(root / "reward"),
+                            eval_reward_model=str(root / "judge"))
+    judge, judge_tok = load_reward_model(root / "judge")
+    for name in ("sft", "dpo"):
+        model, tok = load_model(root / name / "checkpoints" / "latest")
+        answers = chat_answers(model, tok, [e.prompt for e in held_out], 24)
+        rewards = score_answers(judge, judge_tok, [e.prompt for e in held_out], answers)
+        results[name]["val_reward"] = sum(rewards) / len(rewards)
+
     machine = describe(torch.device("cpu"))
     summary = {"machine": machine, "sizes": size, "timings_s": {k: round(v, 1) for k, v in timings.items()},
                "total_s": round(time.perf_counter() - t0, 1), "results": results}
@@ -162,10 +187,30 @@ def main() -> int:
     return 0
 
 
+def rl_run(algo: str, sft_dir: Path, root: Path, args, size: dict, timings: dict, common: dict, **extra) -> dict:
+    """GRPO or PPO from the SFT model; its final held-out numbers, KL per answer token, tokens/s and MFU."""
+    from llmlab.progress import read_metrics
+    from llmlab.train.rl import RLOptions, rl
+
+    t = time.perf_counter()
+    config = posttrain_config(sft_dir, root / algo, args.threads, lr=1e-4 if algo == "grpo" else 5e-5, seed=args.seed,
+                              max_steps=size[f"{algo}_steps"], micro_batch=32, warmup_steps=5, log_every=5)
+    options = RLOptions(algo=algo, epochs=None, prompts_per_round=16, group_size=8 if algo == "grpo" else 2,
+                        **common, **extra)
+    out = rl(config, options)
+    timings[f"{algo}_s"] = time.perf_counter() - t
+    logged = [r for r in read_metrics(root / algo / "metrics.jsonl") if "kl" in r]
+    tail = logged[-max(1, len(logged) // 4):]
+    result = {k: v for k, v in out.last_eval.items() if k != "samples"}
+    result.update(kl_per_token=sum(r["kl"] for r in tail) / len(tail), reward=sum(r["reward"] for r in tail) / len(tail),
+                  tokens_per_second=round(out.tokens_per_second, 1), mfu=out.mfu)
+    return result
+
+
 def results_table(results: dict[str, dict]) -> str:
     task_names = sorted(k.split("/", 1)[1] for k in results["base"] if k.startswith("exact_match/"))
     lines = ["| model | exact match | " + " | ".join(task_names) + " |", "|---|---|" + "---|" * len(task_names)]
-    for name in ("base", "sft", "sft_lora", "dpo"):
+    for name in ("base", "sft", "sft_lora", "dpo", "grpo", "ppo"):
         r = results.get(name)
         if r and "exact_match" in r:
             cells = " | ".join(f"{r.get(f'exact_match/{t}', float('nan')):.1%}" for t in task_names)
@@ -174,6 +219,15 @@ def results_table(results: dict[str, dict]) -> str:
     lines += ["", "| held-out pairs | before DPO (SFT model) | after DPO |", "|---|---|---|"]
     for key in ("val_preference_accuracy", "val_reward_accuracy", "val_reward_margin", "val_loss"):
         lines.append(f"| {key.removeprefix('val_')} | {before[key]:.4g} | {after[key]:.4g} |")
+    lines += ["", "| RL run | KL (nats / answer token) | training reward | tokens/s | MFU |", "|---|---|---|---|---|"]
+    for name in ("grpo", "ppo"):
+        r = results[name]
+        mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.2%}"
+        lines.append(f"| {name} | {r['kl_per_token']:.4f} | {r['reward']:.4g} | {r['tokens_per_second']:,.0f} | {mfu} |")
+    lines += ["", "| held-out answers scored by the judge reward model | mean reward |", "|---|---|"]
+    lines += [f"| {name} | {results[name]['val_reward']:.4f} |" for name in ("sft", "dpo", "ppo")]
+    lines += ["", "| reward model (held-out pairs) | pairwise accuracy |", "|---|---|"]
+    lines += [f"| {name} | {results[name]['val_accuracy']:.1%} |" for name in ("reward", "judge")]
     return "\n".join(lines)
 
 

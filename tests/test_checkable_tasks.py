@@ -9,7 +9,7 @@ import pytest
 
 from llmlab.errors import ConfigError
 from llmlab.train import checkable_tasks as tasks
-from llmlab.train.dpo import read_preferences
+from llmlab.train.preferences import read_preferences
 from llmlab.train.examples import read_conversations
 
 

@@ -13,8 +13,8 @@ from llmlab.errors import ConfigError, InputError
 from llmlab.model import load_checkpoint
 from llmlab.tokenizer.chat import render_chat
 from llmlab.train import checkable_tasks as tasks
-from llmlab.train.dpo import (DPOLoss, DPOOptions, add_reference_logprobs, collate_pairs, dpo, encode_pair,
-                              prepare_dpo, read_preferences, sequence_logprobs)
+from llmlab.train.dpo import DPOLoss, DPOOptions, add_reference_logprobs, dpo, prepare_dpo, sequence_logprobs
+from llmlab.train.preferences import collate_pairs, encode_pair, read_preferences
 from llmlab.train.lora import LoRAConfig
 from test_sft import make_base, tiny, write_lines
 
@@ -89,6 +89,7 @@ def test_sequence_logprobs_ignore_padding_and_prompt(base):
     ('{"prompt": "p", "chosen": "a"}', r"p.jsonl:2: .*'rejected' missing"),
     ('{"prompt": "p", "chosen": "a", "rejected": "a"}', r"p.jsonl:2: the chosen and rejected answers are the same"),
     ('{"prompt": 1, "chosen": "a", "rejected": "b"}', r"p.jsonl:2: .*'prompt' missing or not a string"),
+    ('{"prompt": " ", "chosen": "a", "rejected": "b"}', r"p.jsonl:2: the prompt is empty"),
     ("oops", r"p.jsonl:2 is not valid JSON"),
 ])
 def test_bad_preference_lines_are_named(tmp_path, line, message):

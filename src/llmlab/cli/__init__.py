@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("llmlab.cli.dpo", "Direct preference optimisation on (prompt, chosen, rejected) pairs."),
     "distill": ("llmlab.cli.distill", "Distil a teacher model into a smaller student on token shards."),
     "prune": ("llmlab.cli.prune", "Prune a model (magnitude, MLP neurons, attention heads) and measure the cost."),
+    "reward": ("llmlab.cli.reward", "Train a reward model on preference pairs, or score answers with one."),
+    "rl": ("llmlab.cli.rl", "Reinforcement learning from rewards: GRPO on checkable tasks, PPO with a reward model."),
     "generate": ("llmlab.cli.generate", "Generate text from a checkpoint with any decoding strategy."),
     "chat": ("llmlab.cli.chat", "Chat with a model in the terminal."),
     "eval": ("llmlab.cli.eval", "Perplexity, multiple-choice benchmarks and generation metrics."),

@@ -43,6 +43,7 @@ class GPTConfig:
     router_aux_loss: float = 0.01  # weight of the load-balancing loss added to the training loss
     router_jitter: float = 0.0  # training-time multiplicative noise on the router's input (Switch, Mixtral)
     capacity_factor: float = 0.0  # 0: no token is dropped; else an expert takes at most factor * k * tokens / E
+    value_head: bool = False  # a scalar head beside the LM head: a reward model's score, PPO's value V(s)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layers", "n_heads", "d_model"):

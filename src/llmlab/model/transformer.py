@@ -338,6 +338,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        # One number per position read off the same final states (Ouyang et al., 2022): a reward model
+        # scores a whole answer at its last token; PPO's critic estimates the return from each token on.
+        self.value_head = nn.Linear(config.d_model, 1) if config.value_head else None
         # Recompute each block's activations in the backward pass instead of keeping them (Chen et al.
         # 2016): a training option, not architecture, so it is an attribute and not a config field.
         self.activation_checkpointing = False
@@ -371,6 +374,15 @@ class GPT(nn.Module):
             if self.config.positions == "learned":
                 n -= self.pos_emb.weight.numel()
         return n
+
+    def add_value_head(self) -> None:
+        """Give a language model a freshly initialised scalar head (a no-op when it has one)."""
+        if self.value_head is None:
+            self.config.value_head = True
+            weight = self.lm_head.weight
+            self.value_head = nn.Linear(self.config.d_model, 1, device=weight.device, dtype=weight.dtype)
+            nn.init.normal_(self.value_head.weight, mean=0.0, std=self.config.init_std)
+            nn.init.zeros_(self.value_head.bias)
 
     def flops_per_token(self, seq_len: int | None = None, head: bool = True) -> int:
         """Training FLOPs per token: 6N for the weights' matmuls (forward 2N, backward 4N) plus attention.
@@ -419,6 +431,7 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         return_attention: bool = False,
+        return_values: bool = False,
     ):
         """(logits, None): logits (B, T, V) for every position of `idx` (B, T); or, given `targets`,
         (None, loss): the mean next-token cross-entropy, computed without building the logits.
@@ -427,6 +440,8 @@ class GPT(nn.Module):
         holds only the new tokens. `position_ids` (B, T) and a key `attention_mask` (B, S) of 1 for real
         tokens and 0 for padding serve left-padded batches. With `return_attention`, returns
         (logits, loss, weights) where weights is a list of (B, n_heads, T, S) tensors, one per layer.
+        With `return_values` (a model with a value head), the value head's (B, T) outputs come after the
+        loss: (logits, loss, values[, weights]).
         """
         x, weights = self.hidden_states(idx, kv_cache, position_ids, attention_mask, return_attention)
         logits = loss = None
@@ -440,9 +455,14 @@ class GPT(nn.Module):
             loss = cross_entropy(full.view(-1, full.size(-1)), targets.reshape(-1), ignore_index=-100)
         if loss is not None and self.training and self.config.n_experts and self.config.router_aux_loss:
             loss = loss + self.config.router_aux_loss * self.router_balance_loss()
+        out = (logits, loss)
+        if return_values:
+            if self.value_head is None:
+                raise ValueError("this model has no value head (GPTConfig.value_head is False)")
+            out += (self.value_head(x).squeeze(-1),)
         if return_attention:
-            return logits, loss, weights
-        return logits, loss
+            out += (weights,)
+        return out
 
     def hidden_states(
         self,

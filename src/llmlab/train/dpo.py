@@ -17,7 +17,6 @@ batches: no second model in memory, and a resumed run recomputes exactly the sam
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -25,13 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.errors import ConfigError, InputError
-from llmlab.train import checkable_tasks
 from llmlab.train.config import TrainConfig
 from llmlab.train.distributed import DistInfo, setup_process
-from llmlab.train.examples import (IGNORE, ExampleBatches, encode_conversation, pad_batch, pad_id, read_jsonl,
-                                   split_validation)
+from llmlab.train.examples import IGNORE, ExampleBatches, pad_id, split_validation
 from llmlab.train.loop import TrainResult
 from llmlab.train.lora import adapters_off
+from llmlab.train.preferences import collate_pairs, encode_pair, preference_pairs
 from llmlab.train.posttrain import (ExactMatchEval, PostTraining, PostTrainOptions, build_trainer, held_out_examples,
                                     load_start, write_posttrain_report)
 
@@ -42,46 +40,6 @@ class DPOOptions(PostTrainOptions):
     nll_weight: float = 0.0  # > 0 adds that times the chosen answers' per-token NLL (RPO, Pang et al., 2024)
     eval_data: str | None = None  # preference JSONL for held-out metrics (with data="tasks": their held-out pairs)
     exact_match: bool = True  # with data="tasks": also score exact match on held-out prompts
-
-
-# --- reading and encoding pairs ---------------------------------------------------------------------------
-
-def read_preferences(path: str | os.PathLike) -> list[dict[str, str]]:
-    """{"prompt", "chosen", "rejected"} per line (all strings, answers different), checked."""
-    pairs = []
-    for where, record in read_jsonl(path):
-        bad = [k for k in ("prompt", "chosen", "rejected") if not isinstance(record.get(k), str)]
-        if bad:
-            raise InputError(f"{where}: expected string fields \"prompt\", \"chosen\", \"rejected\"; "
-                             f"{', '.join(repr(k) for k in bad)} missing or not a string",
-                             hint=f"keys found: {', '.join(record) or 'none'}")
-        if record["chosen"] == record["rejected"]:
-            raise InputError(f"{where}: the chosen and rejected answers are the same, so there is no preference")
-        pairs.append({k: record[k] for k in ("prompt", "chosen", "rejected")})
-    if not pairs:
-        raise InputError(f"{path} holds no preference pairs")
-    return pairs
-
-
-def encode_pair(pair: dict[str, str], tokenizer, max_tokens: int) -> dict[str, Any] | None:
-    """Both conversations as (ids, targets) with the loss mask on the answer; None if one lost its answer."""
-    sides = {}
-    for side in ("chosen", "rejected"):
-        messages = [{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": pair[side]}]
-        sides[side] = encode_conversation(messages, tokenizer, max_tokens)
-        if sides[side] is None:
-            return None
-    return sides
-
-
-def collate_pairs(pairs: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch of 2B rows: the B chosen answers, then the B rejected ones, and their reference log-probs."""
-    rows = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    batch = pad_batch(rows, pad_id)
-    if all("ref_chosen" in p for p in pairs):
-        batch["ref_logps"] = torch.tensor([p["ref_chosen"] for p in pairs] + [p["ref_rejected"] for p in pairs],
-                                          dtype=torch.float64)
-    return batch
 
 
 # --- the loss -----------------------------------------------------------------------------------------
@@ -183,15 +141,6 @@ def preference_metrics(model: torch.nn.Module, batches: Sequence[dict[str, torch
 
 # --- the run ---------------------------------------------------------------------------------------------
 
-def _pairs(options: DPOOptions, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]] | None]:
-    """(training pairs, held-out pairs or None to split them off the training data)."""
-    if options.data == "tasks":
-        train = checkable_tasks.preference_records(checkable_tasks.generate(options.tasks_train, "train", seed))
-        held = checkable_tasks.preference_records(checkable_tasks.generate(options.tasks_eval, "held_out", seed + 1))
-        return train, held
-    return read_preferences(options.data), read_preferences(options.eval_data) if options.eval_data else None
-
-
 def prepare_dpo(config: TrainConfig, options: DPOOptions, resume: bool = False,
                 info: DistInfo | None = None) -> PostTraining:
     """Encode the pairs, score them with the frozen reference (the starting model) and build the trainer."""
@@ -199,7 +148,7 @@ def prepare_dpo(config: TrainConfig, options: DPOOptions, resume: bool = False,
     loss_fn = DPOLoss(options.beta, options.nll_weight)
     start = load_start(config, options, resume)
     limit = start.model.config.context_length + 1
-    train_pairs, held_pairs = _pairs(options, config.seed)
+    train_pairs, held_pairs = preference_pairs(options, config.seed)
     encode = lambda pairs: [e for e in (encode_pair(p, start.tokenizer, limit) for p in pairs) if e is not None]  # noqa: E731
     train = encode(train_pairs)
     notes = list(start.notes)

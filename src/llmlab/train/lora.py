@@ -337,7 +337,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
     meta, tensors = read_adapter(directory)
     name = name or meta["name"]
     base = getattr(model, "config", None)
-    if meta.get("base_model") and hasattr(base, "to_dict") and meta["base_model"] != base.to_dict():
+    # A value head (a reward model's, PPO's critic) sits beside the adapted layers: it does not change them.
+    body = lambda config: {k: v for k, v in config.items() if k != "value_head"}  # noqa: E731
+    if meta.get("base_model") and hasattr(base, "to_dict") and body(meta["base_model"]) != body(base.to_dict()):
         raise CheckpointError(f"the LoRA adapter at {directory} was trained on a different model architecture",
                               hint="load it into the base model it was trained from")
     config = LoRAConfig(targets=meta["modules"], **meta["lora"])

@@ -216,8 +216,9 @@ class PostTraining:
     notes: list[str]
 
 
-def write_posttrain_report(run: PostTraining, result: TrainResult, options: PostTrainOptions, title: str) -> Path:
-    """report.md and loss.png for a post-training run."""
+def write_posttrain_report(run: PostTraining, result: TrainResult, options: PostTrainOptions, title: str,
+                           curves: Sequence[str] = ()) -> Path:
+    """report.md and loss.png (and curves.png of the logged `curves`) for a post-training run."""
     trainer = run.trainer
     gpt = trainer.gpt
     final: dict[str, Any] = {"step": result.step, "train_loss": result.losses[-1][1] if result.losses else float("nan")}
@@ -238,4 +239,4 @@ def write_posttrain_report(run: PostTraining, result: TrainResult, options: Post
               **{f"options.{k}": v for k, v in options.to_dict().items()}}
     return write_report(trainer.out_dir, run_title(title, trainer.out_dir, trainer.stage), config, model,
                         hardware.describe(trainer.device), trainer.throughput(result), final,
-                        result.last_eval.get("samples"), notes)
+                        result.last_eval.get("samples"), notes, curves)

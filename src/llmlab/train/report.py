@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from llmlab.files import atomic_path, write_text
 from llmlab.progress import read_metrics
@@ -30,6 +30,32 @@ def plot_loss(metrics_path: Path, png_path: Path) -> bool:
     ax.set_ylabel("cross-entropy (nats / token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+def plot_curves(metrics_path: Path, png_path: Path, keys: Sequence[str]) -> bool:
+    """One panel per logged metric in `keys` (e.g. an RL run's reward, KL, entropy and clip fraction)
+    against the optimizer step; False when none of them was logged."""
+    records = read_metrics(metrics_path) if metrics_path.exists() else []
+    series = {k: [(r["step"], r[k]) for r in records if k in r and "step" in r] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3), dpi=120, squeeze=False)
+    for ax, (key, points) in zip(axes[0], series.items()):
+        ax.plot(*zip(*points), linewidth=1.2)
+        ax.set_title(key)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png")
@@ -67,13 +93,17 @@ def write_report(
     final: dict[str, Any],
     samples: list[tuple[str, str]] | None = None,
     notes: list[str] | None = None,
+    curves: Sequence[str] = (),
 ) -> Path:
-    """Write report.md (and loss.png) into `out_dir`; returns the report's path."""
+    """Write report.md (and loss.png, and curves.png of the `curves` metrics) into `out_dir`."""
     has_plot = plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
+    has_curves = bool(curves) and plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", curves)
     parts = [f"# {title}", "", f"Run directory: `{out_dir}`", ""]
     parts += ["## Final numbers", "", _table([(k, _fmt(v)) for k, v in final.items()]), ""]
     if has_plot:
         parts += ["![loss curve](loss.png)", ""]
+    if has_curves:
+        parts += ["![training curves](curves.png)", ""]
     parts += ["## Throughput", "", _table([(k, _fmt(v)) for k, v in throughput.items()]), ""]
     parts += ["## Model", "", _table([(k, _fmt(v)) for k, v in model.items()]), ""]
     parts += ["## Hardware", "", _table([(k, _fmt(v)) for k, v in hardware.items()]), ""]

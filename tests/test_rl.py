@@ -1,0 +1,186 @@
+"""The RL stage: rollouts hold the sampled answers with their log-probabilities, GRPO raises the reward it is
+given, GRPO and PPO (full and LoRA) resume exactly mid-rollout, PPO trains against a reward model, the CLI
+leaves a report with curves, and bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from llmlab.cli import main
+from llmlab.errors import ConfigError, InputError
+from llmlab.model import load_checkpoint, save_checkpoint
+from llmlab.tokenizer import train_bpe
+from llmlab.train.config import TrainConfig
+from llmlab.train.examples import IGNORE
+from llmlab.train.lora import LoRAConfig
+from llmlab.train.rl import RLOptions, prepare_rl, rl
+from llmlab.train.rl_losses import group_advantages, token_logprobs
+from test_sft import make_base, tiny, write_lines
+from test_train import _free_port
+
+pytestmark = pytest.mark.usefixtures("one_thread", "no_progress")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_base(tmp_path_factory.mktemp("rl-base") / "ckpt")
+
+
+def options(**kw) -> RLOptions:
+    values = dict(data="tasks", epochs=None, tasks_train=32, tasks_eval=4, prompts_per_round=4, max_new_tokens=6)
+    values.update(kw)
+    return RLOptions(**values)
+
+
+def test_rollout_rows_hold_the_sampled_answers_and_their_log_probabilities(base, tmp_path):
+    directory, tok = base
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=2, micro_batch=16), options())
+    batches = run.trainer.batches
+    batch = batches.next_batch()
+    assert batch["input_ids"].shape[0] == 16 and batches.steps_per_round == 1
+    mask = batch["targets"] != IGNORE
+    model = load_checkpoint(directory)
+    logits, _ = model(batch["input_ids"])
+    direct = token_logprobs(logits, batch["targets"])
+    torch.testing.assert_close(batch["old_logps"], direct.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch["ref_logps"], batch["old_logps"])  # before any step, policy = reference
+    for row, targets in zip(batch["input_ids"], batch["targets"]):
+        answer = targets[targets != IGNORE]
+        first = int((targets != IGNORE).nonzero()[0])
+        assert 1 <= len(answer) <= 6 and (row[first + 1 : first + len(answer)] == answer[:-1]).all()
+    # Advantages are the scores standardised within each prompt's group of 4 (the rows are shuffled).
+    order = torch.from_numpy(batches.order[:16])
+    torch.testing.assert_close(batch["advantages"], group_advantages(batches.buffer["scores"], 4)[order])
+    assert mask.any(dim=1).all()
+
+
+def digit_share(examples, answers) -> list[float]:
+    """A reward a random model finds by sampling: the share of the answer's characters that are digits."""
+    return [sum(c.isdigit() for c in a) / max(1, len(a)) for a in answers]
+
+
+def test_grpo_raises_the_reward_it_is_given(base, tmp_path, monkeypatch):
+    directory, _ = base
+    monkeypatch.setattr("llmlab.train.rl.verifier_reward", digit_share)
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=30, micro_batch=16, lr=1e-2, warmup_steps=1,
+                          eval_every=1000, checkpoint_every=1000, log_every=1), options(beta=0.0))
+    run.trainer.fit()
+    rewards = [json.loads(l)["reward"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()
+               if '"reward"' in l]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.2, (first, last)
+
+
+@pytest.mark.parametrize("algo, lora", [("grpo", None), ("grpo", LoRAConfig(rank=2, alpha=4)), ("ppo", None),
+                                        ("ppo", LoRAConfig(rank=2, alpha=4))], ids=["grpo", "grpo-lora", "ppo", "ppo-lora"])
+def test_rl_resumes_exactly_mid_rollout(base, tmp_path, algo, lora, monkeypatch):
+    directory, _ = base
+    monkeypatch.setattr("llmlab.train.rl.verifier_reward", digit_share)  # a reward that varies, so steps move
+    opts = options(algo=algo, lora=lora, target_kl=1.0 if algo == "ppo" else None)
+    cfg = lambda out: tiny(directory, out, max_steps=6, eval_every=3, checkpoint_every=3)  # noqa: E731
+    full = rl(cfg(tmp_path / "full"), opts)
+    rl(cfg(tmp_path / "cut"), opts, until_step=3)  # rounds of 2 steps: step 3 is inside the second rollout
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "latest" / "trainer.json").read_text())
+    assert "buffer" in state["data"] and state["data"]["position"] == 8
+    rest = rl(cfg(tmp_path / "cut"), opts, resume=True)
+    assert rest.losses == full.losses[3:] and any(loss != 0 for _, loss in full.losses)
+    assert rest.last_eval == full.last_eval
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest").state_dict()
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "latest").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if algo == "ppo":
+        assert "value_head.weight" in a
+        metrics = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+        assert {"reward", "kl", "entropy", "clip_frac", "value_loss"} <= set(metrics[0])
+
+
+def test_ppo_trains_against_a_reward_model_and_reports_a_judges_mean_reward(base, tmp_path):
+    directory, tok = base
+    model = load_checkpoint(directory)
+    model.add_value_head()
+    save_checkpoint(tmp_path / "rm", model, tokenizer_file=directory / "tokenizer.json")
+    prompts = write_lines(tmp_path / "pairs.jsonl", [{"prompt": f"Say a number above {i}.", "chosen": "a",
+                                                      "rejected": "b"} for i in range(8)])
+    opts = options(algo="ppo", data=str(prompts), eval_data=str(prompts), reward_model=str(tmp_path / "rm"),
+                   eval_reward_model=str(tmp_path / "rm"))
+    result = rl(tiny(directory, tmp_path / "ppo", max_steps=2, eval_every=2, checkpoint_every=2), opts)
+    assert "val_reward" in result.last_eval and "exact_match" not in result.last_eval
+    report = (tmp_path / "ppo" / "report.md").read_text()
+    assert "curves.png" in report and (tmp_path / "ppo" / "curves.png").stat().st_size > 0
+    # A reward model that reads other token ids is refused before anything trains.
+    other = train_bpe(["entirely different words " * 30], vocab_size=300)
+    other.save(tmp_path / "other.json")
+    save_checkpoint(tmp_path / "rm-other", model, tokenizer_file=tmp_path / "other.json")
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        prepare_rl(tiny(directory, tmp_path / "bad"), options(algo="ppo", data=str(prompts),
+                                                              reward_model=str(tmp_path / "rm-other")))
+
+
+def test_bad_input_is_refused(base, tmp_path):
+    directory, _ = base
+    with pytest.raises(ConfigError, match="group_size must be >= 2"):
+        options(group_size=1)
+    with pytest.raises(ConfigError, match="target_kl"):
+        options(target_kl=1.0)
+    with pytest.raises(ConfigError, match="unknown RL algorithm"):
+        options(algo="a2c")
+    unanswered = write_lines(tmp_path / "q.jsonl", [{"prompt": "Hello?"}])
+    with pytest.raises(ConfigError, match="nothing gives these prompts a reward"):
+        prepare_rl(tiny(directory, tmp_path / "a"), options(data=str(unanswered)))
+    empty = write_lines(tmp_path / "e.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}, {"prompt": " "}])
+    with pytest.raises(InputError, match="e.jsonl:2: the prompt is empty"):
+        prepare_rl(tiny(directory, tmp_path / "b"), options(data=str(empty)))
+    with pytest.raises(ConfigError, match="not a whole number of optimizer steps"):
+        prepare_rl(tiny(directory, tmp_path / "c", micro_batch=5), options())
+
+
+def test_cli_runs_grpo_and_writes_the_report(base, tmp_path):
+    directory, _ = base
+    out = tmp_path / "grpo"
+    assert main(["rl", "--algo", "grpo", "--init-from", str(directory), "--data", "tasks", "--out", str(out),
+                 "--steps", "2", "--micro-batch", "16", "--prompts-per-round", "4", "--tasks-train", "16",
+                 "--tasks-eval", "4", "--max-new-tokens", "4", "--device", "cpu", "--set", "eval_every=2"]) == 0
+    report = (out / "report.md").read_text()
+    assert "RL (GRPO)" in report and "exact_match" in report and (out / "curves.png").exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, opts: dict, out_file: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LLMLAB_PROGRESS="0",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from llmlab.train.distributed import shutdown
+
+    try:
+        result = rl(TrainConfig(**cfg_dict), RLOptions(**opts))
+        if rank == 0:
+            with open(out_file, "w") as f:
+                json.dump({"losses": result.losses, "exact_match": result.last_eval["exact_match"]}, f)
+    finally:
+        shutdown()
+
+
+@pytest.mark.slow  # two processes start and import torch: ~20 s
+def test_two_process_grpo_matches_one_process_sampling_the_same_prompts(base, tmp_path):
+    """Two processes share each rollout's prompts (groups stay whole, seeds follow the prompt's place in
+    the round), so with one optimizer step per rollout they train what one process does."""
+    directory, _ = base
+    model = load_checkpoint(directory)
+    model.add_value_head()  # an untrained reward model: rewards that differ within every group
+    save_checkpoint(tmp_path / "rm", model, tokenizer_file=directory / "tokenizer.json")
+    opts = dict(data="tasks", epochs=None, tasks_train=32, tasks_eval=4, max_new_tokens=6, beta=0.04,
+                reward_model=str(tmp_path / "rm"))
+    single = rl(tiny(directory, tmp_path / "one", max_steps=3, micro_batch=16, eval_every=3),
+                RLOptions(**opts, prompts_per_round=4))
+    cfg = tiny(directory, tmp_path / "two", max_steps=3, micro_batch=8, eval_every=3).to_dict()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, {**opts, "prompts_per_round": 2}, str(tmp_path / "ddp.json")),
+             nprocs=2, join=True)
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    assert [s for s, _ in ddp["losses"]] == [s for s, _ in single.losses]
+    assert all(l != 0 for _, l in single.losses)
+    assert [l for _, l in ddp["losses"]] == pytest.approx([l for _, l in single.losses], rel=1e-4, abs=1e-6)
+    assert ddp["exact_match"] == single.last_eval["exact_match"]
