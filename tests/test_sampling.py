@@ -215,3 +215,13 @@ def test_logit_bias_is_added_before_everything_else_and_checked():
     assert torch.equal(biased, torch.tensor([-97.0, 1.0, 5.0, -1.0])) and int(torch.argmax(biased)) == 2
     with pytest.raises(ConfigError, match="logit_bias"):
         SamplingParams(logit_bias={1: 101})
+
+
+def test_batched_rows_keep_their_own_logit_bias():
+    """Rows sampled together in one batch step each get their own bias (a +100 bias forces its token)."""
+    from llmlab.infer.sampling import SamplingParams, make_generator, sample_rows
+
+    logits = torch.zeros(3, 10)
+    params = [SamplingParams(temperature=0.0, logit_bias={7: 100.0}), SamplingParams(temperature=0.0, logit_bias={2: 100.0}),
+              SamplingParams(temperature=1.0, logit_bias={5: 100.0})]
+    assert sample_rows(logits, params, [make_generator(i) for i in range(3)]) == [7, 2, 5]

@@ -191,7 +191,8 @@ def apply_logit_bias(logits: torch.Tensor, bias: dict[int, float]) -> torch.Tens
     if not bias:
         return logits
     ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
-    return logits.index_add(-1, ids, torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device))
+    values = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_add(-1, ids, values.expand(*logits.shape[:-1], -1))  # one row (V,) or a batch (B, V)
 
 
 def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
