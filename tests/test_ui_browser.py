@@ -5,23 +5,13 @@ Needs Debian's `chromium` and the `playwright` Python package (no browser downlo
 Skipped when either is missing. Screenshots go to tests/artifacts/ui/ for a human to look at.
 """
 
-import shutil
-from pathlib import Path
-
 import pytest
+from ui_support import ARTIFACTS, open_page
 
 from llmlab.serve import BackgroundServer, ModelRegistry, create_app
 from llmlab.serve.tiny import make_tiny_checkpoint
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-if not Path(CHROMIUM).exists():
-    pytest.skip("Debian chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-
 pytestmark = pytest.mark.network_local
-ARTIFACTS = Path(__file__).parent / "artifacts" / "ui"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +26,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 860})
-        page.requests = []
-        page.on("request", lambda r: page.requests.append(r.url))
-        page.on("pageerror", lambda e: page.requests.append(f"pageerror: {e}"))
-        page.goto(server.url + "/")
-        page.wait_for_function("document.querySelectorAll('#model-select option').length == 2")
+    with open_page(server.url + "/") as page:
         yield page
-        browser.close()
 
 
 def shot(page, name):

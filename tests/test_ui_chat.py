@@ -5,27 +5,17 @@ Stop keeps the partial answer, a failed turn is not kept, old turns are dropped 
 A "slow" model (the tiny GPT, 0.05 s per token, 48 tokens at most) keeps a reply streaming long enough to act during it.
 """
 
-import shutil
-from pathlib import Path
-
 import httpx
 import pytest
 import torch
 from test_serve_limits import SlowGPT
+from ui_support import ARTIFACTS, open_page
 
 from llmlab.model import preset
 from llmlab.serve import BackgroundServer, ModelRegistry, create_app
 from llmlab.serve.tiny import make_tiny_checkpoint, tiny_tokenizer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-if not Path(CHROMIUM).exists():
-    pytest.skip("Debian chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-
 pytestmark = pytest.mark.network_local
-ARTIFACTS = Path(__file__).parent / "artifacts" / "ui"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 class SlowerGPT(SlowGPT):
@@ -47,21 +37,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 860})
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        page.goto(server.url + "/")
-        page.wait_for_function("document.querySelectorAll('#model-select option').length == 2")
+    with open_page(server.url + "/") as page:
         page.fill("#seed", "3")
         page.dispatch_event("#seed", "change")
         page.fill("#max_tokens", "48")
         page.dispatch_event("#max_tokens", "input")
         yield page
         assert page.errors == []
-        browser.close()
 
 
 def conversations(server):
