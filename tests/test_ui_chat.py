@@ -75,8 +75,9 @@ def test_a_reply_stays_in_its_own_conversation_when_the_user_switches(page, serv
     ask(page, "slow", "first question", wait=False)
     streaming_tokens(page, 2)
     page.locator("#history-list li[data-id]").first.click()  # to the other chat, mid-stream
-    page.wait_for_function("document.querySelectorAll('.msg').length == 2")
-    assert "the other chat" in page.inner_text("#messages")
+    # the open chat also holds two messages until the other one arrives, so wait for its text
+    page.wait_for_function("document.querySelector('#messages').innerText.includes('the other chat')")
+    assert page.locator(".msg").count() == 2
     page.wait_for_function("document.querySelectorAll('#history-list li[data-id]').length == 2", timeout=60_000)
     saved = conversations(server)
     assert len(saved["the other chat"]) == 2
