@@ -99,6 +99,8 @@ def test_stop_keeps_the_partial_answer_and_turns_alternate(page, server):
     streaming_tokens(page, 3)
     page.click("#chat-stop")
     page.wait_for_function("document.querySelector('.msg.assistant .stats')?.textContent.includes('stopped by you')")
+    # the stopped turn is saved before the chat takes a new message (Enter while busy sends nothing)
+    page.wait_for_function("document.querySelector('#chat-stop').classList.contains('hidden')")
     partial = page.locator(".msg.assistant .tokens").last.text_content()
     assert partial
     ask(page, "tiny-gpt", "and again")
