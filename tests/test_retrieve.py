@@ -229,3 +229,45 @@ def test_retrieve_imports_no_later_stage():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = set(eval(out))
     assert loaded <= {"retrieve", "data", "tokenizer", "errors", "files", "progress"}, loaded
+
+
+def test_chat_with_an_index_lists_the_sources(tmp_path, index_dir, embedder, monkeypatch, capsys):
+    import argparse
+
+    import torch
+
+    import llmlab.retrieve.search as search
+    from llmlab.cli import chat as chat_cli
+    from llmlab.model import GPT, preset, save_checkpoint
+    from llmlab.tokenizer.base import default_special_tokens
+    from llmlab.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer({bytes([i]): i for i in range(256)}, special_tokens=default_special_tokens(256))
+    tok.save(tmp_path / "tok.json")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ckpt", GPT(preset("tiny", vocab_size=261, context_length=1024)),
+                    tokenizer_file=tmp_path / "tok.json")
+    monkeypatch.setattr(search, "Embedder", lambda: embedder)
+    parser = argparse.ArgumentParser()
+    chat_cli.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "ckpt"), "--index", str(index_dir), "--passages", "2",
+                              "--passage-tokens", "400", "-n", "2", "-t", "0"])
+    lines = iter(["how do I compress a file with gzip?"])
+    prompts = []
+    import llmlab.tokenizer.chat as chat_module  # chat imports render_chat inside run(): watch it there
+
+    render = chat_module.render_chat
+    monkeypatch.setattr(chat_module, "render_chat", lambda messages, *a, **k: prompts.append(messages) or render(messages, *a, **k))
+
+    def fake_input(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    assert chat_cli.run(args, input_fn=fake_input) == 0
+    out = capsys.readouterr().out
+    assert "sources:" in out and "[1] gzip — https://docs.test/gzip.html" in out
+    assert "[1] gzip — https://docs.test/gzip.html\nThe gzip module" in prompts[0][-1]["content"]
+    with pytest.raises(InputError, match="no retrieval index"):  # before the model loads
+        chat_cli.run(parser.parse_args(["no-such-model", "--index", str(tmp_path / "none")]))
