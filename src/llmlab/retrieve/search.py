@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from llmlab.errors import ConfigError, InputError
 from llmlab.retrieve.bm25 import Bm25
 from llmlab.retrieve.embeddings import Embedder
@@ -50,6 +52,7 @@ class Index:
         self.store = store
         self.bm25 = bm25
         self._embedder = embedder
+        self._vectors: tuple[np.ndarray, np.ndarray] | None = None
         self.size = len(bm25.rowids)
 
     @classmethod
@@ -70,6 +73,17 @@ class Index:
             self._embedder = Embedder()
         return self._embedder
 
+    def nearest(self, query: str, k: int) -> list[tuple[int, float]]:
+        """(row id, cosine similarity) of the k chunks whose embeddings are nearest the query's."""
+        if self._vectors is None:
+            self._vectors = self.store.vectors()
+        rowids, matrix = self._vectors
+        scores = matrix @ self.embedder.embed([query])[0]
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(rowids[i]), float(scores[i])) for i in top]
+
     def search(self, query: str, k: int = 5, mode: Mode = "hybrid", candidates: int = 50) -> list[Passage]:
         """The k best passages for `query`, best first."""
         if mode not in MODES:
@@ -78,7 +92,7 @@ class Index:
             return []
         depth = max(k, candidates)
         sparse = self.bm25.search(query, depth) if mode != "dense" else []
-        dense = self.store.nearest(self.embedder.embed([query])[0], min(depth, self.size)) if mode != "bm25" else []
+        dense = self.nearest(query, depth) if mode != "bm25" else []
         bm25_rank = {rowid: r for r, (rowid, _) in enumerate(sparse, start=1)}
         dense_rank = {rowid: r for r, (rowid, _) in enumerate(dense, start=1)}
         if mode == "hybrid":

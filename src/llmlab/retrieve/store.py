@@ -2,6 +2,10 @@
 
     INDEX_DIR/index.sqlite   meta(key, value); chunks(id, chunk_id, url, title, text, position);
                              vectors: a sqlite-vec `vec0` table, rowid = chunks.id, float[dim]
+
+The vec0 table can answer nearest-neighbour queries in SQL (`WHERE embedding MATCH ? AND k = ?`), but
+its scan took ~3x longer than a numpy product over the same 100k vectors (docs/retrieval.md), so
+search loads the vectors once and ranks them in memory (1.5 KB per chunk).
     INDEX_DIR/bm25/          the bm25s index over all chunks, in chunks.id order (rowids.npy), and the
                              `generation` of the chunk table it was built from
 
@@ -162,13 +166,13 @@ class Store:
             found = self.db.execute(f"SELECT id, chunk_id, url, title, text FROM chunks WHERE id IN ({marks})", rowids)
             return {row[0]: tuple(row[1:]) for row in found}
 
-    def nearest(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The k rows whose vectors are nearest `vector` (L2, which ranks unit vectors as cosine does)."""
-        with self.checked("searching vectors"):
-            found = self.db.execute("SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ? ORDER BY distance",
-                                    (np.ascontiguousarray(vector, dtype=np.float32).tobytes(), k)).fetchall()
-        # |a - b|^2 = 2 - 2 cos(a, b) for unit vectors.
-        return [(rowid, 1.0 - distance * distance / 2.0) for rowid, distance in found]
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row ids, float32 matrix with one unit vector per row) of every chunk."""
+        with self.checked("reading vectors"):
+            rows = self.db.execute("SELECT rowid, embedding FROM vectors ORDER BY rowid").fetchall()
+        dim = int(self.meta["dim"])
+        matrix = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(len(rows), dim)
+        return np.array([rowid for rowid, _ in rows], dtype=np.int64), matrix
 
     def close(self) -> None:
         self.db.close()
