@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from llmlab.retrieve import Embedder, Index, build_index, rag_messages
+from llmlab.retrieve.prompt import INSTRUCTION
 from llmlab.retrieve.store import Store
 
 
@@ -156,7 +157,7 @@ def bench_latency(index_dir: Path, work: Path, embedder: Embedder, target: int, 
 _CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 
 
-def bench_rag(index: Index, held_out, n: int, k: int, budget: int, max_new_tokens: int = 48) -> dict:
+def bench_rag(index: Index, held_out, n: int, k: int, budget: int, instruction: str, max_new_tokens: int = 48) -> dict:
     from llmlab.eval.text_metrics import chrf, exact_match
     from llmlab.infer import Engine, SamplingParams, load_model
     from llmlab.tokenizer.chat import render_chat
@@ -166,14 +167,15 @@ def bench_rag(index: Index, held_out, n: int, k: int, budget: int, max_new_token
     engine = Engine(model, tok)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     refs = [qa.answer for qa in qas]
-    out: dict = {"questions": len(qas), "passages": k, "passage_tokens": budget}
+    out: dict = {"questions": len(qas), "passages": k, "passage_tokens": budget, "instruction": instruction}
     samples = {}
     for label in ("without", "with"):
         prompts, used_counts = [], []
         for qa in qas:
             messages = [{"role": "user", "content": qa.question}]
             if label == "with":
-                messages, used = rag_messages(messages, index.search(qa.question, k=k), lambda s: len(tok.encode_ordinary(s)), budget)
+                messages, used = rag_messages(messages, index.search(qa.question, k=k), lambda s: len(tok.encode_ordinary(s)), budget,
+                                              instruction)
                 used_counts.append(len(used))
             prompts.append(render_chat(messages, tok, add_generation_prompt=True, max_tokens=model.config.context_length - 1).ids)
         started = time.perf_counter()
@@ -205,6 +207,7 @@ def main() -> None:
     parser.add_argument("--rag-questions", type=int, default=10)
     parser.add_argument("--rag-passages", type=int, default=3)
     parser.add_argument("--rag-tokens", type=int, default=400)
+    parser.add_argument("--rag-instruction", default=INSTRUCTION)
     args = parser.parse_args()
     work = Path(args.work)
     torch.set_num_threads(2)
@@ -227,9 +230,10 @@ def main() -> None:
         results["latency"] = bench_latency(index_dir, work, embedder, args.latency_chunks, queries)
         print(json.dumps(results["latency"], indent=1), flush=True)
     if "rag" in args.parts:
-        results["rag"] = bench_rag(index, held_out, args.rag_questions, args.rag_passages, args.rag_tokens)
+        results["rag"] = bench_rag(index, held_out, args.rag_questions, args.rag_passages, args.rag_tokens,
+                                   args.rag_instruction)
         print(json.dumps(results["rag"], indent=1), flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=1))
+    (work / f"results-{'-'.join(args.parts)}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from typing import Callable, Mapping, Sequence
 from llmlab.errors import InputError
 from llmlab.retrieve.search import Passage
 
-INSTRUCTION = "Answer the question using the sources below. Cite the sources you use as [1], [2]."
+# "one short sentence" measured +3.5 chrF over the same wording without it (docs/retrieval.md).
+INSTRUCTION = "Answer the question in one short sentence, using the sources below. Cite the sources you use as [1], [2]."
 MIN_TRIMMED_TOKENS = 24  # a passage cut shorter than this tells the model nothing: drop it instead
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
