@@ -11,6 +11,7 @@ from llmlab.cli import main
 from llmlab.errors import ConfigError, InputError
 from llmlab.retrieve import (Embedder, Index, Passage, build_index, chunk_document, chunk_text, cited_passages,
                              rag_messages, reciprocal_rank_fusion)
+from llmlab.retrieve.prompt import INSTRUCTION
 from llmlab.retrieve.store import DB_FILE, Store
 
 DOCS = [
@@ -180,14 +181,15 @@ def test_prompt_keeps_the_budget_and_drops_the_lowest_ranked_first():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Earlier?"},
                 {"role": "assistant", "content": "Yes."}, {"role": "user", "content": "What is p1?"}]
     passages = [passage(1, 50), passage(2, 50), passage(3, 50)]
-    for budget in (400, 130, 100, 60):
+    base = words(INSTRUCTION) + 1  # the instruction and "Question:"; each block is 4 + 50 words
+    for budget in (400, base + 108, base + 90, base + 40):
         out, used = rag_messages(messages, passages, words, budget)
         added = words(out[-1]["content"]) - words("What is p1?")
         assert added <= budget, budget
         assert used == passages[: len(used)]  # a prefix of the ranking: the lowest-ranked went first
         assert out[:3] == messages[:3] and out[-1]["content"].endswith("Question: What is p1?")
     assert len(rag_messages(messages, passages, words, 400)[1]) == 3
-    out, used = rag_messages(messages, passages, words, 100)  # two whole passages do not fit: the second is cut
+    out, used = rag_messages(messages, passages, words, base + 90)  # two whole passages do not fit: the second is cut
     assert used == passages[:2] and "p2w0" in out[-1]["content"] and "p2w49" not in out[-1]["content"]
     assert "[1] T1 — u1" in out[-1]["content"] and "[2] T2 — u2" in out[-1]["content"]
     out, used = rag_messages(messages, passages, words, 5)  # nothing fits: the question goes alone
