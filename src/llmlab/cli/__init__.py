@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("llmlab.cli.prune", "Prune a model (magnitude, MLP neurons, attention heads) and measure the cost."),
     "reward": ("llmlab.cli.reward", "Train a reward model on preference pairs, or score answers with one."),
     "rl": ("llmlab.cli.rl", "Reinforcement learning from rewards: GRPO on checkable tasks, PPO with a reward model."),
+    "index": ("llmlab.cli.index", "Build a retrieval index (BM25 + embeddings) from cleaned documents."),
+    "search": ("llmlab.cli.search", "Search a retrieval index: the best passages for a query, with scores."),
     "generate": ("llmlab.cli.generate", "Generate text from a checkpoint with any decoding strategy."),
     "chat": ("llmlab.cli.chat", "Chat with a model in the terminal."),
     "eval": ("llmlab.cli.eval", "Perplexity, multiple-choice benchmarks and generation metrics."),

@@ -4,8 +4,13 @@ Type a message and press Enter. Commands: /reset forgets the history, /exit (or 
 Ctrl-C while the model answers stops the answer. Old turns are dropped when the history outgrows the
 context window.
 
+With --index, each message is first searched in a retrieval index (llmlab index); the best passages go
+in front of it, numbered, and the sources the answer cites as [n] are listed after it (all the passages
+given when it cites none). The history keeps the plain messages, so old passages do not pile up.
+
     llmlab chat smollm2-135m --temperature 0.3
     llmlab chat runs/demo --system "You are a helpful assistant."
+    llmlab chat smollm2-135m --index runs/demo/index --temperature 0
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from llmlab.cli.generate import add_model_arguments, add_sampling_arguments, sam
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint directory, run directory, .gguf file, or smollm2-135m")
     parser.add_argument("--system", help="system message that starts the conversation")
+    parser.add_argument("--index", help="retrieval index directory (llmlab index): answer from its passages")
+    parser.add_argument("--passages", type=int, default=3, help="passages retrieved per message with --index (default: 3)")
+    parser.add_argument("--passage-tokens", type=int, default=512,
+                        help="most prompt tokens the passages may add with --index (default: 512)")
     add_model_arguments(parser)
     # One answer at a time: no --num-samples.
     add_sampling_arguments(parser, skip=("n",), max_new_tokens=256, temperature=0.7, top_p=0.95)
@@ -27,8 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, input_fn=input) -> int:
     from llmlab.infer import Engine, load_model
     from llmlab.infer.quantize import quantize_model
+    from llmlab.retrieve import Index, cited_passages, rag_messages
     from llmlab.tokenizer.chat import chat_format, render_chat
 
+    index = Index.open(args.index) if args.index else None  # a bad index fails before the model loads
     model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
     chat_format(tokenizer)  # fail now, not after the first message, if the tokenizer has no chat tokens
     if args.quantize:
@@ -54,7 +65,11 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
             print("(history cleared)", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
-        rendered = render_chat(system + history, tokenizer, add_generation_prompt=True,
+        messages, passages = system + history, []
+        if index is not None:
+            messages, passages = rag_messages(messages, index.search(text, k=args.passages),
+                                              lambda s: len(tokenizer.encode_ordinary(s)), args.passage_tokens)
+        rendered = render_chat(messages, tokenizer, add_generation_prompt=True,
                                max_tokens=model.config.context_length - 1)
         reply = ""
         print("model> ", end="", flush=True)
@@ -65,4 +80,9 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
         except KeyboardInterrupt:
             print(" [stopped]", end="")
         print()
+        if passages:
+            cited = cited_passages(reply, passages) or list(enumerate(passages, start=1))
+            print("sources:")
+            for n, p in cited:
+                print(f"  [{n}] {p.title} — {p.url}")
         history.append({"role": "assistant", "content": reply})

