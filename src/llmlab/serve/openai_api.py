@@ -4,6 +4,7 @@ Request and response fields follow OpenAI's API reference, so the `openai` SDK, 
 unchanged. llmlab adds the sampling fields `top_k`, `min_p` and `repetition_penalty` (as vLLM does) and
 `ignore_eos`, and a `timings` object in each choice: queue wait, time to first token, total time and decode tokens/s.
 `logit_bias` is applied; `response_format` (other than text), `tools` and `tool_choice` get a 400, never silence.
+Chat answers can come from a retrieval index: the `rag` field or a `MODEL+rag:INDEX` model id (`serve/rag.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from llmlab.infer.sampling import Setting, logit_bias_problem, sampling_settings
 from llmlab.serve.api_errors import APIError, error_body, unknown_model
 from llmlab.serve.dispatch import ChoiceResult, Generator, until_disconnected
 from llmlab.serve.lookinside import prompt_logprobs
+from llmlab.serve.rag import RagOptions, cited, options_for, retrieve, source_cards
 from llmlab.serve.registry import LoadedModel
 from llmlab.serve.worker import Job, events_of
 
@@ -147,6 +149,7 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
+    rag: RagOptions | None = None  # llmlab: answer from a retrieval index's passages
 
     def refuse_unsupported(self) -> None:
         """A clear 400 for a request whose meaning llmlab cannot honour: JSON output and tool calls."""
@@ -275,10 +278,9 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     registry = _generator(request).registry
-    entry = registry.entry(model_id)
-    if entry is None:
+    if model_id not in registry:
         raise unknown_model(model_id, registry.ids())
-    return entry.card()
+    return registry.card(model_id)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -287,7 +289,11 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     gen = _generator(request)
     loaded = await gen.load(req.model)
     req.check_for(loaded)
-    prompt = gen.chat_prompt(loaded, [m.flat() for m in req.messages])
+    messages, sources = [m.flat() for m in req.messages], []
+    rag = options_for(req.model, req.rag, gen.registry)
+    if rag is not None:
+        messages, sources = await retrieve(gen.registry, loaded, messages, rag, req.max_completion_tokens or req.max_tokens)
+    prompt = gen.chat_prompt(loaded, messages)
     top = req.top_logprobs or 0
     if top and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
@@ -299,7 +305,8 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     cid, created = _new_id("chatcmpl"), int(time.time())
     head = {"id": cid, "created": created, "model": req.model, "system_fingerprint": FINGERPRINT}
     if req.stream:
-        lines = _chat_chunks(head, loaded, job, params.n, len(prompt), req.logprobs, req.include_usage)
+        lines = _chat_chunks(head, loaded, job, params.n, len(prompt), req.logprobs, req.include_usage,
+                             sources if rag is not None else None)
         return StreamingResponse(_guarded(lines, job), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     results = await _wait(request, gen, job, params.n)
@@ -307,32 +314,45 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     for r in results:
         logprobs = {"content": [chat_logprob(loaded.tokenizer, e) for e in r.events], "refusal": None} if req.logprobs else None
         choices.append({"index": r.index, "message": {"role": "assistant", "content": r.text, "refusal": None},
-                        "logprobs": logprobs, "finish_reason": r.finish_reason, "timings": r.timings})
+                        "logprobs": logprobs, "finish_reason": r.finish_reason, "timings": r.timings,
+                        **({"llmlab_cited": cited(r.text, sources)} if rag is not None else {})})
     return {**head, "object": "chat.completion", "choices": choices,
-            "usage": _usage(len(prompt), sum(len(r.token_ids) for r in results))}
+            "usage": _usage(len(prompt), sum(len(r.token_ids) for r in results)),
+            **({"llmlab_sources": source_cards(sources)} if rag is not None else {})}
 
 
 async def _chat_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, prompt_tokens: int,
-                       logprobs: bool, include_usage: bool) -> AsyncIterator[str]:
+                       logprobs: bool, include_usage: bool, sources: list | None = None) -> AsyncIterator[str]:
+    """The SSE chunks of a chat answer; with `sources` (retrieval), the first chunk of each choice lists
+    them as `llmlab_sources` and its last chunk the numbers its answer cites as `llmlab_cited`."""
     chunk = {**head, "object": "chat.completion.chunk"}
+    texts = [""] * n
 
-    def one(index: int, delta: dict, lp: Any = None, finish: str | None = None, **extra: Any) -> str:
-        return sse({**chunk, "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish, **extra}]})
+    def one(index: int, delta: dict, lp: Any = None, finish: str | None = None, top: dict | None = None,
+            **extra: Any) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish, **extra}
+        return sse({**chunk, "choices": [choice], **(top or {})})
+
+    def last(index: int, finish: str) -> str:
+        extra = {"llmlab_cited": cited(texts[index], sources)} if sources is not None else {}
+        return one(index, {}, None, finish, timings=job.timings(), **extra)
 
     for i in range(n):
-        yield one(i, {"role": "assistant", "content": ""})
+        yield one(i, {"role": "assistant", "content": ""},
+                  top={"llmlab_sources": source_cards(sources)} if sources is not None else None)
     completion_tokens = 0
     finished = set()
     async for event in events_of(job):
         completion_tokens += 1
+        texts[event.index] += event.text
         lp = {"content": [chat_logprob(loaded.tokenizer, event)], "refusal": None} if logprobs else None
         yield one(event.index, {"content": event.text}, lp)
         if event.finish_reason is not None:
             finished.add(event.index)
-            yield one(event.index, {}, None, event.finish_reason, timings=job.timings())
+            yield last(event.index, event.finish_reason)
     for i in range(n):
         if i not in finished:  # max_tokens=0 or a cancelled job: no event said why it ended
-            yield one(i, {}, None, "length", timings=job.timings())
+            yield last(i, "length")
     if include_usage:
         yield sse({**chunk, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
 
@@ -340,6 +360,9 @@ async def _chat_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, prompt
 @router.post("/v1/completions", response_model=None)
 async def completions(req: CompletionRequest, request: Request):
     gen = _generator(request)
+    if gen.registry.resolve(req.model)[1] is not None:
+        raise APIError(400, "answers from a retrieval index (+rag:) are chat answers: use /v1/chat/completions",
+                       param="model")
     loaded = await gen.load(req.model)
     req.check_for(loaded)
     prompts = [gen.text_prompt(loaded, p) for p in req.prompts()]

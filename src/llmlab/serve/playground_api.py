@@ -71,7 +71,7 @@ async def status(request: Request) -> dict[str, Any]:
 async def tokenizers(request: Request) -> dict[str, Any]:
     """Every tokenizer the tokenizer view can show: each model's, then reference ones."""
     registry = _generator(request).registry
-    data = [{"id": m, "kind": "model"} for m in registry.ids()]
+    data = [{"id": m, "kind": "model"} for m in registry.entries]  # a +rag: id has its model's tokenizer
     data += [{"id": t, "kind": "reference"} for t in registry.reference_tokenizers() if t not in registry]
     return {"object": "list", "data": data}
 

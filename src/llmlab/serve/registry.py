@@ -3,6 +3,9 @@
 Listing is cheap (it reads config.json files); weights load on a model's first request and stay in
 memory. A run directory's `checkpoints/` folder counts as one model, its newest checkpoint, named by
 the path above it (`runs/demo/sft/checkpoints/step_000300` -> `demo/sft`).
+
+Retrieval indexes (`llmlab index`) served beside the models make each model also available as
+`MODEL+rag:INDEX`: the same weights, answering from the index's passages (see `serve/rag.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from llmlab.errors import CheckpointError, ConfigError
 from llmlab.model.checkpoint import CONFIG, read_config
 
 SMOLLM2 = "smollm2-135m"
+RAG = "+rag:"  # model id "MODEL+rag:INDEX"
 REFERENCE_TOKENIZERS = ("gpt2", "cl100k_base", "o200k_base")  # for the tokenizer view, when installed
 _STEP = re.compile(r"step_(\d+)$")
 
@@ -111,8 +115,14 @@ class ModelRegistry:
     """Model ids -> entries; `get` loads a model on first use, once, even under concurrent requests."""
 
     def __init__(self, models_dir: str | os.PathLike | None = None,
-                 checkpoints: dict[str, str | os.PathLike] | None = None, imported: bool = True) -> None:
+                 checkpoints: dict[str, str | os.PathLike] | None = None, imported: bool = True,
+                 indexes: dict[str, str | os.PathLike] | None = None) -> None:
         self.entries: dict[str, ModelEntry] = {}
+        self.indexes: dict[str, Any] = {}  # index name -> llmlab.retrieve.Index, opened now so a bad one fails at start
+        if indexes:
+            from llmlab.retrieve import Index
+
+            self.indexes = {name: Index.open(path) for name, path in indexes.items()}
         self._tokenizers: dict[str, Any] = {}
         self._tokenizer_lock = threading.Lock()
         found: dict[str, Path] = {}
@@ -151,15 +161,25 @@ class ModelRegistry:
         entry.loaded = LoadedModel(model_id, model, tokenizer, ctx, sum(p.numel() for p in model.parameters()))
         self.entries[model_id] = entry
 
+    def resolve(self, model_id: str) -> tuple[str, str | None]:
+        """(the model's own id, the retrieval index's name or None) of a model id such as `sft+rag:docs`."""
+        base, sep, index = model_id.rpartition(RAG)
+        return (base, index) if sep else (model_id, None)
+
+    def rag_ids(self) -> list[str]:
+        return [f"{m}{RAG}{i}" for i in self.indexes for m in self.entries]
+
     def ids(self) -> list[str]:
-        return list(self.entries)
+        """Every model id, answering-from-an-index ones first (the playground opens on the first)."""
+        return self.rag_ids() + list(self.entries)
 
     def entry(self, model_id: str) -> ModelEntry | None:
-        return self.entries.get(model_id)
+        base, index = self.resolve(model_id)
+        return self.entries.get(base) if index is None or index in self.indexes else None
 
     def get(self, model_id: str) -> LoadedModel:
         """The loaded model; blocks while it loads (call from a worker thread, not the event loop)."""
-        entry = self.entries[model_id]
+        entry = self.entry(model_id)
         with entry.load_lock:
             if entry.loaded is None:
                 from llmlab.infer import load_model
@@ -194,11 +214,17 @@ class ModelRegistry:
                 self._tokenizers[name] = load_tokenizer(name)
             return self._tokenizers[name]
 
+    def card(self, model_id: str) -> dict[str, Any]:
+        """The /v1/models entry of a model id (`rag_index` names the index a `+rag:` id answers from)."""
+        base, index = self.resolve(model_id)
+        card = self.entries[base].card() | {"id": model_id}
+        return card | {"rag_index": index, "rag_chunks": self.indexes[index].size} if index else card
+
     def cards(self) -> list[dict[str, Any]]:
-        return [e.card() for e in self.entries.values()]
+        return [self.card(m) for m in self.ids()]
 
     def __contains__(self, model_id: str) -> bool:
-        return model_id in self.entries
+        return self.entry(model_id) is not None
 
     def default(self) -> str:
-        return next(iter(self.entries))
+        return self.ids()[0]

@@ -124,6 +124,8 @@ function loadSettings() {
 }
 
 function currentModel() { return $("#model-select").value; }
+// "MODEL+rag:INDEX" answers chats from a retrieval index; the other views use MODEL itself.
+const baseModel = (id) => id.split("+rag:")[0];
 
 // ------------------------------------------------------------------ token colouring and tooltip
 
@@ -203,6 +205,53 @@ function renderMarkdown(target, text) {
   }
 }
 
+// ------------------------------------------------------------------ sources of grounded answers
+
+const httpUrl = (u) => (/^https?:\/\//i.test(u || "") ? u : null);  // never a javascript: or data: link
+
+// The passages a grounded answer was given, by the numbers it cites them with; the cited ones marked.
+function sourcesBlock(sources, cited) {
+  const citedSet = new Set(cited || []);
+  const summary = sources.length
+    ? `Sources: ${sources.length} passage${sources.length > 1 ? "s" : ""}, ${citedSet.size} cited`
+    : "Sources: no passage fitted in the context window";
+  const list = el("ol", { class: "sources-list" });
+  for (const s of sources) {
+    const href = httpUrl(s.url);
+    const title = href ? el("a", { href, target: "_blank", rel: "noopener noreferrer" }, s.title || s.url) : el("span", {}, s.title || s.url);
+    const ranks = [s.bm25_rank && `BM25 #${s.bm25_rank}`, s.dense_rank && `embedding #${s.dense_rank}`].filter(Boolean);
+    const facts = [`score ${Number(s.score).toFixed(4)}`, ...ranks, ...(citedSet.has(s.n) ? ["cited"] : [])].join(" · ");
+    list.append(el("li", { value: String(s.n), class: citedSet.has(s.n) ? "cited" : "", "data-n": String(s.n) },
+      title, " ", el("span", { class: "muted" }, facts),
+      el("details", {}, el("summary", {}, "passage"), el("div", { class: "passage" }, s.text))));
+  }
+  return el("details", { class: "sources", open: "" }, el("summary", {}, summary), list);
+}
+
+// Turn the [n] citations in rendered Markdown (outside code) into links to source n.
+function linkCitations(md, sources) {
+  const byN = new Map(sources.map((s) => [String(s.n), s]));
+  const walker = document.createTreeWalker(md, NodeFilter.SHOW_TEXT);
+  const nodes = [];
+  while (walker.nextNode()) if (!walker.currentNode.parentElement.closest("code, a")) nodes.push(walker.currentNode);
+  for (const node of nodes) {
+    const parts = node.textContent.split(/(\[\d+\])/);
+    if (parts.length === 1) continue;
+    node.replaceWith(...parts.map((part) => {
+      const s = byN.get((part.match(/^\[(\d+)\]$/) || [])[1]);
+      if (!s) return part;
+      const href = httpUrl(s.url);
+      return el("a", { class: "cite", title: s.title || s.url, ...(href ? { href, target: "_blank", rel: "noopener noreferrer" } : {}) }, part);
+    }));
+  }
+}
+
+function showSources(node, md, sources, cited) {
+  if (!sources) return;
+  linkCitations(md, sources);
+  node.querySelector(".body").append(sourcesBlock(sources, cited));
+}
+
 // Copy to the clipboard (navigator.clipboard needs a secure context: 127.0.0.1 is one, a LAN address is not).
 async function copyText(text, button) {
   try {
@@ -235,12 +284,14 @@ function statsText(t, tokens, finish) {
 // Stream one chat or text completion into `body`, colouring tokens; returns {text, tokens, timings, finish}
 // (finish "stopped" when `signal` aborted it: the text so far is kept).
 async function streamInto(body, path, request, signal, onText) {
-  const result = { text: "", tokens: [], timings: null, finish: null };
+  const result = { text: "", tokens: [], timings: null, finish: null, sources: null, cited: [] };
   body.classList.add("streaming");
   try {
     await streamSSE(path, { ...request, stream: true, logprobs: path.endsWith("chat/completions") ? true : 5,
                             ...(path.endsWith("chat/completions") ? { top_logprobs: 5 } : {}) }, (chunk) => {
+      if (chunk.llmlab_sources) result.sources = chunk.llmlab_sources;  // the passages a grounded answer was given
       for (const choice of chunk.choices || []) {
+        if (choice.llmlab_cited) result.cited = choice.llmlab_cited;
         const text = choice.delta ? (choice.delta.content || "") : (choice.text || "");
         let info = null;
         if (choice.logprobs && choice.logprobs.content) info = tokenInfo(choice.logprobs.content[0]);
@@ -285,6 +336,7 @@ function renderMessage(msg, index) {
     body.append(msg.content);
   }
   const node = el("div", { class: "msg " + msg.role }, el("div", { class: "role" }, msg.role === "user" ? "you" : (msg.meta && msg.meta.model) || msg.role), body);
+  if (msg.meta && msg.meta.sources) showSources(node, body.querySelector(".md"), msg.meta.sources, msg.meta.cited);
   if (msg.meta && (msg.meta.timings || msg.meta.finish)) node.append(el("div", { class: "stats" }, statsText(msg.meta.timings, msg.meta.tokens ? msg.meta.tokens.length : null, msg.meta.finish)));
   if (index !== undefined) addActions(node, msg, index);
   $("#messages").append(node);
@@ -399,8 +451,9 @@ async function sendChat(ev, question) {
     const r = await streamInto(tokens, "/v1/chat/completions", { model, messages, ...settings }, chatAbort.signal, onText);
     if (pending) cancelAnimationFrame(pending);
     renderMarkdown(md, r.text);
+    showSources(node, md, r.sources, r.cited);
     const meta = { model, timings: r.timings, finish: r.finish, tokens: r.tokens, settings,
-                   dropped: fit.dropped, context_length: fit.context_length };
+                   dropped: fit.dropped, context_length: fit.context_length, sources: r.sources, cited: r.cited };
     node.append(el("div", { class: "stats" }, statsText(r.timings, r.tokens.length, r.finish)));
     const reply = { role: "assistant", content: r.text, meta };
     conv.messages.push(reply);
@@ -534,7 +587,7 @@ async function runCompletion() {
   $("#complete-stop").classList.remove("hidden");
   completeAbort = new AbortController();
   try {
-    const r = await streamInto(gen, "/v1/completions", { model: currentModel(), prompt, ...sampling() }, completeAbort.signal);
+    const r = await streamInto(gen, "/v1/completions", { model: baseModel(currentModel()), prompt, ...sampling() }, completeAbort.signal);
     $("#complete-stats").textContent = statsText(r.timings, r.tokens.length, r.finish);
   } catch (e) {
     $("#complete-stats").textContent = e.name === "AbortError" ? "stopped" : "error: " + e.message;
@@ -585,8 +638,9 @@ async function runCompare() {
     try {
       const r = chat
         ? await streamInto(body, "/v1/chat/completions", { ...request, messages: [...(system ? [{ role: "system", content: system }] : []), { role: "user", content: prompt }] })
-        : await streamInto(body, "/v1/completions", { ...request, prompt });
+        : await streamInto(body, "/v1/completions", { ...request, model: baseModel(col.model), prompt });
       stats.textContent = statsText(r.timings, r.tokens.length, r.finish);
+      if (r.sources) body.append(sourcesBlock(r.sources, r.cited));
     } catch (e) {
       stats.textContent = "";
       body.append(el("div", { class: "error" }, e.message));
@@ -751,7 +805,7 @@ async function loadModels(saved) {
   const tokenizers = (await (await api("/api/tokenizers")).json()).data;
   $("#tok-model").innerHTML = "";
   for (const t of tokenizers) $("#tok-model").append(el("option", { value: t.id }, t.kind === "model" ? t.id : `${t.id} (reference)`));
-  $("#tok-model").value = currentModel();
+  $("#tok-model").value = baseModel(currentModel());
   renderCompareChips();
   showModelInfo();
 }
@@ -760,6 +814,7 @@ function showModelInfo() {
   const m = state.models.find((x) => x.id === currentModel());
   if (!m) return;
   const bits = [m.kind === "imported" ? "imported" : "llmlab checkpoint"];
+  if (m.rag_index) bits.push(`answers from index “${m.rag_index}” (${m.rag_chunks} passages), with citations`);
   if (m.context_length) bits.push(`context ${m.context_length}`);
   if (m.parameters) bits.push(`${(m.parameters / 1e6).toFixed(m.parameters < 1e7 ? 2 : 0)}M params`);
   if (!m.loaded) bits.push("loads on first use");
