@@ -2,6 +2,7 @@
 shots and answer extraction, plain vs chat rendering, and the CLI's technique-by-task table."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,13 +164,11 @@ def test_cot_answer_extraction(output, reference, strict, flexible, strict_match
 def test_cot_extraction_matches_lm_eval_filters_and_metric():
     """lm-evaluation-harness's own gsm8k-cot filters and exact_match on the same outputs (skipped without it)."""
     lm_eval = pytest.importorskip("lm_eval")
-    import pathlib
-
     import yaml
     from lm_eval.api.metrics import exact_match_hf_evaluate
     from lm_eval.filters.extraction import RegexFilter
 
-    config = yaml.safe_load((pathlib.Path(lm_eval.__file__).parent / "tasks/gsm8k/gsm8k-cot.yaml").read_text())
+    config = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks/gsm8k/gsm8k-cot.yaml").read_text())
     metric = config["metric_list"][0]
     for output, reference, *_ in COT_OUTPUTS:
         answer = f"Some reasoning.\n#### {reference}"
@@ -185,6 +184,44 @@ def test_cot_extraction_matches_lm_eval_filters_and_metric():
         ours = gsm8k_scores(output, answer, GSM8K_COT_STRICT)
         assert (ours["exact_match"], ours["exact_match_flexible"]) == (
             theirs["strict-match"], theirs["flexible-extract"]), output
+
+
+def test_rendered_gsm8k_prompts_match_lm_eval(tmp_path, monkeypatch):
+    """lm-eval renders gsm8k (3 shots from a train file) and gsm8k-cot (its 8 fixed exemplars) on two docs;
+    llmlab, given the same shots, writes the same prompts and stops at the same strings (skipped without it)."""
+    lm_eval = pytest.importorskip("lm_eval")
+    import yaml
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = gsm8k_rows(12)
+    test, train = write_jsonl(tmp_path / "test.jsonl", rows[:2]), write_jsonl(tmp_path / "train.jsonl", rows[2:])
+    harness_tasks = Path(lm_eval.__file__).parent / "tasks" / "gsm8k"
+    for name in ("gsm8k", "gsm8k-cot"):  # the harness's own task files, with only the data replaced
+        config = {"include": str(harness_tasks / f"{name}.yaml"), "task": "llmlab_" + name.replace("-", "_"),
+                  "tag": [], "dataset_path": "json", "dataset_name": None,
+                  "dataset_kwargs": {"data_files": {"test": str(test), "train": str(train)}}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config | ({"num_fewshot": 3} if name == "gsm8k" else {})))
+    harness = TaskManager(include_path=str(tmp_path)).load_task_or_group(["llmlab_gsm8k", "llmlab_gsm8k_cot"])
+
+    exemplars = yaml.safe_load((harness_tasks / "gsm8k-cot.yaml").read_text())["fewshot_config"]["samples"]
+    cot_shots = [Doc(query=f"Q: {e['question']}\nA:", target=None, shot_answer=e["target"]) for e in exemplars]
+    pool = load_docs(TASKS["gsm8k"], train)
+    for name, ours in (("llmlab_gsm8k", TASKS["gsm8k"]), ("llmlab_gsm8k_cot", TASKS["gsm8k_cot"])):
+        task = harness[name]
+        task.build_all_requests(limit=2, rank=0, world_size=1)
+        docs = load_docs(ours, test)
+        for doc, instance in zip(docs, task.instances):
+            context, generation = instance.args
+            if ours.name == "gsm8k_cot":
+                shots = cot_shots
+            else:  # the harness drew its shots with its own generator: find which, in order
+                shots = sorted((d for d in pool if d.query in context), key=lambda d: context.index(d.query))
+                assert len(shots) == 3
+            assert build_contexts(ours, doc, shots)[0] == context
+            assert list(ours.stop) == generation["until"]
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------------
