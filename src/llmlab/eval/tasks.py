@@ -87,7 +87,7 @@ class Task:
     description: Callable[[Doc], str] = field(default=lambda doc: "")
     stop: tuple[str, ...] = ()  # generation tasks: where an answer ends
     answer_pattern: str = ""  # generation tasks: the regex whose first match is the "strict" answer
-    fewshot_holdout: int = 0  # the evaluated file's last N rows are the few-shot pool, never scored
+    fewshot_holdout: int = 0  # the packaged file's last N rows are the few-shot pool, never scored
     cot_variant: str | None = None  # the task that asks the same questions with chain-of-thought shots
 
 
