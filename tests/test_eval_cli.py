@@ -80,7 +80,10 @@ def test_unknown_task_and_bad_data_option_are_clear_errors(workspace, capsys):
 def test_gsm8k_generates_and_scores_each_answer(workspace):
     root, data = workspace
     lm = load_language_model(root / "a")
-    result = evaluate_task(lm, TASKS["gsm8k"], data_path=data["gsm8k"], num_fewshot=1, max_new_tokens=4)
+    shots = root / "gsm8k_train.jsonl"
+    shots.write_text(json.dumps({"question": "What is 5 + 5?", "answer": "5 + 5 = 10\n#### 10"}) + "\n")
+    result = evaluate_task(lm, TASKS["gsm8k"], data_path=data["gsm8k"], num_fewshot=1, max_new_tokens=4,
+                           fewshot_path=shots)
     assert result.examples == 3 and len(result.samples) == 3
     assert result.samples[0]["reference"].endswith("#### 0")
     assert result.metrics["exact_match"] == 0.0  # a random tiny model does not write "#### 0"

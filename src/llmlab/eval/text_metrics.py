@@ -2,8 +2,10 @@
 
 - Exact match compares a prediction and a reference after normalisation (case, and regular
   expressions whose matches are deleted, as lm-evaluation-harness's `exact_match` does). For GSM8K the
-  answer is first extracted from the generated reasoning: "strict" takes the number after "#### "
-  (the data set's own answer format), "flexible" takes the last number in the text.
+  answer is first extracted from the generated reasoning: "strict" takes the first match of the
+  task's answer pattern (the number after "#### ", the data set's own format; for chain-of-thought the
+  number after "The answer is", the regex of lm-eval's gsm8k-cot task, whose trailing "." needs one
+  more character after the number), "flexible" takes the last number in the text.
 - BLEU (Papineni et al., 2002) and chrF (Popovic, 2015) are corpus-level scores from `sacrebleu`, whose
   tokenisation makes them comparable with published figures; ROUGE-1/2/L F-measures (Lin, 2004) come
   from Google's `rouge-score` package with Porter stemming, averaged over examples.
@@ -19,8 +21,10 @@ from typing import Sequence
 from llmlab.eval.models import LanguageModel
 from llmlab.progress import Progress
 
-# lm-evaluation-harness's GSM8K answer extraction and normalisation.
-GSM8K_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+# lm-evaluation-harness's GSM8K answer extraction and normalisation (tasks/gsm8k/gsm8k.yaml and
+# gsm8k-cot.yaml: the "strict-match" and "flexible-extract" filters, then exact_match's regexes_to_ignore).
+GSM8K_STRICT = r"#### (\-?[0-9\.\,]+)"
+GSM8K_COT_STRICT = r"The answer is (\-?[0-9\.\,]+)."
 GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
 
@@ -44,13 +48,13 @@ def exact_match(
     return float(same)
 
 
-def gsm8k_extract(generation: str, strict: bool = True) -> str:
-    """The final answer in a GSM8K solution: after "#### " (strict) or the last number (flexible).
+def gsm8k_extract(generation: str, strict: bool = True, pattern: str = GSM8K_STRICT) -> str:
+    """The final answer in a GSM8K solution: the first match of `pattern` (strict) or the last number (flexible).
 
     Returns "[invalid]" when there is none, as the harness does, so it never matches a reference.
     """
     if strict:
-        match = GSM8K_STRICT.search(generation)
+        match = re.search(pattern, generation)
         return match.group(1).strip() if match else "[invalid]"
     found = GSM8K_FLEXIBLE.findall(generation)
     if not found:
@@ -59,10 +63,11 @@ def gsm8k_extract(generation: str, strict: bool = True) -> str:
     return next(group for group in last if group).strip()
 
 
-def gsm8k_scores(generation: str, reference: str) -> dict[str, float]:
-    """exact_match (strict extraction) and exact_match_flexible of one GSM8K answer."""
+def gsm8k_scores(generation: str, reference: str, pattern: str = GSM8K_STRICT) -> dict[str, float]:
+    """exact_match (strict extraction with `pattern`) and exact_match_flexible of one GSM8K answer."""
     return {
-        "exact_match": exact_match(gsm8k_extract(generation, True), reference, regexes_to_ignore=GSM8K_IGNORE),
+        "exact_match": exact_match(gsm8k_extract(generation, True, pattern), reference,
+                                   regexes_to_ignore=GSM8K_IGNORE),
         "exact_match_flexible": exact_match(gsm8k_extract(generation, False), reference, regexes_to_ignore=GSM8K_IGNORE),
     }
 
@@ -110,13 +115,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def generate_greedy(
     lm: LanguageModel,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[int]],
     stop: Sequence[str],
     max_new_tokens: int = 256,
     batch_size: int = 8,
     desc: str = "generate",
 ) -> list[str]:
-    """Greedy completions of `prompts`, each cut at the first `stop` string, with a progress bar.
+    """Greedy completions of `prompts` (text, or token ids such as a rendered chat), each cut at the first
+    `stop` string, with a progress bar.
 
     A prompt longer than the window minus `max_new_tokens` loses its oldest tokens, as in the harness,
     so that the answer has room.
@@ -129,7 +135,7 @@ def generate_greedy(
     with Progress(total=len(prompts), desc=desc, unit="ex") as progress:
         for start in range(0, len(prompts), batch_size):
             keep = max(1, lm.max_length - max_new_tokens)
-            chunk = [lm.encode(p)[-keep:] for p in prompts[start : start + batch_size]]
+            chunk = [(lm.encode(p) if isinstance(p, str) else p)[-keep:] for p in prompts[start : start + batch_size]]
             outputs += [c.text for c in engine.generate(chunk, params)]
             progress.update(len(chunk))
     return outputs
