@@ -588,7 +588,8 @@ def test_pii_finds_real_pii_in_sentences():
     planted = {
         "phone": ["+49 30 12345678", "020 7946 0958", "1-800-555-0199", "+33 1 42 68 53 00", "(555) 123-4567",
                   "+1 (555) 123-4567", "555.123.4567", "030 12345678", "+44 (0)20 7946 0958", "+81 3-1234-5678",
-                  "+61 2 9876 5432", "0113 496 0000", "+1 415 555 2671"],
+                  "+61 2 9876 5432", "0113 496 0000", "+1 415 555 2671", "(02) 9876 5432", "06 1234 5678",
+                  "03-1234-5678", "0049 30 12345678", "07700 900123", "+34 912 345 678", "+91 98765 43210"],
         "credit_card": ["4111 1111 1111 1111", "4111-1111-1111-1111", "5500 0000 0000 0004", "3782 822463 10005",
                         "6011111111111117", "3530111333300000"],
         "ip_address": ["81.2.69.142", "93.184.216.34", "2a00:1450:4001:82b::200e", "172.217.16.14"],
@@ -599,3 +600,12 @@ def test_pii_finds_real_pii_in_sentences():
             for sentence in (f"Reach it at {value} today.", f"It is {value}.\n", f"{value} is the one"):
                 out, counts = redact(sentence)
                 assert counts == {kind: 1} and value not in out, (kind, sentence, out)
+
+
+def test_pii_recall_on_generated_pii_is_at_least_095():
+    from llmlab.data.clean.pii_recall import planted_pii, pii_recall
+
+    samples = planted_pii(500, seed=1)
+    assert {s.kind for s in samples} == {"email", "phone", "ip_address", "credit_card", "iban"}
+    result = pii_recall(samples)
+    assert result["recall"] >= 0.95 and min(v for k, v in result.items() if k.startswith("recall_")) >= 0.9, result

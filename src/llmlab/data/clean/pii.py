@@ -16,10 +16,10 @@ Documentation is full of numbers that look like PII, so each kind needs more tha
   dotted quad that reads as a version (`Python 3.11.7.1`, `v1.2.3.4`, `1.2.3.4-rc1`, part of
   `1.2.3.4.5`, four one-digit numbers as in `zlib 1.2.3.4`) or as a section number (after "Section",
   "§", "Chapter"..., or opening a line as a heading's number does: `3.3.2.4. __slots__`) is left alone.
-- Phones: international (`+49 30 12345678`, `+1 (555) 123-4567`), North American (`(555) 123-4567`,
-  `555-123-4567`, `1-800-555-0199`; area codes start with 2-9, so `123-456-7890` is no number) and
-  national trunk-prefix forms (`020 7946 0958`), 7-15 digits, and not one cell of a row of numbers
-  (`--> 012 013 023 123`).
+- Phones: international (`+49 30 12345678`, `0049 30 12345678`, `+1 (555) 123-4567`), North
+  American (`(555) 123-4567`, `555-123-4567`, `1-800-555-0199`; area codes start with 2-9, so
+  `123-456-7890` is no number) and national trunk-prefix forms (`020 7946 0958`, `06 1234 5678`,
+  `(02) 9876 5432`), 7-15 digits, and not one cell of a row of numbers (`--> 012 013 023 123`).
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ IPV6 = re.compile(r"(?<![\w:.])[23][0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){2,7}(?!
 GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 PHONE = re.compile(
     r"(?<![\w.+-])(?:"
-    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,8}){1,4}"  # +44 20 7946 0958, +49 30 12345678
+    r"(?:\+|00)[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,8}){1,4}"  # +44 20 7946 0958, 0049 30 12345678
     r"|(?:1[ .-]?)?\([2-9]\d{2}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567 (NANP area codes start 2-9)
     r"|(?:1([.-]))?[2-9]\d{2}([.-])\d{3}\2\d{4}"  # 555-123-4567, 1-800-555-0199
-    r"|0[1-9]\d{1,3}( |-)[1-9]\d{2,3}\3\d{3,4}"  # 020 7946 0958 (trunk prefix 0; numbers start 1-9)
+    # 020 7946 0958, 06 1234 5678, 03-1234-5678, (02) 9876 5432: a trunk prefix 0; numbers start 1-9
+    r"|(?:0[1-9]\d{0,3}|\(0[1-9]\d{0,3}\))( |-)[1-9]\d{2,3}\3\d{3,4}"
     r"|0[1-9]\d{1,3}[ /-]\d{6,8}"  # 030 12345678
     r")(?![\w-]|\.\d)"
 )
