@@ -144,3 +144,38 @@ def test_ray_executor_reports_bad_input_as_the_local_one_does(ray_cluster, tmp_p
     empty.write_text("")
     with pytest.raises(InputError, match="no documents"):
         clean([empty], tmp_path / "out2", "fineweb", executor="ray")
+
+
+@pytest.mark.slow  # starts Ray (~8 s)
+def test_killed_ray_run_resumes_from_its_finished_shards(ray_cluster, tmp_path, monkeypatch):
+    from llmlab.data.clean import ray_executor
+    from llmlab.data.clean.resume_log import ShardLog
+
+    inputs = sharded_corpus(tmp_path)
+    reference = clean(inputs, tmp_path / "ref", "fineweb", workers=2, executor="ray")
+    collect = ray_executor._collect
+
+    def interrupted(*args):
+        raise KeyboardInterrupt  # killed after every shard's first segment finished
+
+    monkeypatch.setattr(ray_executor, "_collect", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        clean(inputs, out, "fineweb", workers=2, executor="ray")
+    assert len(list((out / "checkpoint-ray").glob("shard-*.json"))) == 3 and not (out / "documents.parquet").exists()
+    monkeypatch.setattr(ray_executor, "_collect", collect)
+    loaded = []
+    load = ShardLog.load
+    monkeypatch.setattr(ShardLog, "load", lambda self, i: loaded.append(i) or load(self, i))
+    resumed = clean(inputs, out, "fineweb", workers=2, executor="ray")
+    assert loaded == [0, 1, 2]  # no shard read or extracted again
+    assert pq.read_table(out / "documents.parquet").to_pylist() == pq.read_table(tmp_path / "ref" / "documents.parquet").to_pylist()
+    assert removed_rows(out) == removed_rows(tmp_path / "ref") and strip_seconds(resumed) == strip_seconds(reference)
+    assert not (out / "checkpoint-ray").exists()
+    with pytest.raises(KeyboardInterrupt):  # other arguments: the saved shards are not used
+        monkeypatch.setattr(ray_executor, "_collect", interrupted)
+        clean(inputs, out, "fineweb", workers=2, executor="ray", limit=5)
+    monkeypatch.setattr(ray_executor, "_collect", collect)
+    loaded.clear()
+    clean(inputs, out, "fineweb", workers=2, executor="ray")
+    assert loaded == []

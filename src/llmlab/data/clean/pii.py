@@ -153,37 +153,42 @@ def _is_public_ipv6(match: re.Match) -> bool:
     return address in GLOBAL_UNICAST and address.is_global and not _is_network(match)
 
 
-def _replace(pattern: re.Pattern, placeholder: str, text: str, valid, counts: dict, kind: str) -> str:
+def _replace(pattern: re.Pattern, placeholder: str, text: str, valid, counts: dict, kind: str, found: list | None) -> str:
     def sub(match: re.Match) -> str:
         if not valid(match):
             return match.group()
         counts[kind] = counts.get(kind, 0) + 1
+        if found is not None:
+            found.append((kind, match.group()))
         return placeholder
 
     return pattern.sub(sub, text)
 
 
-def redact(text: str, kinds: tuple[str, ...] | list[str] = KINDS) -> tuple[str, dict[str, int]]:
-    """`text` with PII replaced by placeholders, and how many of each kind were replaced."""
+def redact(
+    text: str, kinds: tuple[str, ...] | list[str] = KINDS, found: list[tuple[str, str]] | None = None
+) -> tuple[str, dict[str, int]]:
+    """`text` with PII replaced by placeholders, and how many of each kind were replaced; each
+    (kind, value) replaced is appended to `found` if given (to inspect what a corpus loses)."""
     counts: dict[str, int] = {}
     # Order matters: IBANs and cards are long digit runs that the phone pattern would otherwise split.
     if "email" in kinds:
-        text = _replace(EMAIL, PLACEHOLDERS["email"], text, lambda m: True, counts, "email")
+        text = _replace(EMAIL, PLACEHOLDERS["email"], text, lambda m: True, counts, "email", found)
     if "iban" in kinds:
-        text = _replace(IBAN, PLACEHOLDERS["iban"], text, lambda m: iban_valid(m.group()), counts, "iban")
+        text = _replace(IBAN, PLACEHOLDERS["iban"], text, lambda m: iban_valid(m.group()), counts, "iban", found)
     if "credit_card" in kinds:
         text = _replace(
-            CARD, PLACEHOLDERS["credit_card"], text, card_like, counts, "credit_card",
+            CARD, PLACEHOLDERS["credit_card"], text, card_like, counts, "credit_card", found,
         )
     if "ip_address" in kinds:
-        text = _replace(IPV4, PLACEHOLDERS["ip_address"], text, lambda m: _is_public_ip(m, m.string), counts, "ip_address")
-        text = _replace(IPV6, PLACEHOLDERS["ip_address"], text, _is_public_ipv6, counts, "ip_address")
+        text = _replace(IPV4, PLACEHOLDERS["ip_address"], text, lambda m: _is_public_ip(m, m.string), counts, "ip_address", found)
+        text = _replace(IPV6, PLACEHOLDERS["ip_address"], text, _is_public_ipv6, counts, "ip_address", found)
     if "phone" in kinds:
         text = _replace(
             PHONE, PLACEHOLDERS["phone"], text,
             lambda m: 7 <= len(digits := re.sub(r"\D", "", m.group())) <= 15 and len(set(digits)) > 1
             and not in_number_row(m),
-            counts, "phone",
+            counts, "phone", found,
         )
     return text, counts
 

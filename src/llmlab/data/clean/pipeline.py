@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from llmlab.data.clean.resume_log import ResumeLog, fingerprint
+from llmlab.data.clean.resume_log import ResumeLog, ShardLog, fingerprint
 from llmlab.data.clean.dedup import DedupStep, ExactDedup, MinHashDedup
 from llmlab.data.clean.documents import Document, Removed
 from llmlab.data.clean.extract import Extract
@@ -302,7 +302,8 @@ def clean(
     (s3://, https://) and Common Crawl path lists (`warc.paths.gz`, resolved under `paths_base`).
 
     `executor="ray"` runs the same steps on Ray (`ray_executor`): a local Ray with `workers` CPUs, or
-    the cluster at `ray_address`; the output equals the local executor's. It does not resume."""
+    the cluster at `ray_address`; the output equals the local executor's. It resumes by shard: finished
+    shards are saved under `out_dir/checkpoint-ray` as they arrive."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}", hint=f"use one of {', '.join(EXECUTORS)}")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -313,6 +314,7 @@ def clean(
     files = input_files(inputs, paths_base)
     key = fingerprint(files, {"name": recipe.name, "steps": recipe.steps}, limit)
     resume_log = ResumeLog(out / "checkpoint", key, checkpoint_every_s)
+    shard_log = ShardLog(out / "checkpoint-ray", key)
     problems = InputProblems(skip=skip_bad_input)
     metrics = out / "progress.jsonl"
     metrics.unlink(missing_ok=True)
@@ -326,7 +328,8 @@ def clean(
     ):
         if executor == "ray":
             kept_batches = ray_stream(
-                files, steps, totals, removed_sink.add_removed, problems, workers, batch_size, limit, progress, ray_address
+                files, steps, totals, removed_sink.add_removed, problems, workers, batch_size, limit, progress,
+                ray_address, shard_log,
             )
         else:
             kept_batches = stream_pipeline(
@@ -341,6 +344,7 @@ def clean(
     report["input_problems"] = problems.report()
     write_report(out, report, summary)
     resume_log.remove()
+    shard_log.remove()
     return report
 
 

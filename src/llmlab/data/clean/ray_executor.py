@@ -10,6 +10,9 @@ order and finds the groups with the same `DedupStep.roots`, and every shard then
 duplicates in another task (`drop_duplicates`). So the earliest document of a group, in input order,
 is kept whichever shard holds it, and the kept set equals the local executor's. Later per-document
 segments (PII) run per shard again; the driver writes the shards' documents in input order.
+
+A killed run resumes by shard: the driver saves each shard's first-segment output as it arrives
+(`resume_log.ShardLog`), and a rerun with the same arguments reads those back instead of running them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from llmlab.data.clean.readers import (
     MAX_EXAMPLES, PARQUET_SUFFIXES, Input, InputProblems, input_name, no_documents_error, open_parquet, read_parquet,
     reader_for,
 )
+from llmlab.data.clean.resume_log import ShardLog
 from llmlab.data.clean.segments import batches, drop_duplicates, run_steps, split_segments
 from llmlab.data.clean.stats import StepStats
 from llmlab.data.clean.steps import Step
@@ -137,7 +141,7 @@ def _read_and_run(shard: Shard, segment: list[Step], batch_size: int, skip_bad: 
     problems = InputProblems(skip=skip_bad)
     docs = list(shard.read(problems))
     kept, info = _run_segment(docs, segment, batch_size)
-    return kept, (*info, len(docs), problems)
+    return kept, (*info, len(docs), problems.report())
 
 
 def _count(shard: Shard, skip_bad: bool) -> int:
@@ -168,13 +172,15 @@ def ray_stream(
     limit: int | None = None,
     progress: Progress | None = None,
     address: str | None = None,
+    shard_log: ShardLog | None = None,
 ) -> Iterator[list[Document]]:
     """Run `steps` over the documents of `files` on Ray; yields the kept documents in input order, a
     shard at a time, as `stream_pipeline` does (removed ones go to `on_removed`, counters into `totals`,
-    damaged input into `problems`)."""
+    damaged input into `problems`). With a `shard_log`, each shard's first segment is saved as it
+    finishes, and shards an earlier run saved are read back instead of run again."""
     with ray_session(address, workers) as ray:
         try:
-            yield from _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, progress)
+            yield from _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, progress, shard_log)
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
             if isinstance(cause, (LlmlabError, KeyboardInterrupt)):
@@ -195,7 +201,7 @@ def _limit_shards(ray, shards: list[Shard], limit: int, skip_bad: bool) -> list[
     return kept
 
 
-def _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, progress) -> Iterator[list[Document]]:
+def _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, progress, shard_log) -> Iterator[list[Document]]:
     segments = split_segments(steps)
     shards = plan_shards(files, SHARD_ROWS)
     if limit is not None:
@@ -207,27 +213,42 @@ def _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, p
 
     first = [] if segments[0][0].corpus_wide else segments.pop(0)
     first_ref = ray.put(first)
-    pairs = [read_and_run.remote(shard, first_ref, batch_size, problems.skip) for shard in shards]
-    docs = [kept for kept, _ in pairs]
-    # Reports come back as shards finish (for progress), and are used in input order.
-    waiting = {info: i for i, (_, info) in enumerate(pairs)}
-    infos: list = [None] * len(pairs)
+    saved = shard_log.finished(repr(shards)) if shard_log is not None else set()
+    docs: list = [None] * len(shards)
+    infos: list = [None] * len(shards)
+    waiting = {}
     counts = {"kept": 0, "removed": 0}
-    while waiting:
-        done, _ = ray.wait(list(waiting), num_returns=1)
-        infos[waiting.pop(done[0])] = info = ray.get(done[0])
+
+    def finished(index: int, info: tuple) -> None:
+        infos[index] = info
         counts["kept"] += info[2] - len(info[0])
         counts["removed"] += len(info[0])
         if progress is not None:
             progress.update(info[2], **counts)
+
+    for i, shard in enumerate(shards):
+        if i in saved:
+            kept, removed, stats, info = shard_log.load(i)
+            docs[i] = ray.put(kept)
+            finished(i, (removed, stats, info["read"], info["problems"]))
+        else:
+            docs[i], info_ref = read_and_run.remote(shard, first_ref, batch_size, problems.skip)
+            waiting[info_ref] = i
+    # Reports come back as shards finish (for progress and the shard log), and are used in input order.
+    while waiting:
+        done, _ = ray.wait(list(waiting), num_returns=1)
+        i = waiting.pop(done[0])
+        info = ray.get(done[0])
+        if shard_log is not None:
+            shard_log.save(i, ray.get(docs[i]), info[0], info[1], {"read": info[2], "problems": info[3]})
+        finished(i, info)
     if sum(info[2] for info in infos) == 0 and limit != 0:
         raise no_documents_error(files)
-    offset = 0
     for removed, stats, _, shard_problems in infos:
-        _collect(removed, stats, totals, offset, on_removed)
-        problems.counts.update(shard_problems.counts)
-        problems.examples += shard_problems.examples[: max(0, MAX_EXAMPLES - len(problems.examples))]
-    offset += len(first)
+        _collect(removed, stats, totals, 0, on_removed)
+        problems.counts.update(shard_problems["counts"])
+        problems.examples += shard_problems["examples"][: max(0, MAX_EXAMPLES - len(problems.examples))]
+    offset = len(first)
 
     for segment in segments:
         if segment[0].corpus_wide:
