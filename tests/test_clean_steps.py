@@ -600,6 +600,8 @@ def test_pii_finds_real_pii_in_sentences():
             for sentence in (f"Reach it at {value} today.", f"It is {value}.\n", f"{value} is the one"):
                 out, counts = redact(sentence)
                 assert counts == {kind: 1} and value not in out, (kind, sentence, out)
+    # a number written right after a phone (a house number) does not make it a row of numbers
+    assert redact("Ross McFluff: 834.345.1254 155 Elm Street")[0] == "Ross McFluff: <PHONE> 155 Elm Street"
 
 
 def test_pii_recall_on_generated_pii_is_at_least_095():

@@ -19,7 +19,8 @@ Documentation is full of numbers that look like PII, so each kind needs more tha
 - Phones: international (`+49 30 12345678`, `0049 30 12345678`, `+1 (555) 123-4567`), North
   American (`(555) 123-4567`, `555-123-4567`, `1-800-555-0199`; area codes start with 2-9, so
   `123-456-7890` is no number) and national trunk-prefix forms (`020 7946 0958`, `06 1234 5678`,
-  `(02) 9876 5432`), 7-15 digits, and not one cell of a row of numbers (`--> 012 013 023 123`).
+  `(02) 9876 5432`), 7-15 digits, and, when written with spaces only, not one cell of a row of
+  numbers (`--> 012 013 023 123`).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def redact(
         text = _replace(
             PHONE, PLACEHOLDERS["phone"], text,
             lambda m: 7 <= len(digits := re.sub(r"\D", "", m.group())) <= 15 and len(set(digits)) > 1
-            and not in_number_row(m),
+            and not (in_number_row(m) and re.fullmatch(r"[\d ]+", m.group())),  # "555.123.4567 155 Elm St" is one
             counts, "phone", found,
         )
     return text, counts
