@@ -26,6 +26,8 @@ def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
     assert "llmlab[ray]" in e.value.hint
     with pytest.raises(ConfigError, match="executor"):
         clean([path], tmp_path / "out", "fineweb", executor="spark")
+    with pytest.raises(ConfigError, match="Ray executor"):
+        clean([path], tmp_path / "out", "fineweb", ray_address="ray://head:10001")
 
 
 def test_parquet_files_are_sharded_by_row_groups(tmp_path):

@@ -306,6 +306,8 @@ def clean(
     shards are saved under `out_dir/checkpoint-ray` as they arrive."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}", hint=f"use one of {', '.join(EXECUTORS)}")
+    if ray_address and executor != "ray":
+        raise ConfigError("a Ray address is only used by the Ray executor", hint="add --executor ray")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     steps = recipe.build()
     out = Path(out_dir)

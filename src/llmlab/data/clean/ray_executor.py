@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from llmlab.data.clean.dedup import DedupStep
 from llmlab.data.clean.documents import Document, Removed
 from llmlab.data.clean.readers import (
     MAX_EXAMPLES, PARQUET_SUFFIXES, Input, InputProblems, input_name, no_documents_error, open_parquet, read_parquet,
@@ -148,13 +149,15 @@ def _count(shard: Shard, skip_bad: bool) -> int:
     return sum(1 for _ in shard.read(InputProblems(skip=skip_bad)))
 
 
-def _signatures(docs: list[Document], step) -> tuple[np.ndarray, list[str], float]:
+def _signatures(docs: list[Document], step: DedupStep) -> tuple[np.ndarray | None, list[str], float]:
     start = time.perf_counter()
     signatures = step.signatures(docs) if docs else None
     return signatures, [d.url for d in docs], time.perf_counter() - start
 
 
-def _drop(docs: list[Document], step, roots: np.ndarray, start: int, urls: dict[int, str], seconds: float) -> tuple[list[Document], Info]:
+def _drop(
+    docs: list[Document], step: DedupStep, roots: np.ndarray, start: int, urls: dict[int, str], seconds: float
+) -> tuple[list[Document], Info]:
     kept, removed, stats = drop_duplicates(step, docs, roots, start, urls.__getitem__, seconds)
     return kept, (removed, stats)
 
@@ -183,7 +186,7 @@ def ray_stream(
             yield from _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, progress, shard_log)
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
-            if isinstance(cause, (LlmlabError, KeyboardInterrupt)):
+            if isinstance(cause, LlmlabError):
                 raise cause from None  # bad input found in a worker reads as it does locally
             raise
 
@@ -206,13 +209,40 @@ def _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, p
     shards = plan_shards(files, SHARD_ROWS)
     if limit is not None:
         shards = _limit_shards(ray, shards, limit, problems.skip)
-    read_and_run = ray.remote(num_returns=2)(_read_and_run)
-    run_segment = ray.remote(num_returns=2)(_run_segment)
-    signatures = ray.remote(_signatures)
-    drop = ray.remote(num_returns=2)(_drop)
-
     first = [] if segments[0][0].corpus_wide else segments.pop(0)
-    first_ref = ray.put(first)
+    docs, infos = _read_shards(ray, shards, first, batch_size, problems.skip, progress, shard_log)
+    if sum(read for _, _, read, _ in infos) == 0 and limit != 0:
+        raise no_documents_error(files)
+    for removed, stats, _, shard_problems in infos:
+        _collect(removed, stats, totals, 0, on_removed)
+        problems.counts.update(shard_problems["counts"])
+        problems.examples += shard_problems["examples"][: max(0, MAX_EXAMPLES - len(problems.examples))]
+
+    offset = len(first)
+    run_segment = ray.remote(num_returns=2)(_run_segment)
+    for segment in segments:
+        if segment[0].corpus_wide:
+            pairs = _deduplicate(ray, segment[0], docs)
+        else:
+            segment_ref = ray.put(segment)
+            pairs = [run_segment.remote(ref, segment_ref, batch_size) for ref in docs]
+        docs = [kept for kept, _ in pairs]
+        for removed, stats in ray.get([info for _, info in pairs]):
+            _collect(removed, stats, totals, offset, on_removed)
+        offset += len(segment)
+
+    for ref in docs:
+        kept = ray.get(ref)
+        if kept:
+            yield kept
+
+
+def _read_shards(ray, shards: list[Shard], segment: list[Step], batch_size: int, skip_bad: bool,
+                 progress: Progress | None, shard_log: ShardLog | None) -> tuple[list, list[tuple]]:
+    """Read every shard and run the first per-document `segment` on it in a task (or load the shard
+    from `shard_log`); the kept documents' object refs and each shard's report, in input order."""
+    read_and_run = ray.remote(num_returns=2)(_read_and_run)
+    segment_ref = ray.put(segment)
     saved = shard_log.finished(repr(shards)) if shard_log is not None else set()
     docs: list = [None] * len(shards)
     infos: list = [None] * len(shards)
@@ -232,9 +262,9 @@ def _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, p
             docs[i] = ray.put(kept)
             finished(i, (removed, stats, info["read"], info["problems"]))
         else:
-            docs[i], info_ref = read_and_run.remote(shard, first_ref, batch_size, problems.skip)
+            docs[i], info_ref = read_and_run.remote(shard, segment_ref, batch_size, skip_bad)
             waiting[info_ref] = i
-    # Reports come back as shards finish (for progress and the shard log), and are used in input order.
+    # Reports come back as shards finish, for progress and the shard log.
     while waiting:
         done, _ = ray.wait(list(waiting), num_returns=1)
         i = waiting.pop(done[0])
@@ -242,43 +272,29 @@ def _drive(ray, files, steps, totals, on_removed, problems, batch_size, limit, p
         if shard_log is not None:
             shard_log.save(i, ray.get(docs[i]), info[0], info[1], {"read": info[2], "problems": info[3]})
         finished(i, info)
-    if sum(info[2] for info in infos) == 0 and limit != 0:
-        raise no_documents_error(files)
-    for removed, stats, _, shard_problems in infos:
-        _collect(removed, stats, totals, 0, on_removed)
-        problems.counts.update(shard_problems["counts"])
-        problems.examples += shard_problems["examples"][: max(0, MAX_EXAMPLES - len(problems.examples))]
-    offset = len(first)
+    return docs, infos
 
-    for segment in segments:
-        if segment[0].corpus_wide:
-            step = segment[0]
-            results = ray.get([signatures.remote(ref, step) for ref in docs])
-            start = time.perf_counter()
-            found = [s for s, _, _ in results if s is not None]
-            roots = step.roots(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-            seconds = sum(t for _, _, t in results) + time.perf_counter() - start
-            urls = [url for _, shard_urls, _ in results for url in shard_urls]
-            roots_ref = ray.put(roots)
-            pairs, begin = [], 0
-            for i, (ref, (_, shard_urls, _)) in enumerate(zip(docs, results)):
-                end = begin + len(shard_urls)
-                # The URLs this shard's duplicates will name (their groups' first documents).
-                wanted = {int(r): urls[int(r)] for r in np.unique(roots[begin:end])}
-                pairs.append(drop.remote(ref, step, roots_ref, begin, wanted, seconds if i == 0 else 0.0))
-                begin = end
-        else:
-            segment_ref = ray.put(segment)
-            pairs = [run_segment.remote(ref, segment_ref, batch_size) for ref in docs]
-        docs = [kept for kept, _ in pairs]
-        for removed, stats in ray.get([info for _, info in pairs]):
-            _collect(removed, stats, totals, offset, on_removed)
-        offset += len(segment)
 
-    for ref in docs:
-        kept = ray.get(ref)
-        if kept:
-            yield kept
+def _deduplicate(ray, step: DedupStep, docs: list) -> list:
+    """Signatures in tasks, the groups over all shards in the driver (input order), duplicates dropped
+    in tasks: (kept ref, report ref) per shard."""
+    signatures = ray.remote(_signatures)
+    drop = ray.remote(num_returns=2)(_drop)
+    results = ray.get([signatures.remote(ref, step) for ref in docs])
+    start = time.perf_counter()
+    found = [s for s, _, _ in results if s is not None]
+    roots = step.roots(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+    seconds = sum(t for _, _, t in results) + time.perf_counter() - start
+    urls = [url for _, shard_urls, _ in results for url in shard_urls]
+    roots_ref = ray.put(roots)
+    pairs, begin = [], 0
+    for i, (ref, (_, shard_urls, _)) in enumerate(zip(docs, results)):
+        end = begin + len(shard_urls)
+        # The URLs this shard's duplicates will name (their groups' first documents).
+        wanted = {int(r): urls[int(r)] for r in np.unique(roots[begin:end])}
+        pairs.append(drop.remote(ref, step, roots_ref, begin, wanted, seconds if i == 0 else 0.0))
+        begin = end
+    return pairs
 
 
 def _collect(removed: list[Removed], stats: list[StepStats], totals: list[StepStats], offset: int, on_removed) -> None:
