@@ -6,6 +6,7 @@ applied batch by batch in a pool of worker processes (results come back in input
 output does not depend on the number of workers); a deduplication step keeps one small signature per
 document in memory and the documents in a spill file until it knows the groups. Documents flow from
 the readers to the Parquet writers a batch at a time, so peak memory does not grow with the corpus.
+`clean(executor="ray")` hands the same steps to `ray_executor` instead, which writes the same output.
 """
 
 from __future__ import annotations
