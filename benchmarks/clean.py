@@ -19,6 +19,16 @@ and for datasketch's MinHashLSH (the oracle).
 
     .venv/bin/python benchmarks/clean.py [--workers 2] [--out /tmp/llmlab-bench-clean]
 
+`--executor ray` instead compares llmlab's two executors on the same WARC shards: the whole FineWeb
+recipe (dedup and PII included, Parquet written) locally and on a local Ray with the same number of
+CPUs (started once, before the timed runs; its start-up is printed apart), alternating; prints
+documents/s for each, their ratio and whether the kept documents are identical (needs the `ray` extra).
+
+`--pii` measures the PII step alone: what it redacts on real documentation (Debian's python3-doc and
+postgresql-doc HTML when installed, else the pydoc pages `llmlab.quickstart.site.render_site` makes),
+extracted as the documentation recipe does, per 100 pages and value by value (whether a value is a
+false positive is read from the list); and its recall on generated PII planted in sentences.
+
 Needs the `bench` extra (datatrove, datasketch) plus datatrove's own optional imports: spacy,
 tldextract, pyahocorasick, fasteners, faust-cchardet, python-magic.
 """
@@ -404,6 +414,78 @@ def minhash_recall(seed: int = 0) -> dict:
     }
 
 
+def compare_executors(warcs: list[Path], work: Path, workers: int, repeats: int) -> dict:
+    """Local vs Ray executor on the same shards, whole FineWeb recipe; the best of `repeats` alternating runs."""
+    import pyarrow.parquet as pq
+
+    from llmlab.data.clean import clean, read_documents
+    from llmlab.data.clean.ray_executor import ray_session
+
+    start = time.perf_counter()
+    with ray_session(None, workers):
+        ray_start = time.perf_counter() - start
+        best = {"local": float("inf"), "ray": float("inf")}
+        for _ in range(repeats):
+            for executor in best:
+                start = time.perf_counter()
+                clean(warcs, work / executor, "fineweb", workers=workers, executor=executor)
+                best[executor] = min(best[executor], time.perf_counter() - start)
+    kept = {e: pq.read_table(work / e / "documents.parquet").to_pylist() for e in best}
+    removed = {e: sorted(map(str, pq.read_table(work / e / "removed.parquet").column("url").to_pylist())) for e in best}
+    pages = sum(1 for _ in read_documents(warcs))
+    return {
+        "pages": pages, "shards": len(warcs), "workers": workers, "repeats": repeats,
+        "ray_start_seconds": round(ray_start, 1),
+        **{f"{e}_docs_per_s": round(pages / best[e], 2) for e in best},
+        **{f"{e}_seconds": round(best[e], 1) for e in best},
+        "ray_vs_local": round(best["local"] / best["ray"], 3),
+        "kept": len(kept["local"]),
+        "identical_documents_parquet": kept["local"] == kept["ray"],
+        "identical_removed_urls": removed["local"] == removed["ray"],
+    }
+
+
+def documentation_sites(work: Path) -> dict[str, list[Path]]:
+    """HTML files of each documentation site on this machine; pydoc's rendering when none is installed."""
+    sites = {}
+    for name, pattern in (("python3-doc", "python3-doc/html"), ("postgresql-doc", "postgresql-doc-*/html")):
+        for folder in sorted(Path("/usr/share/doc").glob(pattern)):
+            files = sorted(folder.rglob("*.html"))
+            if len(files) >= 100:
+                sites[name] = files
+                break
+    if not sites:
+        from llmlab.quickstart.site import render_site
+
+        render_site(work / "pydoc-site")
+        sites["pydoc"] = sorted((work / "pydoc-site").glob("*.html"))
+    return sites
+
+
+def pii_on_documentation(work: Path) -> dict:
+    """Per site: pages, redactions per 100 pages by kind, and each redacted value with how often."""
+    from collections import Counter
+
+    from llmlab.data.clean.pii import redact
+    from llmlab.data.clean.pipeline import load_recipe, run_steps
+    from llmlab.data.clean.readers import read_documents
+
+    extract = [s for s in load_recipe("documentation").build() if s.name == "extract"]
+    results = {}
+    for site, files in documentation_sites(work).items():
+        docs = run_steps(extract, list(read_documents(files)))[0]
+        found: list[tuple[str, str]] = []
+        for doc in docs:
+            redact(doc.text, found=found)
+        kinds = Counter(kind for kind, _ in found)
+        results[site] = {
+            "pages": len(docs),
+            "per_100_pages": {kind: round(100 * n / len(docs), 2) for kind, n in sorted(kinds.items())},
+            "values": {f"{kind} {value}": n for (kind, value), n in Counter(found).most_common() if kind != "email"},
+        }
+    return results
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
@@ -426,11 +508,45 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/llmlab-bench-clean", help="scratch directory")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best time counts")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--executor", choices=("datatrove", "ray"), default="datatrove",
+        help="compare with datatrove (default), or llmlab's Ray executor with its local one",
+    )
+    parser.add_argument("--pii", action="store_true", help="measure the PII step only (documentation pages, planted recall)")
+    parser.add_argument("--shards", type=int, default=None, help="WARC files to write (default: workers; 4 x workers for ray)")
     args = parser.parse_args()
     os.environ.setdefault("LLMLAB_PROGRESS", "0")
     work = Path(args.out)
+    if args.pii:
+        from llmlab.data.clean.pii_recall import pii_recall, planted_pii
+
+        print(f"machine: {machine()}")
+        results = {"documentation": pii_on_documentation(work), "planted": pii_recall(planted_pii(5000, seed=0))}
+        for site, r in results["documentation"].items():
+            print(f"{site}: {r['pages']} pages, redactions per 100 pages {r['per_100_pages']}")
+            for value, n in r["values"].items():
+                print(f"  {n:3d} x {value}")
+        planted = {k: v for k, v in results["planted"].items() if k != "misses"}
+        print(f"planted PII: {planted} (target recall >= 0.95); misses: {results['planted']['misses'][:10]}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return
     pages = build_pages()
-    warcs = write_warc_shards(pages, work / "warc", shards=max(2, args.workers))
+    if args.executor == "ray":
+        warcs = write_warc_shards(pages, work / "warc-ray", shards=args.shards or 4 * args.workers)
+        print(f"machine: {machine()}")
+        results = compare_executors(warcs, work, args.workers, args.repeats)
+        print(f"input: {results['pages']} pages in {results['shards']} WARC shards, {args.workers} workers; "
+              f"Ray started in {results['ray_start_seconds']} s (not timed)")
+        print(f"local executor {results['local_docs_per_s']:7.2f} docs/s ({results['local_seconds']} s)")
+        print(f"Ray executor   {results['ray_docs_per_s']:7.2f} docs/s ({results['ray_seconds']} s), "
+              f"{results['ray_vs_local']}x local (target >= 0.9x)")
+        print(f"kept {results['kept']}; documents.parquet identical: {results['identical_documents_parquet']}, "
+              f"removed URLs identical: {results['identical_removed_urls']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return
+    warcs = write_warc_shards(pages, work / "warc", shards=args.shards or max(2, args.workers))
     print(f"machine: {machine()}")
     print(f"input: {len(pages)} pages, {sum(len(h) for _, h in pages) / 1e6:.1f} MB of HTML, {len(warcs)} WARC shards")
 

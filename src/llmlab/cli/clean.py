@@ -9,9 +9,12 @@ stats.md and lengths.png into --out. A run that is killed resumes when started a
 arguments (finished pages are saved under --out/checkpoint every 30 s). Documents stream through in
 batches, so memory stays flat however large the inputs are. Damaged input (a truncated .warc.gz, a
 line that is not UTF-8) stops the run with its place; --skip-bad-input skips and counts it instead.
+--executor ray runs the same recipe on Ray (a local Ray with --workers CPUs, or the cluster at
+--ray-address), one task per input file or Parquet row-group range; the output is the same.
 
   llmlab clean runs/demo/crawl/pages.warc.gz --out runs/demo/clean
   llmlab clean dump.jsonl --out clean --recipe documentation --workers 2
+  llmlab clean shards/ --out clean --executor ray --workers 2
   llmlab clean s3://commoncrawl/crawl-data/CC-MAIN-2024-10/segments/.../wet/...warc.wet.gz --out cc
 """
 
@@ -27,7 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recipe", default="fineweb",
         help="a shipped recipe (fineweb, documentation) or the path of a .toml recipe (default: fineweb)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes, or the local Ray's CPUs (default: all cores)")
+    parser.add_argument(
+        "--executor", choices=("local", "ray"), default="local",
+        help="where the steps run: local processes, or Ray (needs the `ray` extra; default: local)",
+    )
+    parser.add_argument(
+        "--ray-address", default=None, metavar="ADDRESS",
+        help="with --executor ray: the Ray cluster to use (e.g. ray://head:10001; default: start a local Ray)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="stop after reading this many documents")
     parser.add_argument("--batch-size", type=int, default=32, help="documents per batch handed to a worker (default: 32)")
     parser.add_argument(
@@ -52,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = clean(
         args.inputs, args.out, args.recipe, args.workers, args.limit, args.batch_size, args.checkpoint_every,
-        skip_bad_input=args.skip_bad_input, paths_base=args.paths_base,
+        skip_bad_input=args.skip_bad_input, paths_base=args.paths_base, executor=args.executor,
+        ray_address=args.ray_address,
     )
     out = Path(args.out)
     problems = report["input_problems"]

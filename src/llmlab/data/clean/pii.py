@@ -12,11 +12,15 @@ Documentation is full of numbers that look like PII, so each kind needs more tha
 - IBANs pass ISO 13616 mod-97.
 - Only globally routable IP addresses are personal: IPv4 outside the private, loopback, documentation
   and reserved ranges, and IPv6 global unicast (2000::/3, less its documentation and other special
-  blocks); clock times and C++ scopes are not addresses. A dotted quad that reads as a version
-  (`Python 3.11.7.1`, `v1.2.3.4`, `1.2.3.4-rc1`, part of `1.2.3.4.5`) or as a section number (after
-  "Section", "§", "Chapter"..., or opening a line as a heading's number does) is left alone.
-- Phones: international (`+49 30 12345678`, `+1 (555) 123-4567`), North American (`(555) 123-4567`,
-  `555-123-4567`, `1-800-555-0199`) and national trunk-prefix forms (`020 7946 0958`), 7-15 digits.
+  blocks); clock times, C++ scopes and networks (`192.0.2.0/24`, `2002::/16`) are not addresses. A
+  dotted quad that reads as a version (`Python 3.11.7.1`, `v1.2.3.4`, `1.2.3.4-rc1`, part of
+  `1.2.3.4.5`, four one-digit numbers as in `zlib 1.2.3.4`) or as a section number (after "Section",
+  "§", "Chapter"..., or opening a line as a heading's number does: `3.3.2.4. __slots__`) is left alone.
+- Phones: international (`+49 30 12345678`, `0049 30 12345678`, `+1 (555) 123-4567`), North
+  American (`(555) 123-4567`, `555-123-4567`, `1-800-555-0199`; area codes start with 2-9, so
+  `123-456-7890` is no number) and national trunk-prefix forms (`020 7946 0958`, `06 1234 5678`,
+  `(02) 9876 5432`), 7-15 digits, and, when written with spaces only, not one cell of a row of
+  numbers (`--> 012 013 023 123`).
 """
 
 from __future__ import annotations
@@ -52,10 +56,11 @@ IPV6 = re.compile(r"(?<![\w:.])[23][0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){2,7}(?!
 GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 PHONE = re.compile(
     r"(?<![\w.+-])(?:"
-    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,8}){1,4}"  # +44 20 7946 0958, +49 30 12345678
-    r"|(?:1[ .-]?)?\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567
-    r"|(?:1([.-]))?\d{3}([.-])\d{3}\2\d{4}"  # 555-123-4567, 1-800-555-0199
-    r"|0[1-9]\d{1,3}( |-)\d{3,4}\3\d{3,4}"  # 020 7946 0958 (a national trunk prefix 0)
+    r"(?:\+|00)[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,8}){1,4}"  # +44 20 7946 0958, 0049 30 12345678
+    r"|(?:1[ .-]?)?\([2-9]\d{2}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567 (NANP area codes start 2-9)
+    r"|(?:1([.-]))?[2-9]\d{2}([.-])\d{3}\2\d{4}"  # 555-123-4567, 1-800-555-0199
+    # 020 7946 0958, 06 1234 5678, 03-1234-5678, (02) 9876 5432: a trunk prefix 0; numbers start 1-9
+    r"|(?:0[1-9]\d{0,3}|\(0[1-9]\d{0,3}\))( |-)[1-9]\d{2,3}\3\d{3,4}"
     r"|0[1-9]\d{1,3}[ /-]\d{6,8}"  # 030 12345678
     r")(?![\w-]|\.\d)"
 )
@@ -67,7 +72,7 @@ _SECTION_CUE = re.compile(
     r"\s*(?:\d+(?:\.\d+)*\.?\s*(?:,|and|or|to|through|-|–)\s*)*$",
     re.IGNORECASE,
 )
-_TITLE_AFTER = re.compile(r"(\.)?[^\S\n]+([^\W\d_])")
+_TITLE_AFTER = re.compile(r"(\.)?[^\S\n]+(\S)")
 # Words that announce a version number just before a dotted quad.
 _VERSION_CUE = re.compile(
     r"(?:\bv|\bversion|\bver\.?|\brelease|\brev\.?|\bbuild|\bpython|\bupdate|\bpatch|\bfirmware|\bkernel|[=<>~]=?|(?<=\w)/)\s*$",
@@ -93,11 +98,21 @@ def iban_valid(candidate: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
+def in_number_row(match: re.Match) -> bool:
+    """Whether the match is one cell of a row of numbers: a digit just before or after it, one space away
+    (`ls -l` columns, table rows, `--> 000 001 010 011`)."""
+    text = match.string
+    return bool(
+        re.search(r"\d[ \t]$", text[max(0, match.start() - 2) : match.start()])
+        or re.match(r"[ \t]\d", text[match.end() : match.end() + 2])
+    )
+
+
 def card_like(match: re.Match) -> bool:
     """A card number as cards are printed: network prefix and length, grouping, Luhn, not one digit,
-    and not one cell of a row of numbers (a digit just before or after it, one space away)."""
-    text, candidate = match.string, match.group()
-    if re.search(r"\d[ \t]$", text[max(0, match.start() - 2) : match.start()]) or re.match(r"[ \t]\d", text[match.end() : match.end() + 2]):
+    and not one cell of a row of numbers."""
+    candidate = match.group()
+    if in_number_row(match):
         return False
     digits = re.sub(r"\D", "", candidate)
     separators = set(re.findall(r"\D", candidate))
@@ -108,7 +123,16 @@ def card_like(match: re.Match) -> bool:
     return any(prefix.match(digits) and len(digits) in lengths for prefix, lengths in _CARD_NETWORKS)
 
 
+def _is_network(match: re.Match) -> bool:
+    """A prefix length follows (`192.0.2.0/24`, `2002::/16`): a block of addresses, not one host's."""
+    return bool(re.match(r"/[0-9a-fA-F]", match.string[match.end() : match.end() + 2]))
+
+
 def _is_public_ip(match: re.Match, text: str) -> bool:
+    # Four one-digit numbers read as a version or an outline number (`zlib 1.2.3.4`, `GCC 2.7.2.2`);
+    # the public addresses of that form are well-known resolvers (8.8.8.8, 1.1.1.1), not anyone's.
+    if _is_network(match) or all(len(part) == 1 for part in match.group().split(".")):
+        return False
     before = text[max(0, match.start() - 60) : match.start()]
     line_start = text.rfind("\n", 0, match.start()) + 1
     # A heading's or list item's number opens its line and is followed by a title: "4.8.1.1. intro"
@@ -127,38 +151,45 @@ def _is_public_ipv6(match: re.Match) -> bool:
         address = ipaddress.ip_address(match.group())
     except ValueError:
         return False
-    return address in GLOBAL_UNICAST and address.is_global
+    return address in GLOBAL_UNICAST and address.is_global and not _is_network(match)
 
 
-def _replace(pattern: re.Pattern, placeholder: str, text: str, valid, counts: dict, kind: str) -> str:
+def _replace(pattern: re.Pattern, placeholder: str, text: str, valid, counts: dict, kind: str, found: list | None) -> str:
     def sub(match: re.Match) -> str:
         if not valid(match):
             return match.group()
         counts[kind] = counts.get(kind, 0) + 1
+        if found is not None:
+            found.append((kind, match.group()))
         return placeholder
 
     return pattern.sub(sub, text)
 
 
-def redact(text: str, kinds: tuple[str, ...] | list[str] = KINDS) -> tuple[str, dict[str, int]]:
-    """`text` with PII replaced by placeholders, and how many of each kind were replaced."""
+def redact(
+    text: str, kinds: tuple[str, ...] | list[str] = KINDS, found: list[tuple[str, str]] | None = None
+) -> tuple[str, dict[str, int]]:
+    """`text` with PII replaced by placeholders, and how many of each kind were replaced; each
+    (kind, value) replaced is appended to `found` if given (to inspect what a corpus loses)."""
     counts: dict[str, int] = {}
     # Order matters: IBANs and cards are long digit runs that the phone pattern would otherwise split.
     if "email" in kinds:
-        text = _replace(EMAIL, PLACEHOLDERS["email"], text, lambda m: True, counts, "email")
+        text = _replace(EMAIL, PLACEHOLDERS["email"], text, lambda m: True, counts, "email", found)
     if "iban" in kinds:
-        text = _replace(IBAN, PLACEHOLDERS["iban"], text, lambda m: iban_valid(m.group()), counts, "iban")
+        text = _replace(IBAN, PLACEHOLDERS["iban"], text, lambda m: iban_valid(m.group()), counts, "iban", found)
     if "credit_card" in kinds:
         text = _replace(
-            CARD, PLACEHOLDERS["credit_card"], text, card_like, counts, "credit_card",
+            CARD, PLACEHOLDERS["credit_card"], text, card_like, counts, "credit_card", found,
         )
     if "ip_address" in kinds:
-        text = _replace(IPV4, PLACEHOLDERS["ip_address"], text, lambda m: _is_public_ip(m, m.string), counts, "ip_address")
-        text = _replace(IPV6, PLACEHOLDERS["ip_address"], text, _is_public_ipv6, counts, "ip_address")
+        text = _replace(IPV4, PLACEHOLDERS["ip_address"], text, lambda m: _is_public_ip(m, m.string), counts, "ip_address", found)
+        text = _replace(IPV6, PLACEHOLDERS["ip_address"], text, _is_public_ipv6, counts, "ip_address", found)
     if "phone" in kinds:
         text = _replace(
             PHONE, PLACEHOLDERS["phone"], text,
-            lambda m: 7 <= len(digits := re.sub(r"\D", "", m.group())) <= 15 and len(set(digits)) > 1, counts, "phone",
+            lambda m: 7 <= len(digits := re.sub(r"\D", "", m.group())) <= 15 and len(set(digits)) > 1
+            and not (in_number_row(m) and re.fullmatch(r"[\d ]+", m.group())),  # "555.123.4567 155 Elm St" is one
+            counts, "phone", found,
         )
     return text, counts
 

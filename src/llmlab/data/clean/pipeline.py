@@ -6,6 +6,7 @@ applied batch by batch in a pool of worker processes (results come back in input
 output does not depend on the number of workers); a deduplication step keeps one small signature per
 document in memory and the documents in a spill file until it knows the groups. Documents flow from
 the readers to the Parquet writers a batch at a time, so peak memory does not grow with the corpus.
+`clean(executor="ray")` hands the same steps to `ray_executor` instead, which writes the same output.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from llmlab.data.clean.resume_log import ResumeLog, fingerprint
+from llmlab.data.clean.resume_log import ResumeLog, ShardLog, fingerprint
 from llmlab.data.clean.dedup import DedupStep, ExactDedup, MinHashDedup
 from llmlab.data.clean.documents import Document, Removed
 from llmlab.data.clean.extract import Extract
@@ -33,8 +34,10 @@ from llmlab.data.clean.langid import LanguageFilter
 from llmlab.data.clean.pii import PiiRedaction
 from llmlab.data.clean.quality import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
 from llmlab.data.clean.outputs import output_sinks
+from llmlab.data.clean.ray_executor import ray_stream
 from llmlab.data.clean.readers import COMMON_CRAWL, InputProblems, input_files, read_documents
-from llmlab.data.clean.stats import KeptSummary, StepStats, build_report, doc_chars, write_report
+from llmlab.data.clean.segments import Output, batches, drop_duplicates, run_steps, split_segments
+from llmlab.data.clean.stats import KeptSummary, StepStats, build_report, write_report
 from llmlab.data.clean.steps import Step
 from llmlab.data.clean.url_filter import UrlFilter
 from llmlab.errors import ConfigError
@@ -48,6 +51,7 @@ STEPS: dict[str, type[Step]] = {
     )
 }
 RECIPES_DIR = Path(__file__).parent / "recipes"
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -118,23 +122,6 @@ def _optional(step: str, setting: str) -> bool:
 
 # --- running -------------------------------------------------------------------------------------
 
-def run_steps(steps: list[Step], batch: list[Document]) -> tuple[list[Document], list[Removed], list[StepStats]]:
-    """Apply `steps` in order to one batch; the building block every executor calls."""
-    removed: list[Removed] = []
-    stats = []
-    for step in steps:
-        s = StepStats(step.name, step.kind, docs_in=len(batch), chars_in=sum(map(doc_chars, batch)))
-        start = time.perf_counter()
-        result = step(batch)
-        s.seconds = time.perf_counter() - start
-        batch = result.kept
-        s.docs_out, s.chars_out = len(batch), sum(map(doc_chars, batch))
-        s.reasons.update(r.reason for r in result.removed)
-        removed += result.removed
-        stats.append(s)
-    return batch, removed, stats
-
-
 _worker_segments: list[list[Step]] = []  # set once per worker process by `_init_worker`
 
 
@@ -145,31 +132,6 @@ def _init_worker(segments: list[list[Step]]) -> None:
 
 def _run_in_worker(index: int, batch: list[Document]):
     return run_steps(_worker_segments[index], batch)
-
-
-def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def split_segments(steps: list[Step]) -> list[list[Step]]:
-    """Runs of per-document steps, each corpus-wide step alone: [[a, b], [dedup], [c]]."""
-    segments: list[list[Step]] = []
-    for step in steps:
-        if step.corpus_wide or not segments or segments[-1][0].corpus_wide:
-            segments.append([step])
-        else:
-            segments[-1].append(step)
-    return segments
-
-
-Output = tuple[list[Document], list[Removed], list[StepStats]]
 
 
 def _map_segment(pool, index: int, segment: list[Step], batches: Iterable[list[Document]], window: int) -> Iterator[Output]:
@@ -214,21 +176,12 @@ def _dedup_segment(step: DedupStep, batches: Iterable[list[Document]], spill_dir
                 batch = pickle.load(spill)
             except EOFError:
                 break
-            kept, removed = [], []
-            for doc in batch:
-                root = int(roots[index])
-                if index in wanted:
-                    urls[index] = doc.url
-                if root == index:
-                    kept.append(doc)
-                else:
-                    removed.append(Removed(doc.with_metadata(duplicate_of=urls[root]), step.name, step.reason))
-                index += 1
-            stats = StepStats(step.name, step.kind, docs_in=len(batch), chars_in=sum(map(doc_chars, batch)),
-                              docs_out=len(kept), chars_out=sum(map(doc_chars, kept)), seconds=seconds)
-            stats.reasons.update(r.reason for r in removed)
+            for i, doc in enumerate(batch, index):
+                if i in wanted:
+                    urls[i] = doc.url
+            yield drop_duplicates(step, batch, roots, index, urls.__getitem__, seconds)
+            index += len(batch)
             seconds = 0.0  # counted once
-            yield kept, removed, [stats]
 
 
 def stream_pipeline(
@@ -276,7 +229,7 @@ def stream_pipeline(
                 yield kept, removed, []
             if progress is not None and resume_log.consumed:
                 progress.update(resume_log.consumed, **counts)
-        for kept, removed, stats in run_segment(0, _batches(docs, batch_size)):
+        for kept, removed, stats in run_segment(0, batches(docs, batch_size)):
             counts["kept"] += len(kept)
             counts["removed"] += len(removed)
             if resume_log is not None:
@@ -337,6 +290,8 @@ def clean(
     checkpoint_every_s: float = 30.0,
     skip_bad_input: bool = False,
     paths_base: str = COMMON_CRAWL,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     """Read `inputs`, run the recipe, write documents/removed Parquet and the report; return the stats.
 
@@ -345,7 +300,15 @@ def clean(
     killed run started again with the same arguments picks up where it stopped. Bad input (a truncated
     WARC file, a line that is not UTF-8 or not JSON) stops the run with its place, or with
     `skip_bad_input` is skipped and counted in the report's `input_problems`. Inputs may be URLs
-    (s3://, https://) and Common Crawl path lists (`warc.paths.gz`, resolved under `paths_base`)."""
+    (s3://, https://) and Common Crawl path lists (`warc.paths.gz`, resolved under `paths_base`).
+
+    `executor="ray"` runs the same steps on Ray (`ray_executor`): a local Ray with `workers` CPUs, or
+    the cluster at `ray_address`; the output equals the local executor's. It resumes by shard: finished
+    shards are saved under `out_dir/checkpoint-ray` as they arrive."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}", hint=f"use one of {', '.join(EXECUTORS)}")
+    if ray_address and executor != "ray":
+        raise ConfigError("a Ray address is only used by the Ray executor", hint="add --executor ray")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     steps = recipe.build()
     out = Path(out_dir)
@@ -354,6 +317,7 @@ def clean(
     files = input_files(inputs, paths_base)
     key = fingerprint(files, {"name": recipe.name, "steps": recipe.steps}, limit)
     resume_log = ResumeLog(out / "checkpoint", key, checkpoint_every_s)
+    shard_log = ShardLog(out / "checkpoint-ray", key)
     problems = InputProblems(skip=skip_bad_input)
     metrics = out / "progress.jsonl"
     metrics.unlink(missing_ok=True)
@@ -365,10 +329,17 @@ def clean(
         tempfile.TemporaryDirectory(dir=out, prefix=".spill-") as spill,
         output_sinks(out) as (kept_sink, removed_sink),
     ):
-        documents = read_documents(files, limit, problems)
-        for batch in stream_pipeline(
-            documents, steps, totals, removed_sink.add_removed, workers, batch_size, progress, resume_log, spill
-        ):
+        if executor == "ray":
+            kept_batches = ray_stream(
+                files, steps, totals, removed_sink.add_removed, problems, workers, batch_size, limit, progress,
+                ray_address, shard_log,
+            )
+        else:
+            kept_batches = stream_pipeline(
+                read_documents(files, limit, problems), steps, totals, removed_sink.add_removed, workers, batch_size,
+                progress, resume_log, spill,
+            )
+        for batch in kept_batches:
             kept_sink.add_documents(batch)
             summary.add(batch)
     seconds = time.perf_counter() - start
@@ -376,6 +347,7 @@ def clean(
     report["input_problems"] = problems.report()
     write_report(out, report, summary)
     resume_log.remove()
+    shard_log.remove()
     return report
 
 

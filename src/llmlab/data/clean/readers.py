@@ -26,7 +26,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from llmlab.data.clean.documents import Document
 from llmlab.errors import InputError
@@ -256,8 +256,8 @@ def read_jsonl(path: str | Path, problems: InputProblems | None = None) -> Itera
                      "download or copy the file again (gzip -t checks a .gz file)")
 
 
-def read_parquet(path: str | Path, problems: InputProblems | None = None) -> Iterator[Document]:
-    """A Parquet table with a `text` (or `html`) column and, ideally, `url`; other columns become metadata."""
+def open_parquet(path: str | Path):
+    """A `pyarrow.parquet.ParquetFile` that holds documents, or a clear error."""
     import pyarrow.parquet as pq
 
     try:
@@ -267,8 +267,19 @@ def read_parquet(path: str | Path, problems: InputProblems | None = None) -> Ite
     names = set(table.schema_arrow.names)
     if not names & {"text", "html"}:
         raise InputError(f"{path}: no 'text' or 'html' column (columns: {', '.join(sorted(names))})")
+    return table
+
+
+def read_parquet(
+    path: str | Path, problems: InputProblems | None = None, row_groups: Sequence[int] | None = None
+) -> Iterator[Document]:
+    """A Parquet table with a `text` (or `html`) column and, ideally, `url`; other columns become metadata.
+    `row_groups` (consecutive) reads only those: a shard of the file."""
+    table = open_parquet(path)
     row = 0
-    for batch in table.iter_batches(batch_size=1024):
+    if row_groups:
+        row = sum(table.metadata.row_group(i).num_rows for i in range(row_groups[0]))
+    for batch in table.iter_batches(batch_size=1024, row_groups=row_groups):
         for record in batch.to_pylist():
             row += 1
             yield _from_record(record, input_name(path), f"{path}#row{row}")
@@ -345,7 +356,12 @@ def read_documents(
             count += 1
             yield doc
     if count == 0 and limit != 0:
-        raise InputError(
-            f"the inputs hold no documents: {', '.join(str(p) for p in files[:5])}{' ...' if len(files) > 5 else ''}",
-            hint="check that the files are not empty and are the ones you meant",
-        )
+        raise no_documents_error(files)
+
+
+def no_documents_error(files: list[Input]) -> InputError:
+    """Inputs that hold no document at all: an empty output would look like a cleaning that removed everything."""
+    return InputError(
+        f"the inputs hold no documents: {', '.join(str(p) for p in files[:5])}{' ...' if len(files) > 5 else ''}",
+        hint="check that the files are not empty and are the ones you meant",
+    )

@@ -23,7 +23,7 @@ from typing import Iterator
 
 from llmlab.data.clean.documents import Document, Removed
 from llmlab.data.clean.stats import StepStats, doc_chars
-from llmlab.files import atomic_write, write_json
+from llmlab.files import atomic_write, write_json, write_text
 
 FORMAT = "llmlab-clean-checkpoint-v1"
 MAX_PENDING_CHARS = 4 << 20
@@ -46,6 +46,32 @@ def _doc_row(doc: Document) -> dict:
 
 def _doc(row: dict) -> Document:
     return Document(row["url"], text=row["text"], html=row["html"], metadata=row["metadata"])
+
+
+def _stats_rows(stats: list[StepStats]) -> list[dict]:
+    return [{**asdict(s), "reasons": dict(s.reasons)} for s in stats]
+
+
+def _stats(rows: list[dict]) -> list[StepStats]:
+    return [StepStats(**{**s, "reasons": Counter(s["reasons"])}) for s in rows]
+
+
+def _write_part(path: Path, outputs: list[tuple[list[Document], list[Removed]]]) -> None:
+    """Kept documents and removed ones (with step and reason) as gzipped JSONL, written atomically."""
+    with atomic_write(path, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
+        for kept, removed in outputs:
+            for doc in kept:
+                f.write(json.dumps(_doc_row(doc), ensure_ascii=False, default=str) + "\n")
+            for r in removed:
+                row = {"step": r.step, "reason": r.reason, "document": _doc_row(r.document)}
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def _read_part(path: Path) -> Iterator[Document | Removed]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            yield Removed(_doc(row["document"]), row["step"], row["reason"]) if "step" in row else _doc(row)
 
 
 class ResumeLog:
@@ -72,7 +98,7 @@ class ResumeLog:
             shutil.rmtree(self.folder, ignore_errors=True)  # another run's work, or none: start afresh
             return []
         self.consumed, self.parts = state["consumed"], list(state["parts"])
-        self.stats = [StepStats(**{**s, "reasons": Counter(s["reasons"])}) for s in state["stats"]]
+        self.stats = _stats(state["stats"])
         return self.stats
 
     def replay(self, batch_size: int) -> Iterator[tuple[list[Document], list[Removed]]]:
@@ -80,16 +106,11 @@ class ResumeLog:
         kept: list[Document] = []
         removed: list[Removed] = []
         for part in self.parts:
-            with gzip.open(self.folder / part, "rt", encoding="utf-8") as f:
-                for line in f:
-                    row = json.loads(line)
-                    if "step" in row:
-                        removed.append(Removed(_doc(row["document"]), row["step"], row["reason"]))
-                    else:
-                        kept.append(_doc(row))
-                    if len(kept) + len(removed) >= batch_size:
-                        yield kept, removed
-                        kept, removed = [], []
+            for item in _read_part(self.folder / part):
+                (removed if isinstance(item, Removed) else kept).append(item)
+                if len(kept) + len(removed) >= batch_size:
+                    yield kept, removed
+                    kept, removed = [], []
         if kept or removed:
             yield kept, removed
 
@@ -106,17 +127,12 @@ class ResumeLog:
         if not self._pending:
             return
         part = f"part-{len(self.parts):05d}.jsonl.gz"
-        with atomic_write(self.folder / part, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
-            for kept, removed, stats in self._pending:
-                for doc in kept:
-                    f.write(json.dumps(_doc_row(doc), ensure_ascii=False, default=str) + "\n")
-                for r in removed:
-                    row = {"step": r.step, "reason": r.reason, "document": _doc_row(r.document)}
-                    f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                if not self.stats:
-                    self.stats = [StepStats(s.name, s.kind) for s in stats]
-                for total, s in zip(self.stats, stats):
-                    total.add(s)
+        _write_part(self.folder / part, [(kept, removed) for kept, removed, _ in self._pending])
+        for _, _, stats in self._pending:
+            if not self.stats:
+                self.stats = [StepStats(s.name, s.kind) for s in stats]
+            for total, s in zip(self.stats, stats):
+                total.add(s)
         self.parts.append(part)
         self.consumed += self._pending_in
         self._pending, self._pending_in, self._pending_chars = [], 0, 0
@@ -124,10 +140,47 @@ class ResumeLog:
         # The part is on disk before the state names it: a kill in between leaves an unused file.
         write_json(self.folder / "state.json", {
             "format": FORMAT, "key": self.key, "consumed": self.consumed, "parts": self.parts,
-            "stats": [{**asdict(s), "reasons": dict(s.reasons)} for s in self.stats],
+            "stats": _stats_rows(self.stats),
         })
 
     def remove(self) -> None:
         """The run finished and its outputs are written: the saved work is no longer needed."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+
+class ShardLog:
+    """The Ray executor's saved work: each finished shard's first-segment output, one part per shard
+    (shards finish in any order), so a rerun with the same fingerprint reads them instead of running them."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = folder, key
+
+    def finished(self, plan: str) -> set[int]:
+        """The shards saved by an earlier run with this key and shard `plan` (other work is removed)."""
+        key = f"{self.key}\n{plan}"
+        try:
+            same = (self.folder / "key").read_text() == key
+        except OSError:
+            same = False
+        if not same:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            write_text(self.folder / "key", key)
+            return set()
+        return {int(p.name.split("-")[1].split(".")[0]) for p in self.folder.glob("shard-*.json")}
+
+    def save(self, index: int, kept: list[Document], removed: list[Removed], stats: list[StepStats], info: dict) -> None:
+        """Save shard `index`; `info` (JSON) rides along. The part is on disk before the file that names it done."""
+        _write_part(self.folder / f"shard-{index:05d}.jsonl.gz", [(kept, removed)])
+        write_json(self.folder / f"shard-{index:05d}.json", {"format": FORMAT, "stats": _stats_rows(stats), **info})
+
+    def load(self, index: int) -> tuple[list[Document], list[Removed], list[StepStats], dict]:
+        info = json.loads((self.folder / f"shard-{index:05d}.json").read_text())
+        kept: list[Document] = []
+        removed: list[Removed] = []
+        for item in _read_part(self.folder / f"shard-{index:05d}.jsonl.gz"):
+            (removed if isinstance(item, Removed) else kept).append(item)
+        return kept, removed, _stats(info.pop("stats")), info
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
