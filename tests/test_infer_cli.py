@@ -87,3 +87,24 @@ def test_generate_says_when_the_context_window_cuts_max_new_tokens(checkpoint, c
     assert "at most 126 new tokens" in notices[0] and "500" in notices[0] and "128" in notices[0]
     assert main(["generate", str(checkpoint), "-p", "Hi", "-n", "126", "-t", "0", "--no-stream"]) == 0
     assert "context window" not in capsys.readouterr().err
+
+
+def test_json_schema_and_json_flags_answer_with_valid_json(checkpoint, tmp_path, capsys):
+    pytest.importorskip("llguidance")
+    import json
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "maximum": 99}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    for seed in range(3):
+        assert main(["generate", str(checkpoint), "-p", "Hi", "-n", "60", "-t", "1", "--seed", str(seed),
+                     "--json-schema", str(tmp_path / "s.json")]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert set(answer) == {"ok", "n"} and isinstance(answer["ok"], bool) and answer["n"] <= 99
+    assert main(["generate", str(checkpoint), "-p", "Hi", "-n", "3", "--json", "--no-stream"]) == 0
+    assert capsys.readouterr().out.startswith("{")
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["generate", str(checkpoint), "-p", "x", "--json-schema", str(tmp_path / "bad.json")]) == 1
+    assert "is not JSON" in capsys.readouterr().err
+    assert main(["generate", str(checkpoint), "-p", "x", "--json", "--beams", "2"]) == 1
+    assert "not with --beams" in capsys.readouterr().err

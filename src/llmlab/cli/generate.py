@@ -2,20 +2,23 @@
 
 Greedy (--temperature 0), sampling (temperature, top-k, top-p, min-p, penalties, seed), beam search
 (--beams N), speculative decoding with a draft model (--draft PATH), int8/int4 weight quantization
-(--quantize). MODEL is a checkpoint directory, a run directory, a .gguf file or `smollm2-135m`.
+(--quantize), JSON output constrained to a schema (--json-schema FILE, --json for any object).
+MODEL is a checkpoint directory, a run directory, a .gguf file or `smollm2-135m`.
 
     llmlab generate runs/demo --prompt "Once upon a time" --max-new-tokens 50 --temperature 0.8 --seed 1
     llmlab generate smollm2-135m --chat --prompt "What is the capital of France?" --temperature 0
+    llmlab generate smollm2-135m --chat --prompt "Describe Paris as JSON." --json-schema city.schema.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any, get_args, get_origin
 
-from llmlab.errors import ConfigError
+from llmlab.errors import ConfigError, InputError
 # The sampling flags are made from SamplingParams, so building this command's parser imports torch.
 from llmlab.infer.sampling import SamplingParams, sampling_settings
 
@@ -66,12 +69,34 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...
             shown = "" if default is None else f" (default {default})"
             options.update(type=kind, help=s.help + shown)
         parser.add_argument(*s.cli_flags, **options)
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json-schema", metavar="FILE", help="answer with JSON matching this JSON schema file "
+                        "(constrained decoding: valid unless --max-new-tokens cuts it)")
+    output.add_argument("--json", action="store_true", help="answer with a JSON object (any keys)")
 
 
 def sampling_params(args: argparse.Namespace, **extra: Any) -> SamplingParams:
     """The SamplingParams the sampling flags ask for; a skipped flag keeps the engine's default."""
     given = {s.name: getattr(args, s.name) for s in sampling_settings() if s.exposed and hasattr(args, s.name)}
-    return SamplingParams(**given, **extra)
+    return SamplingParams(**given, json_schema=_json_schema(args), **extra)
+
+
+def _json_schema(args: argparse.Namespace) -> dict | None:
+    """The schema --json-schema FILE or --json asks for, or None."""
+    from llmlab.infer.constrained import ANY_OBJECT
+
+    if getattr(args, "json", False):
+        return ANY_OBJECT
+    path = getattr(args, "json_schema", None)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise InputError(f"cannot read the JSON schema file {path}: {e.strerror}") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"the JSON schema file {path} is not JSON: {e}") from e
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -93,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_params(args, logprobs=args.logprobs is not None, top_logprobs=args.logprobs or 0)
     if args.beams and args.draft:
         raise ConfigError("choose beam search or speculative decoding, not both")
+    if params.json_schema is not None and (args.beams or args.draft):
+        raise ConfigError("JSON output (--json-schema, --json) works with sampling, not with --beams or --draft")
     model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
     if args.quantize:
         quantize_model(model, bits=8 if args.quantize == "int8" else 4)

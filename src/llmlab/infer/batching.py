@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from llmlab.errors import ConfigError, InputError
+from llmlab.infer.constrained import allowed_tokens
 from llmlab.infer.head import DecodeHead
 from llmlab.infer.sampling import SamplingParams, sample_rows
 from llmlab.infer.sequence import SequenceState, StreamEvent, end_token_ids, new_sequence
@@ -259,15 +260,37 @@ class Batcher:
         self._sample(logits=self.head(x[:, -1]), events=events)
 
     def _sample(self, logits: torch.Tensor, events: list) -> None:
-        """Each row's next token: rows without penalties or logprobs in one shared step, the rest alone."""
+        """Each row's next token: rows without penalties or logprobs in shared steps, the rest alone.
+
+        Rows with a JSON grammar get their allowed-token masks from one host-built tensor (`allowed_tokens`)
+        and share a step of their own, so rows without one sample exactly as if no such row were in the batch.
+        """
         rows = self.rows
-        shared = [b for b, seq in enumerate(rows) if not seq.samples_alone]
-        tokens = dict(zip(shared, sample_rows(logits if len(shared) == len(rows) else logits[shared],
-                                              [rows[b].params for b in shared], [rows[b].generator for b in shared])))
+        guided = [b for b, seq in enumerate(rows) if seq.constraint is not None]
+        allowed = allowed_tokens([rows[b].constraint for b in guided], logits.size(-1), self.device) if guided else None
+        mask_row = {b: i for i, b in enumerate(guided)}
+        plain = [b for b, seq in enumerate(rows) if not seq.samples_alone and b not in mask_row]
+        shared_guided = [b for b in guided if not rows[b].samples_alone]
+        tokens = self._sample_shared(logits, plain)
+        if shared_guided:
+            masks = allowed if len(shared_guided) == len(guided) else allowed[[mask_row[b] for b in shared_guided]]
+            tokens |= self._sample_shared(logits, shared_guided, masks)
         for b, seq in enumerate(rows):
             token = tokens.get(b)
-            chosen = seq.next_token(logits[b]) if token is None else (token, None, None)
+            if token is None:
+                chosen = seq.next_token(logits[b], None if allowed is None or b not in mask_row else allowed[mask_row[b]])
+            else:
+                chosen = (token, None, None)
             events.append((self.owners[b], seq.add(*chosen)))
+
+    def _sample_shared(self, logits: torch.Tensor, part: list[int], allowed: torch.Tensor | None = None) -> dict[int, int]:
+        """Tokens for the rows `part` in one `sample_rows` call (their logits gathered unless it is every row)."""
+        if not part:
+            return {}
+        rows = self.rows
+        scores = logits if len(part) == len(rows) else logits[part]
+        return dict(zip(part, sample_rows(scores, [rows[b].params for b in part], [rows[b].generator for b in part],
+                                          allowed)))
 
     def _retire(self) -> None:
         """Drop finished and cancelled rows, moving the last row into each hole so rows stay contiguous."""

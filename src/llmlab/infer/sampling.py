@@ -2,12 +2,13 @@
 
 A decoding step turns the model's logits for the last position into one token id:
 
-    logits -> logit bias -> penalties (repetition, frequency, presence) -> / temperature
+    logits -> allowed-token mask (structured output) -> logit bias -> penalties (repetition, frequency, presence) -> / temperature
            -> keep top-k -> keep top-p (nucleus) -> keep min-p -> softmax -> draw with the request's RNG
 
 `sample_rows` does the same for many rows of a batch at once, each still drawing with its own RNG.
 
-Temperature 0 means greedy (argmax). Each filter masks logits with -inf, so what is left renormalises
+Temperature 0 means greedy (argmax). The allowed-token mask (from `infer/constrained.py`, for JSON output)
+comes first, so every later filter and the softmax see only the tokens the grammar allows. Each filter masks logits with -inf, so what is left renormalises
 in the softmax. The filters are separate functions so that tests can check exactly which tokens each keeps.
 """
 
@@ -123,6 +124,8 @@ class SamplingParams:
     n: int = _setting(1, "samples per prompt (seeds seed, seed+1, ...)", low=1, flags=("--num-samples",))
     logit_bias: dict[int, float] = _setting({}, "add this to the logit of each token id (-100 bans, 100 forces)",
                                             exposed=False)
+    json_schema: dict[str, Any] | None = _setting(None, "constrain the output to JSON matching this schema "
+                                                  '({"type": "object"}: any JSON object)', exposed=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -139,6 +142,8 @@ class SamplingParams:
         problem = logit_bias_problem(self.logit_bias)
         if problem:
             raise ConfigError(problem)
+        if self.json_schema is not None and not isinstance(self.json_schema, dict):
+            raise ConfigError(f"json_schema must be a JSON object (a dict), got {type(self.json_schema).__name__}")
 
     @property
     def greedy(self) -> bool:
@@ -232,12 +237,17 @@ def processed_logits(
     params: SamplingParams,
     context: torch.Tensor | None = None,
     generated: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The logits the sampler draws from: logit bias, penalties, temperature, then the top-k / top-p / min-p filters.
+    """The logits the sampler draws from: the allowed-token mask, logit bias, penalties, temperature, then the
+    top-k / top-p / min-p filters. `allowed` (bool, the shape of `logits`) sends every other token to -inf.
 
-    For greedy decoding only the bias and penalties apply (temperature and filters do not change the argmax).
+    For greedy decoding only the mask, bias and penalties apply (temperature and filters do not change the argmax).
     """
-    logits = apply_logit_bias(logits.float(), params.logit_bias)
+    logits = logits.float()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    logits = apply_logit_bias(logits, params.logit_bias)
     if context is not None and generated is not None:
         logits = apply_penalties(logits, context, generated, params)
     if params.greedy:
@@ -270,10 +280,10 @@ def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> t
 
 
 def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams],
-                generators: Sequence[torch.Generator | None]) -> list[int]:
+                generators: Sequence[torch.Generator | None], allowed: torch.Tensor | None = None) -> list[int]:
     """One token per row of `logits` (B, V) for rows without penalties: row i gets what
-    `sample(processed_logits(logits[i], params[i]), params[i], generators[i])` gives, while rows with the
-    same settings share each filter's operations."""
+    `sample(processed_logits(logits[i], params[i], allowed=allowed[i]), params[i], generators[i])` gives, while
+    rows with the same settings share each filter's operations. `allowed` (B, V) bool is optional."""
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         key = (p.temperature, p.top_k, p.top_p, p.min_p, tuple(sorted(p.logit_bias.items())))
@@ -281,8 +291,10 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams],
     tokens = [0] * len(params)
     for rows in groups.values():
         p = params[rows[0]]
-        part = logits if len(rows) == len(params) else logits[torch.tensor(rows, device=logits.device)]
-        scores = processed_logits(part, p)
+        index = None if len(rows) == len(params) else torch.tensor(rows, device=logits.device)
+        part = logits if index is None else logits[index]
+        mask = allowed if allowed is None or index is None else allowed[index]
+        scores = processed_logits(part, p, allowed=mask)
         picked = scores.argmax(dim=-1) if p.greedy else draw(scores.softmax(dim=-1), [generators[i] for i in rows])
         for i, token in zip(rows, picked.tolist()):
             tokens[i] = token

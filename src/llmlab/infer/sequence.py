@@ -1,7 +1,7 @@
 """One sequence being generated, whatever batch it runs in: sampling, end tokens, stop strings, streaming.
 
-Each sequence owns its RNG (seeded per request), its token history (for penalties) and its incremental
-UTF-8 decoder, so the tokens it produces and the text it streams do not depend on which other sequences
+Each sequence owns its RNG (seeded per request), its token history (for penalties), its incremental
+UTF-8 decoder and, for JSON output, its place in the schema's grammar (`infer/constrained.py`), so the tokens it produces and the text it streams do not depend on which other sequences
 share its batch. The engine's static batches and the continuous batcher both drive this one class.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from llmlab.infer.constrained import JsonConstraint
 from llmlab.infer.sampling import SamplingParams, make_generator, processed_logits, sample
 
 # Special tokens that end a completion whenever the tokenizer has them (end of text / end of turn).
@@ -37,7 +38,9 @@ class SequenceState:
     def __init__(self, prompt: list[int], params: SamplingParams, budget: int, end_ids: set[int],
                  tokenizer: Any, device: torch.device, seed: int | None, index: int) -> None:
         self.prompt, self.params, self.budget, self.tokenizer, self.index = prompt, params, budget, tokenizer, index
-        self.end_ids = set() if params.ignore_eos else end_ids
+        # A grammar decides where JSON output ends, so ignore_eos does not apply to it.
+        self.constraint = None if params.json_schema is None else JsonConstraint(tokenizer, params.json_schema, end_ids)
+        self.end_ids = set() if params.ignore_eos and self.constraint is None else end_ids
         self.end_ids |= set(params.stop_token_ids)
         self.generator = make_generator(seed, device)
         self.generated: list[int] = []
@@ -50,15 +53,19 @@ class SequenceState:
         penalised = params.repetition_penalty != 1.0 or bool(params.frequency_penalty or params.presence_penalty)
         self.samples_alone = penalised or params.wants_logprobs
 
-    def next_token(self, logits: torch.Tensor) -> tuple[int, float | None, list | None]:
+    def next_token(self, logits: torch.Tensor, allowed: torch.Tensor | None = None) -> tuple[int, float | None, list | None]:
+        """Sample this sequence's next token from the model's logits (V,); `allowed` is its grammar's mask,
+        computed here when the caller has not batched it. Logprobs are the model's, before any mask."""
         p = self.params
+        if allowed is None and self.constraint is not None:
+            allowed = self.constraint.allowed(logits.size(-1), logits.device)
         penalised = p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
         if penalised:
             gen = torch.tensor(self.generated, dtype=torch.long, device=logits.device)
             ctx = torch.cat([torch.tensor(self.prompt, dtype=torch.long, device=logits.device), gen])
-            scores = processed_logits(logits, p, ctx, gen)
+            scores = processed_logits(logits, p, ctx, gen, allowed)
         else:
-            scores = processed_logits(logits, p)
+            scores = processed_logits(logits, p, allowed=allowed)
         token = sample(scores, p, self.generator)
         if not p.wants_logprobs:
             return token, None, None
@@ -75,6 +82,8 @@ class SequenceState:
     def add(self, token: int, logprob: float | None, top: list | None) -> StreamEvent:
         """Record a sampled token and return the text it makes safe to show."""
         self.generated.append(token)
+        if self.constraint is not None:
+            self.constraint.advance(token)
         if token in self.end_ids:
             self.finish_reason = "stop"
         else:
@@ -84,16 +93,22 @@ class SequenceState:
             hits = [at for at in (self.text.find(stop, start) for stop in self.params.stop) if at != -1]
             if hits:
                 self.text, self.finish_reason = self.text[: min(hits)], "stop"
+            elif self.constraint_finished:
+                self.finish_reason = "stop"  # the JSON is complete: nothing may follow it
             if self.finish_reason is None and len(self.generated) >= self.budget:
                 self.finish_reason = "length"
         if self.finish_reason is not None:
-            if self.finish_reason == "length" or token in self.end_ids:
+            if self.finish_reason == "length" or token in self.end_ids or self.constraint_finished:
                 self.text += self.decoder.decode(b"", final=True)
             end = len(self.text)
         else:
             end = len(self.text) - self._pending_stop_prefix()
         delta, self.emitted = self.text[self.emitted : end], max(self.emitted, end)
         return StreamEvent(token, delta, logprob, top, self.finish_reason, self.index)
+
+    @property
+    def constraint_finished(self) -> bool:
+        return self.constraint is not None and self.constraint.finished
 
     def _pending_stop_prefix(self) -> int:
         """Length of the longest tail of the text that could still grow into a stop string (held back)."""

@@ -3,7 +3,11 @@
 Request and response fields follow OpenAI's API reference, so the `openai` SDK, LangChain and curl work
 unchanged. llmlab adds the sampling fields `top_k`, `min_p` and `repetition_penalty` (as vLLM does) and
 `ignore_eos`, and a `timings` object in each choice: queue wait, time to first token, total time and decode tokens/s.
-`logit_bias` is applied; `response_format` (other than text), `tools` and `tool_choice` get a 400, never silence.
+`logit_bias` is applied. `response_format` {"type": "json_object"} or {"type": "json_schema", "json_schema":
+{"name", "schema", "strict"}} is honoured by grammar-constrained decoding (`llmlab.infer.constrained`), streamed
+or not: the text is JSON matching the schema by construction (strict or not, the schema is always enforced), unless
+max_tokens cuts it first (finish_reason "length", as OpenAI). A schema the grammar compiler cannot take gets a 400.
+`tools` and `tool_choice` get a 400, never silence.
 Chat answers can come from a retrieval index: the `rag` field or a `MODEL+rag:INDEX` model id (`serve/rag.py`).
 """
 
@@ -21,7 +25,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
+from llmlab.errors import ConfigError
+from llmlab.infer.constrained import ANY_OBJECT, JsonConstraint
 from llmlab.infer.sampling import Setting, logit_bias_problem, sampling_settings
+from llmlab.infer.sequence import end_token_ids
 from llmlab.serve.api_errors import APIError, error_body, unknown_model
 from llmlab.serve.dispatch import ChoiceResult, Generator, until_disconnected
 from llmlab.serve.lookinside import prompt_logprobs
@@ -143,21 +150,32 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None  # see `output_schema`
     # Not honoured yet, so refused (400) rather than silently ignored; see `refuse_unsupported`.
-    response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     rag: RagOptions | None = None  # llmlab: answer from a retrieval index's passages
 
-    def refuse_unsupported(self) -> None:
-        """A clear 400 for a request whose meaning llmlab cannot honour: JSON output and tool calls."""
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema `response_format` asks for: None for text, any object for json_object; 400 otherwise."""
         kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            raise APIError(400, f"response_format type '{kind}' is not supported: llmlab does not constrain output "
-                           "to JSON; ask for JSON in the prompt and parse the text", param="response_format",
-                           code="unsupported_parameter")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return ANY_OBJECT
+        if kind != "json_schema":
+            raise APIError(400, f"response_format type '{kind}' is not supported; use 'text', 'json_object' or "
+                           "'json_schema'", param="response_format.type", code="unsupported_parameter")
+        spec = self.response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise APIError(400, "response_format of type 'json_schema' needs json_schema.schema, a JSON schema object",
+                           param="response_format.json_schema", code="invalid_value")
+        return spec["schema"]
+
+    def refuse_unsupported(self) -> None:
+        """A clear 400 for a request whose meaning llmlab cannot honour: tool calls."""
         for name in ("tools", "functions"):
             if getattr(self, name):
                 raise APIError(400, f"'{name}' is not supported: llmlab's models do not make tool calls",
@@ -230,6 +248,15 @@ def chat_logprob(tokenizer: Any, event: Any) -> dict[str, Any]:
     }
 
 
+def check_schema(loaded: LoadedModel, schema: dict[str, Any]) -> None:
+    """400 for a JSON schema the grammar compiler refuses, before any generation starts (compiling
+    it takes under a millisecond; only a model's first schema also reads its vocabulary)."""
+    try:
+        JsonConstraint(loaded.tokenizer, schema, end_token_ids(loaded.tokenizer))
+    except ConfigError as e:
+        raise APIError(400, e.message, param="response_format.json_schema.schema", code="invalid_schema") from e
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
@@ -286,9 +313,12 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     req.refuse_unsupported()
+    schema = req.output_schema()
     gen = _generator(request)
     loaded = await gen.load(req.model)
     req.check_for(loaded)
+    if schema is not None:
+        await asyncio.to_thread(check_schema, loaded, schema)
     messages, sources = [m.flat() for m in req.messages], []
     rag = options_for(req.model, req.rag, gen.registry)
     if rag is not None:
@@ -300,6 +330,8 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     settings = req.settings() | {"logprobs": req.logprobs, "top_logprobs": top}
     if req.max_completion_tokens is not None:
         settings["max_new_tokens"] = req.max_completion_tokens
+    if schema is not None:
+        settings["json_schema"] = schema
     params = gen.params(loaded, len(prompt), settings)
     job = gen.start(loaded, prompt, params)
     cid, created = _new_id("chatcmpl"), int(time.time())
