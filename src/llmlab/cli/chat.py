@@ -6,6 +6,7 @@ context window.
 
     llmlab chat smollm2-135m --temperature 0.3
     llmlab chat runs/demo --system "You are a helpful assistant."
+    llmlab chat smollm2-135m --tools calculator,python   (the model may call built-in tools; see docs/tools.md)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from llmlab.cli.generate import add_model_arguments, add_sampling_arguments, sam
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint directory, run directory, .gguf file, or smollm2-135m")
     parser.add_argument("--system", help="system message that starts the conversation")
+    parser.add_argument("--tools", type=lambda s: [t.strip() for t in s.split(",") if t.strip()], default=[],
+                        help="built-in tools the model may call, comma-separated: calculator,python")
     add_model_arguments(parser)
     # One answer at a time: no --num-samples.
     add_sampling_arguments(parser, skip=("n",), max_new_tokens=256, temperature=0.7, top_p=0.95)
@@ -31,6 +34,8 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
 
     model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
     chat_format(tokenizer)  # fail now, not after the first message, if the tokenizer has no chat tokens
+    if args.tools:
+        _check_tools(tokenizer, args.tools)
     if args.quantize:
         quantize_model(model, bits=8 if args.quantize == "int8" else 4)
     engine = Engine(model, tokenizer)
@@ -56,6 +61,9 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
         history.append({"role": "user", "content": text})
         rendered = render_chat(system + history, tokenizer, add_generation_prompt=True,
                                max_tokens=model.config.context_length - 1)
+        if args.tools:
+            history[:] = _answer_with_tools(engine, system + history, args.tools, params)[len(system):]
+            continue
         reply = ""
         print("model> ", end="", flush=True)
         try:
@@ -66,3 +74,29 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
             print(" [stopped]", end="")
         print()
         history.append({"role": "assistant", "content": reply})
+
+
+def _check_tools(tokenizer, tools: list[str]) -> None:
+    from llmlab.errors import ConfigError
+    from llmlab.infer.tool_use import check_tool_names
+    from llmlab.tokenizer.chat_tools import supports_tools
+
+    check_tool_names(tools)
+    if not supports_tools(tokenizer):
+        raise ConfigError("this model's chat format has no tool-call format", hint="use --tools with a ChatML model such as smollm2-135m")
+
+
+def _answer_with_tools(engine, messages: list[dict], tools: list[str], params) -> list[dict]:
+    """One answer through the tool loop, printing each call and result; the conversation with them."""
+    from llmlab.infer.tool_use import chat_with_tools
+
+    def show(step) -> None:
+        print(f"[tool] {step.name}({step.arguments}) -> {step.result}  ({step.seconds * 1000:.0f} ms)", file=sys.stderr)
+
+    try:
+        session = chat_with_tools(engine, messages, tools, params, on_step=show)
+    except KeyboardInterrupt:
+        print(" [stopped]")
+        return messages
+    print(f"model> {session.answer}")
+    return session.messages
