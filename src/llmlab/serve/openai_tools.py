@@ -56,7 +56,7 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, messages: l
                        param="tools", code="unsupported_parameter")
     if not names:
         if tool_choice not in (None, "none", "auto"):
-            raise APIError(400, "tool_choice needs tools", param="tool_choice")
+            raise APIError(400, "tool_choice needs tools", param="tool_choice", code="unsupported_parameter")
         return None
     if tool_choice in (None, "auto"):
         return ToolPlan(tools)
