@@ -181,3 +181,22 @@ def test_llmlab_tools_runs_the_calculator_on_the_server(server):
     bad = httpx.post(server.url + "/v1/chat/completions", json={
         "model": "scripted", "messages": ASK, "llmlab_tools": ["shell"]})
     assert bad.status_code == 400 and "unknown tool 'shell'" in bad.json()["error"]["message"]
+
+
+def test_langchain_bind_tools_round_trip(server):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def calculator(expression: str) -> str:
+        """Evaluate arithmetic."""
+        return "42"
+
+    llm = langchain_openai.ChatOpenAI(model="scripted", base_url=server.url + "/v1", api_key="not-needed",
+                                      temperature=0, max_tokens=200, max_retries=0).bind_tools([calculator])
+    messages = [HumanMessage("What is 6 times 7?")]
+    reply = llm.invoke(messages)
+    assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("calculator", {"expression": "6*7"})]
+    messages += [reply, ToolMessage(calculator.invoke(reply.tool_calls[0]["args"]), tool_call_id=reply.tool_calls[0]["id"])]
+    assert llm.invoke(messages).content == "The answer is 42."
