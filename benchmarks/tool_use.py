@@ -7,6 +7,8 @@ Seeded multi-digit word problems (+, -, x on 3- and 4-digit numbers), greedy dec
   may call it, llmlab runs it and feeds the result back (at most 2 rounds).
 - `calculator, call forced`: the answer is started with `<tool_call>` (what the API's
   `tool_choice: "required"` does), so the first reply is a call unless its JSON is broken.
+- `calculator, named call forced`: the answer is started with `<tool_call>` and the calculator's name
+  (the API's named `tool_choice`); the model writes only the arguments.
 - `calculator + one-shot`: the same, after one worked example exchange (question, call, result, answer)
   in the conversation, to show the 135M model the format.
 
@@ -60,16 +62,15 @@ def last_number(text: str) -> int | None:
     return int(found[-1].replace(",", "")) if found else None
 
 
-def run_condition(engine, questions, tools: bool, shots: list[dict], params, context: int, forced: bool = False) -> dict:
+def run_condition(engine, questions, tools: bool, shots: list[dict], params, context: int, forced: str = "") -> dict:
     from llmlab.infer.tool_use import ToolSession
     from llmlab.tokenizer.chat import render_chat
-    from llmlab.tokenizer.chat_tools import CALL_OPEN
 
     sessions = [ToolSession([*shots, {"role": "user", "content": q}], ["calculator"] if tools else [], max_rounds=2)
                 for q, _ in questions]
     pending = list(range(len(sessions)))
     start = time.perf_counter()
-    prefix = CALL_OPEN + "\n" if forced else ""
+    prefix = forced
     while pending:
         prompts = [render_chat(sessions[i].prompt_messages(), engine.tokenizer, add_generation_prompt=True,
                                max_tokens=context).ids + engine.tokenizer.encode_ordinary(prefix) for i in pending]
@@ -98,6 +99,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--only", action="append", help="run only this condition (repeatable)")
     args = parser.parse_args()
 
     from llmlab.infer import Engine, SamplingParams, load_model
@@ -109,9 +111,15 @@ def main() -> int:
     questions = problems(args.n, args.seed)
     context = model.config.context_length - 1
     results = {}
-    for name, tools, shots, forced in [("no tools", False, [], False), ("calculator", True, [], False),
-                                       ("calculator, call forced", True, [], True),
-                                       ("calculator + one-shot", True, ONE_SHOT, False)]:
+    from llmlab.tokenizer.chat_tools import CALL_OPEN
+
+    conditions = [("no tools", False, [], ""), ("calculator", True, [], ""),
+                  ("calculator, call forced", True, [], CALL_OPEN + "\n"),
+                  ("calculator, named call forced", True, [], CALL_OPEN + '\n{"name": "calculator", "arguments": '),
+                  ("calculator + one-shot", True, ONE_SHOT, "")]
+    for name, tools, shots, forced in conditions:
+        if args.only and name not in args.only:
+            continue
         r = run_condition(engine, questions, tools, shots, params, context, forced)
         results[name] = r
         print(f"{name:24s} accuracy {r['accuracy']:.0%}  call rate {r['call_rate']:.0%}  "
