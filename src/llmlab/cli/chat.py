@@ -11,6 +11,7 @@ given when it cites none). The history keeps the plain messages, so old passages
     llmlab chat smollm2-135m --temperature 0.3
     llmlab chat runs/demo --system "You are a helpful assistant."
     llmlab chat smollm2-135m --index runs/demo/index --temperature 0
+    llmlab chat smollm2-135m --tools calculator,python   (the model may call built-in tools; see docs/tools.md)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passages", type=int, default=3, help="passages retrieved per message with --index (default: 3)")
     parser.add_argument("--passage-tokens", type=int, default=512,
                         help="most prompt tokens the passages may add with --index (default: 512)")
+    parser.add_argument("--tools", type=lambda s: [t.strip() for t in s.split(",") if t.strip()], default=[],
+                        help="built-in tools the model may call, comma-separated: calculator,python")
     add_model_arguments(parser)
     # One answer at a time: no --num-samples.
     add_sampling_arguments(parser, skip=("n",), max_new_tokens=256, temperature=0.7, top_p=0.95)
@@ -42,6 +45,8 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
     index = Index.open(args.index) if args.index else None  # a bad index fails before the model loads
     model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
     chat_format(tokenizer)  # fail now, not after the first message, if the tokenizer has no chat tokens
+    if args.tools:
+        _check_tools(tokenizer, args.tools)
     if args.quantize:
         quantize_model(model, bits=8 if args.quantize == "int8" else 4)
     engine = Engine(model, tokenizer)
@@ -65,6 +70,9 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
             print("(history cleared)", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
+        if args.tools:
+            history[:] = _answer_with_tools(engine, system + history, args.tools, params)[len(system):]
+            continue
         messages, passages = system + history, []
         if index is not None:
             messages, passages = rag_messages(messages, index.search(text, k=args.passages),
@@ -86,3 +94,29 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
             for n, p in cited:
                 print(f"  [{n}] {p.title} — {p.url}")
         history.append({"role": "assistant", "content": reply})
+
+
+def _check_tools(tokenizer, tools: list[str]) -> None:
+    from llmlab.errors import ConfigError
+    from llmlab.infer.tool_use import check_tool_names
+    from llmlab.tokenizer.chat_tools import supports_tools
+
+    check_tool_names(tools)
+    if not supports_tools(tokenizer):
+        raise ConfigError("this model's chat format has no tool-call format", hint="use --tools with a ChatML model such as smollm2-135m")
+
+
+def _answer_with_tools(engine, messages: list[dict], tools: list[str], params) -> list[dict]:
+    """One answer through the tool loop, printing each call and result; the conversation with them."""
+    from llmlab.infer.tool_use import chat_with_tools
+
+    def show(step) -> None:
+        print(f"[tool] {step.name}({step.arguments}) -> {step.result}  ({step.seconds * 1000:.0f} ms)", file=sys.stderr)
+
+    try:
+        session = chat_with_tools(engine, messages, tools, params, on_step=show)
+    except KeyboardInterrupt:
+        print(" [stopped]")
+        return messages
+    print(f"model> {session.answer}")
+    return session.messages

@@ -7,7 +7,8 @@ unchanged. llmlab adds the sampling fields `top_k`, `min_p` and `repetition_pena
 {"name", "schema", "strict"}} is honoured by grammar-constrained decoding (`llmlab.infer.constrained`), streamed
 or not: the text is JSON matching the schema by construction (strict or not, the schema is always enforced), unless
 max_tokens cuts it first (finish_reason "length", as OpenAI). A schema the grammar compiler cannot take gets a 400.
-`tools` and `tool_choice` get a 400, never silence.
+`tools` and `tool_choice` work for models whose chat template has a tool format (`serve/openai_tools.py`, also
+llmlab's `llmlab_tools`, which the server runs itself).
 Chat answers can come from a retrieval index: the `rag` field or a `MODEL+rag:INDEX` model id (`serve/rag.py`).
 """
 
@@ -33,6 +34,8 @@ from llmlab.serve.api_errors import APIError, error_body, unknown_model
 from llmlab.serve.dispatch import ChoiceResult, Generator, until_disconnected
 from llmlab.serve.lookinside import prompt_logprobs
 from llmlab.serve.rag import RagOptions, cited, options_for, retrieve, source_cards
+from llmlab.serve.openai_tools import (answer_message, plan_tools, prompt_messages, run_builtin_tools, tool_chunks,
+                                       trace_json)
 from llmlab.serve.registry import LoadedModel
 from llmlab.serve.worker import Job, events_of
 
@@ -56,8 +59,9 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
-    def flat(self) -> dict[str, str]:
-        """The message with its content as one string; "developer" is the newer name for "system"."""
+    def flat(self) -> dict[str, Any]:
+        """The message with its content as one string; "developer" is the newer name for "system".
+        An assistant's `tool_calls` and a tool result's `tool_call_id` are kept."""
         content = self.content
         if isinstance(content, list):
             for part in content:
@@ -65,7 +69,8 @@ class ChatMessage(BaseModel):
                     raise APIError(400, f"content parts of type '{part.type}' are not supported; llmlab models read text",
                                    param="messages.content")
             content = "".join(part.text for part in content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        tool_fields = {k: v for k, v in (self.model_extra or {}).items() if k in ("tool_calls", "tool_call_id") and v}
+        return {"role": "system" if self.role == "developer" else self.role, "content": content or "", **tool_fields}
 
 
 class StreamOptions(BaseModel):
@@ -157,6 +162,7 @@ class ChatCompletionRequest(SamplingRequest):
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     rag: RagOptions | None = None  # llmlab: answer from a retrieval index's passages
+    llmlab_tools: list[str] | None = Field(None, description="built-in tools the server runs itself: calculator, python")
 
     def output_schema(self) -> dict[str, Any] | None:
         """The JSON schema `response_format` asks for: None for text, any object for json_object; 400 otherwise."""
@@ -175,16 +181,17 @@ class ChatCompletionRequest(SamplingRequest):
         return spec["schema"]
 
     def refuse_unsupported(self) -> None:
-        """A clear 400 for a request whose meaning llmlab cannot honour: tool calls."""
-        for name in ("tools", "functions"):
-            if getattr(self, name):
-                raise APIError(400, f"'{name}' is not supported: llmlab's models do not make tool calls",
-                               param=name, code="unsupported_parameter")
-        for name in ("tool_choice", "function_call"):
-            choice = getattr(self, name)
-            if choice not in (None, "none", "auto"):  # with no tools, "auto" and "none" both mean plain text
-                raise APIError(400, f"'{name}' needs tools, which llmlab does not support",
-                               param=name, code="unsupported_parameter")
+        """A clear 400 for a request whose meaning llmlab cannot honour."""
+        if self.functions or self.function_call not in (None, "none", "auto"):
+            name = "functions" if self.functions else "function_call"
+            raise APIError(400, f"the deprecated '{name}' is not supported; send 'tools' and 'tool_choice'",
+                           param=name, code="unsupported_parameter")
+        if self.llmlab_tools and (self.tools or self.stream or (self.n or 1) > 1):
+            raise APIError(400, "llmlab_tools runs built-in tools for one non-streamed answer, without 'tools'",
+                           param="llmlab_tools")
+        if (self.tools or self.llmlab_tools) and (self.response_format or {}).get("type", "text") != "text":
+            raise APIError(400, "response_format cannot be combined with tools: a tool call is not the requested JSON",
+                           param="response_format", code="unsupported_parameter")
 
     @field_validator("max_tokens")
     @classmethod
@@ -323,7 +330,12 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     rag = options_for(req.model, req.rag, gen.registry)
     if rag is not None:
         messages, sources = await retrieve(gen.registry, loaded, messages, rag, req.max_completion_tokens or req.max_tokens)
-    prompt = gen.chat_prompt(loaded, messages)
+    plan = plan_tools(req.tools, req.tool_choice, messages, loaded.tokenizer, req.model)
+    if req.llmlab_tools:
+        return await _builtin_tools_answer(req, request, gen, loaded, messages)
+    prompt = gen.chat_prompt(loaded, prompt_messages(messages, plan))
+    if plan and plan.prefix:  # tool_choice "required" or a named function: the answer starts as a call
+        prompt += loaded.tokenizer.encode_ordinary(plan.prefix)
     top = req.top_logprobs or 0
     if top and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
@@ -337,7 +349,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     cid, created = _new_id("chatcmpl"), int(time.time())
     head = {"id": cid, "created": created, "model": req.model, "system_fingerprint": FINGERPRINT}
     if req.stream:
-        lines = _chat_chunks(head, loaded, job, params.n, len(prompt), req.logprobs, req.include_usage,
+        lines = _chat_chunks(head, loaded, job, params.n, len(prompt), req.logprobs, req.include_usage, plan,
                              sources if rag is not None else None)
         return StreamingResponse(_guarded(lines, job), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -345,18 +357,43 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     choices = []
     for r in results:
         logprobs = {"content": [chat_logprob(loaded.tokenizer, e) for e in r.events], "refusal": None} if req.logprobs else None
-        choices.append({"index": r.index, "message": {"role": "assistant", "content": r.text, "refusal": None},
-                        "logprobs": logprobs, "finish_reason": r.finish_reason, "timings": r.timings,
+        message, finish_reason = answer_message(r.text, r.finish_reason, plan)
+        choices.append({"index": r.index, "message": message,
+                        "logprobs": logprobs, "finish_reason": finish_reason, "timings": r.timings,
                         **({"llmlab_cited": cited(r.text, sources)} if rag is not None else {})})
     return {**head, "object": "chat.completion", "choices": choices,
             "usage": _usage(len(prompt), sum(len(r.token_ids) for r in results)),
             **({"llmlab_sources": source_cards(sources)} if rag is not None else {})}
 
 
+async def _builtin_tools_answer(req: ChatCompletionRequest, request: Request, gen: Generator, loaded: LoadedModel,
+                                messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """llmlab_tools: the server runs the built-in tools until the model answers; the trace rides along."""
+    settings = req.settings()
+    if req.max_completion_tokens is not None:
+        settings["max_new_tokens"] = req.max_completion_tokens
+    prompt_tokens = 0
+
+    async def complete(plain: list[dict[str, str]]) -> ChoiceResult:
+        nonlocal prompt_tokens
+        prompt = gen.chat_prompt(loaded, plain)
+        prompt_tokens += len(prompt)
+        return (await _wait(request, gen, gen.start(loaded, prompt, gen.params(loaded, len(prompt), settings)), 1))[0]
+
+    session, last, completion_tokens = await run_builtin_tools(messages, req.llmlab_tools, complete)
+    return {"id": _new_id("chatcmpl"), "created": int(time.time()), "model": req.model,
+            "system_fingerprint": FINGERPRINT, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": session.answer, "refusal": None},
+                         "logprobs": None, "finish_reason": last.finish_reason, "timings": last.timings,
+                         "llmlab_tool_trace": trace_json(session)}],
+            "usage": _usage(prompt_tokens, completion_tokens)}
+
+
 async def _chat_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, prompt_tokens: int,
-                       logprobs: bool, include_usage: bool, sources: list | None = None) -> AsyncIterator[str]:
-    """The SSE chunks of a chat answer; with `sources` (retrieval), the first chunk of each choice lists
-    them as `llmlab_sources` and its last chunk the numbers its answer cites as `llmlab_cited`."""
+                       logprobs: bool, include_usage: bool, plan: Any = None,
+                       sources: list | None = None) -> AsyncIterator[str]:
+    """The SSE chunks of a chat answer. With `sources` (retrieval), the first chunk of each choice lists
+    them as `llmlab_sources` and, outside tool calls, its last chunk the numbers its answer cites as `llmlab_cited`."""
     chunk = {**head, "object": "chat.completion.chunk"}
     texts = [""] * n
 
@@ -372,6 +409,20 @@ async def _chat_chunks(head: dict, loaded: LoadedModel, job: Job, n: int, prompt
     for i in range(n):
         yield one(i, {"role": "assistant", "content": ""},
                   top={"llmlab_sources": source_cards(sources)} if sources is not None else None)
+    if plan is not None and plan.parse:  # tool calls are read from the text: their own chunking
+        completion_tokens = 0
+
+        async def counted() -> AsyncIterator[Any]:
+            nonlocal completion_tokens
+            async for event in events_of(job):
+                completion_tokens += 1
+                yield event
+
+        async for line in tool_chunks(counted(), n, plan, one, job.timings):
+            yield line
+        if include_usage:
+            yield sse({**chunk, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+        return
     completion_tokens = 0
     finished = set()
     async for event in events_of(job):

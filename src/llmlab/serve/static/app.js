@@ -324,10 +324,27 @@ const OPEN_KEY = "llmlab-open-conversation";  // reopened after a reload
 const plain = (messages) => messages.map((m) => ({ role: m.role, content: m.content }));
 
 // A message's node; an answer's body holds its tokens (coloured, with tooltips) and its rendered Markdown.
+// The checked built-in tools; with any, the server runs them (llmlab_tools) and the answer comes whole.
+const chosenTools = () => $$(".tools-control input:checked").map((box) => box.value);
+
+async function askWithTools(tools, request, signal) {
+  const r = await postJSON("/v1/chat/completions", { ...request, llmlab_tools: tools }, { signal });
+  const c = r.choices[0];
+  return { text: c.message.content || "", tokens: [], timings: c.timings, finish: c.finish_reason, trace: c.llmlab_tool_trace };
+}
+
+// Each tool call the model made, collapsed to one line; open it for the arguments and the whole result.
+function toolTrace(trace) {
+  return (trace || []).map((s) => el("details", { class: "tool-call" + (s.ok ? "" : " failed") },
+    el("summary", {}, `${s.name}(${s.arguments}) → ${s.result.split("\n")[0].slice(0, 80)}`),
+    el("pre", {}, `arguments: ${s.arguments}\n\n${s.result}\n\n(${Math.round(s.seconds * 1000)} ms)`)));
+}
+
 function renderMessage(msg, index) {
   const body = el("div", { class: "body" });
   if (msg.role === "assistant") {
     const tokens = el("div", { class: "tokens" }), md = el("div", { class: "md" });
+    body.append(...toolTrace(msg.meta && msg.meta.tool_trace));
     if (msg.meta && msg.meta.tokens) for (const t of msg.meta.tokens) tokens.append(tokenSpan(t.shown, t));
     else tokens.append(msg.content);
     renderMarkdown(md, msg.content);
@@ -448,12 +465,15 @@ async function sendChat(ev, question) {
     }
     if (isOpen(conv)) markDropped(fit.dropped, fit.context_length);
     const messages = [...sys, ...plain(conv.messages.slice(fit.dropped))];
-    const r = await streamInto(tokens, "/v1/chat/completions", { model, messages, ...settings }, chatAbort.signal, onText);
+    const tools = chosenTools();
+    const r = tools.length ? await askWithTools(tools, { model, messages, ...settings }, chatAbort.signal)
+      : await streamInto(tokens, "/v1/chat/completions", { model, messages, ...settings }, chatAbort.signal, onText);
     if (pending) cancelAnimationFrame(pending);
     renderMarkdown(md, r.text);
     showSources(node, md, r.sources, r.cited);
-    const meta = { model, timings: r.timings, finish: r.finish, tokens: r.tokens, settings,
-                   dropped: fit.dropped, context_length: fit.context_length, sources: r.sources, cited: r.cited };
+    if (r.trace && r.trace.length) tokens.before(...toolTrace(r.trace));
+    const meta = { model, timings: r.timings, finish: r.finish, tokens: r.tokens, settings, dropped: fit.dropped,
+                   context_length: fit.context_length, sources: r.sources, cited: r.cited, ...(r.trace ? { tool_trace: r.trace } : {}) };
     node.append(el("div", { class: "stats" }, statsText(r.timings, r.tokens.length, r.finish)));
     const reply = { role: "assistant", content: r.text, meta };
     conv.messages.push(reply);

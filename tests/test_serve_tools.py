@@ -1,0 +1,202 @@
+"""OpenAI `tools` through the official `openai` client: tool_calls out, `tool` results in, the final answer back.
+
+The served model is a scripted tiny GPT: its head ignores the states and writes a fixed reply chosen
+from the prompt (a call, an answer once a <tool_response> is in the prompt, or broken JSON), so the
+server's tool handling is tested deterministically on the real batching, streaming and template paths.
+"""
+
+import json
+
+import httpx
+import pytest
+import torch
+from torch import nn
+
+openai = pytest.importorskip("openai")
+
+from llmlab.model import GPT, preset  # noqa: E402
+from llmlab.serve import BackgroundServer, ModelRegistry, create_app  # noqa: E402
+from llmlab.serve.tiny import make_tiny_checkpoint  # noqa: E402
+from llmlab.tokenizer.bpe import Tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.network_local
+CHATML = Tokenizer({bytes([i]): i for i in range(256)},
+                   special_tokens={"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258})
+CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>'
+BROKEN = '<tool_call>\n{"name": "calculator", "arguments": {"expression": </tool_call>'
+TOOLS = [{"type": "function", "function": {
+    "name": "calculator", "description": "Evaluate arithmetic.",
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}},
+    {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
+ASK = [{"role": "user", "content": "What is 6 times 7?"}]
+
+
+class ScriptHead(nn.Module):
+    """Logits that make `target` the only choice."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size, self.target = vocab_size, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((*x.shape[:-1], self.vocab_size), -30.0)
+        logits[..., self.target] = 30.0
+        return logits
+
+
+class ScriptedGPT(GPT):
+    """Replies from a script chosen by the prompt; the answer continues whatever the prompt already started."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__(preset("tiny", vocab_size=CHATML.vocab_size, context_length=2048))
+        self.lm_head = ScriptHead(CHATML.vocab_size)
+        self.script, self.step, self.prompt = [], 0, ""
+
+    def reply(self, prompt: str) -> str:
+        started = prompt.rsplit("<|im_start|>assistant\n", 1)[-1]
+        if "<tool_response>" in prompt:
+            text = "The answer is 42."
+        elif "<tools>" not in prompt:
+            text = "No tools here."
+        else:
+            text = BROKEN if "broken" in prompt else CALL
+        return text[len(started):] if text.startswith(started) else text
+
+    def hidden_states(self, idx, kv_cache=None, **kwargs):
+        if idx.size(1) > 1:  # a prompt, perhaps in chunks: choose the script from the whole of it
+            self.prompt = ("" if kv_cache is None or kv_cache.length == 0 else self.prompt) + CHATML.decode(idx[0].tolist())
+            self.script, self.step = CHATML.encode_ordinary(self.reply(self.prompt)) + [258], 0
+        else:
+            self.step += 1
+        self.lm_head.target = self.script[min(self.step, len(self.script) - 1)]
+        return super().hidden_states(idx, kv_cache=kv_cache, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_checkpoint(root / "tiny-gpt")  # llmlab's own chat format: no tool format
+    registry = ModelRegistry(root, imported=False)
+    registry.add("scripted", ScriptedGPT(), CHATML)
+    app = create_app(registry, history_path=tmp_path_factory.mktemp("h") / "h.sqlite")
+    with BackgroundServer(app) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", max_retries=0, timeout=60)
+
+
+def test_tool_call_round_trip_with_the_openai_sdk(client):
+    first = client.chat.completions.create(model="scripted", messages=ASK, tools=TOOLS, temperature=0,
+                                          max_tokens=200)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "calculator" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments) == {"expression": "6*7"}
+    messages = [*ASK, choice.message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "42"}]
+    final = client.chat.completions.create(model="scripted", messages=messages, tools=TOOLS, temperature=0,
+                                          max_tokens=200)
+    assert final.choices[0].message.content == "The answer is 42."
+    assert final.choices[0].finish_reason == "stop" and not final.choices[0].message.tool_calls
+
+
+def test_streamed_tool_call_arrives_as_tool_call_deltas(client):
+    stream = client.chat.completions.create(model="scripted", messages=ASK, tools=TOOLS, temperature=0,
+                                           max_tokens=200, stream=True)
+    content, calls, finish = "", {}, None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for d in delta.tool_calls or []:
+            c = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+            c["id"] = d.id or c["id"]
+            c["name"] += (d.function.name or "") if d.function else ""
+            c["arguments"] += (d.function.arguments or "") if d.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert content == "" and finish == "tool_calls"
+    assert len(calls) == 1 and calls[0]["name"] == "calculator" and calls[0]["id"].startswith("call_")
+    assert json.loads(calls[0]["arguments"]) == {"expression": "6*7"}
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "calculator"}}])
+def test_required_and_named_tool_choice_start_the_answer_as_a_call(client, tool_choice):
+    r = client.chat.completions.create(model="scripted", messages=ASK, tools=TOOLS, tool_choice=tool_choice,
+                                      temperature=0, max_tokens=200)
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {"expression": "6*7"}
+
+
+def test_tool_choice_none_leaves_the_tools_out(client):
+    r = client.chat.completions.create(model="scripted", messages=ASK, tools=TOOLS, tool_choice="none",
+                                      temperature=0, max_tokens=200)
+    assert r.choices[0].message.content == "No tools here." and r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_malformed_call_comes_back_as_content(client, stream):
+    messages = [{"role": "user", "content": "broken"}]
+    if not stream:
+        r = client.chat.completions.create(model="scripted", messages=messages, tools=TOOLS, temperature=0,
+                                          max_tokens=200)
+        assert r.choices[0].message.content == BROKEN and r.choices[0].finish_reason == "stop"
+        return
+    chunks = list(client.chat.completions.create(model="scripted", messages=messages, tools=TOOLS, temperature=0,
+                                                 max_tokens=200, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == BROKEN
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_tools_on_a_model_without_a_tool_format_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-gpt", messages=ASK, tools=TOOLS)
+    assert "no tool-call format" in e.value.body["message"] and e.value.body["param"] == "tools"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"tool_choice": {"type": "function", "function": {"name": "shell"}}}, "not in tools"),
+    ({"tool_choice": "required", "tools": None}, "tool_choice needs tools"),
+    ({"tools": [{"type": "function"}]}, "each tool must be"),
+    ({"functions": [{"name": "f"}], "tools": None}, "deprecated 'functions'"),
+])
+def test_bad_tool_requests_are_400s(server, extra, message):
+    body = {"model": "scripted", "messages": ASK, "tools": TOOLS, **extra}
+    r = httpx.post(server.url + "/v1/chat/completions", json={k: v for k, v in body.items() if v is not None})
+    assert r.status_code == 400 and message in r.json()["error"]["message"]
+
+
+def test_llmlab_tools_runs_the_calculator_on_the_server(server):
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        "model": "scripted", "messages": ASK, "llmlab_tools": ["calculator"], "temperature": 0, "max_tokens": 200})
+    assert r.status_code == 200
+    choice = r.json()["choices"][0]
+    assert choice["message"]["content"] == "The answer is 42." and choice["finish_reason"] == "stop"
+    (step,) = choice["llmlab_tool_trace"]
+    assert (step["name"], json.loads(step["arguments"]), step["result"], step["ok"]) == (
+        "calculator", {"expression": "6*7"}, "42", True)
+    bad = httpx.post(server.url + "/v1/chat/completions", json={
+        "model": "scripted", "messages": ASK, "llmlab_tools": ["shell"]})
+    assert bad.status_code == 400 and "unknown tool 'shell'" in bad.json()["error"]["message"]
+
+
+def test_langchain_bind_tools_round_trip(server):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def calculator(expression: str) -> str:
+        """Evaluate arithmetic."""
+        return "42"
+
+    llm = langchain_openai.ChatOpenAI(model="scripted", base_url=server.url + "/v1", api_key="not-needed",
+                                      temperature=0, max_tokens=200, max_retries=0).bind_tools([calculator])
+    messages = [HumanMessage("What is 6 times 7?")]
+    reply = llm.invoke(messages)
+    assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("calculator", {"expression": "6*7"})]
+    messages += [reply, ToolMessage(calculator.invoke(reply.tool_calls[0]["args"]), tool_call_id=reply.tool_calls[0]["id"])]
+    assert llm.invoke(messages).content == "The answer is 42."
