@@ -63,14 +63,16 @@ def test_passages_go_into_the_prompt_and_the_response_names_them(http):
     sources = grounded["llmlab_sources"]
     assert sources[0]["url"] == "https://docs.test/gzip.html" and sources[0]["n"] == 1
     assert [s["n"] for s in sources] == list(range(1, len(sources) + 1))
-    # the prompt the model read holds the numbered passages: exactly what /tokenize counts for them
+    assert grounded["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+    # the prompt the model read holds the numbered passage (one, so none is trimmed to fit the 256-token window):
+    # exactly what /tokenize counts for it
     from llmlab.retrieve import Passage, rag_messages
 
-    passages = [Passage(s["text"], s["title"], s["url"], s["score"], "") for s in sources]
+    one = chat(http, model="tiny-gpt", rag={"index": "docs", "k": 1})
+    passages = [Passage(s["text"], s["title"], s["url"], s["score"], "") for s in one["llmlab_sources"]]
     messages, _ = rag_messages(QUESTION, passages, lambda s: 0, 10**6)
     assert "[1] gzip — https://docs.test/gzip.html" in messages[-1]["content"]
-    assert grounded["usage"]["prompt_tokens"] == prompt_tokens(http, "tiny-gpt", messages)
-    assert grounded["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+    assert one["usage"]["prompt_tokens"] == prompt_tokens(http, "tiny-gpt", messages)
     assert isinstance(grounded["choices"][0]["llmlab_cited"], list)
 
 
