@@ -55,17 +55,23 @@ def test_quickstart_end_to_end(tmp_path):
     assert main(["quickstart", "--minutes", "3", "--max-pages", "40", "--no-serve", "--out", str(out)]) == 0
     state = json.loads((out / "quickstart.json").read_text())
     stages = state["stages"]
-    assert list(stages) == ["site", "crawl", "clean", "tokenizer", "pretrain", "sft", "eval", "report"]
+    assert list(stages) == ["site", "crawl", "clean", "index", "tokenizer", "pretrain", "sft", "eval", "rag", "report"]
     for path in ("crawl/pages.warc.gz", "clean/documents.parquet", "clean/stats.md", "tokenizer/tokenizer.json",
                  "shards/meta.json", "pretrain/report.md", "pretrain/checkpoints/latest/model.safetensors",
                  "sft/checkpoints/latest/model.safetensors", "figures/loss.png", "figures/tokenizers.png",
-                 "report.md"):
+                 "index/index.sqlite", "report.md"):
         assert (out / path).exists(), path
     meta = json.loads((out / "shards/meta.json").read_text())
     report = (out / "report.md").read_text()
     assert f"**{meta['tokens']:,} tokens**" in report
     assert f"**{stages['clean']['summary']['documents_out']} documents**" in report
     assert stages["crawl"]["summary"]["pages_stored"] >= 30
+    assert stages["index"]["summary"]["documents"] == stages["clean"]["summary"]["documents_out"]
+    rag = stages["rag"]["summary"]
+    assert "## Answers from the crawl (RAG)" in report
+    if "skipped" not in rag:  # SmolLM2 installed: its answers alone and with passages, with their sources
+        assert rag["questions"] > 0 and {"alone", "rag"} <= set(rag) and rag["samples"][0]["sources"]
+        assert rag["samples"][0]["sources"][0] in report
     for name in ("pretrain", "sft"):  # each training stage ends on its deadline, whatever the machine's load
         assert stages[name]["seconds"] <= stages[name]["summary"]["planned_seconds"] + 3, stages[name]
     assert stages["pretrain"]["summary"]["final"]["val_loss"] < 8.4  # below uniform over 4,096 tokens (ln 4096 = 8.32) + noise

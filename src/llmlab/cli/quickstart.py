@@ -2,8 +2,9 @@
 
 With no options it renders Python's standard-library documentation with pydoc, serves it on
 127.0.0.1, crawls it, cleans it, trains a BPE tokenizer and a small transformer sized for the time
-budget, fine-tunes it on questions about the documentation, evaluates before/after, writes
-runs/quickstart/report.md and starts the playground. Interrupt it at any point: the same command
+budget, fine-tunes it on questions about the documentation, evaluates before/after, indexes the pages
+for retrieval, compares SmolLM2-135M's answers without and with their passages (RAG), writes
+runs/quickstart/report.md and starts the playground on SmolLM2 answering from the index, with sources. Interrupt it at any point: the same command
 continues where it stopped.
 
     llmlab quickstart                      # about 20 minutes on 2 CPU cores
@@ -51,4 +52,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from llmlab.cli import main
 
-    return main(["serve", "--models", str(args.out), "--port", str(args.port)])
+    index = ["--index", f"quickstart={args.out / 'index'}"] if (args.out / "index").is_dir() else []
+    return main(["serve", "--models", str(args.out), "--port", str(args.port), *index])

@@ -1,7 +1,8 @@
-"""Greedy answers to single-turn questions: how training, the quickstart and evaluation ask a chat model.
+"""Greedy answers to questions: how training, the quickstart and evaluation ask a chat model.
 
-Each question becomes one user turn in the model's chat template (truncated to fit the context with
-room for the answer), and the engine decodes greedily, so the same model always gives the same answer.
+Each question (a string: one user turn; or a list of messages) is rendered in the model's chat template
+(truncated to fit the context with room for the answer), and the engine decodes greedily, so the same
+model always gives the same answer.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from llmlab.infer.sampling import SamplingParams
 from llmlab.tokenizer.chat import render_chat
 
 
-def chat_answers(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 48) -> list[str]:
+def chat_answers(model, tokenizer, questions: Sequence[str | list[dict[str, str]]], max_new_tokens: int = 48) -> list[str]:
     """The model's greedy answer to each question, without surrounding whitespace."""
     limit = model.config.context_length - 1
-    prompts = [render_chat([{"role": "user", "content": q}], tokenizer, add_generation_prompt=True,
-                           max_tokens=limit).ids for q in questions]
+    conversations = [[{"role": "user", "content": q}] if isinstance(q, str) else q for q in questions]
+    prompts = [render_chat(c, tokenizer, add_generation_prompt=True, max_tokens=limit).ids for c in conversations]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     return [c.text.strip() for c in Engine(model, tokenizer).generate(prompts, params)]

@@ -1,4 +1,4 @@
-"""`llmlab quickstart`: crawl -> clean -> tokenizer -> pretrain -> SFT -> eval -> report -> playground.
+"""`llmlab quickstart`: crawl -> clean -> index -> tokenizer -> pretrain -> SFT -> eval -> RAG -> report -> playground.
 
 Each stage writes into the run directory (see README "Run directory") and records itself in
 `quickstart.json` when it finishes; a re-run skips the stages whose record and outputs are there, so
@@ -102,11 +102,13 @@ class Quickstart:
             self.stage("crawl", lambda: stages.crawl_site(c, r, self.state))
             inputs = [str(r.crawl / "pages.warc.gz")]
         self.stage("clean", lambda: stages.clean_documents(inputs, r.clean, c.recipe))
+        self.stage("index", lambda: stages.index_documents(r))  # before the budget split: its time is counted
         self.stage("tokenizer", lambda: stages.tokenize(r, c.vocab_size, c.seed))
         budget = plan.split_budget(self.remaining())
         self.stage("pretrain", lambda: stages.pretrain(r, c, budget.pretrain))
         self.stage("sft", lambda: stages.sft(r, c, budget.sft))
         self.stage("eval", lambda: stages.evaluate(r, c))
+        self.stage("rag", lambda: stages.rag_answers(r, c))
         self.stage("report", lambda: stages.report(r, self.state), force=True)
         return r.report
 

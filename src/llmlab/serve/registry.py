@@ -167,7 +167,9 @@ class ModelRegistry:
         return (base, index) if sep else (model_id, None)
 
     def rag_ids(self) -> list[str]:
-        return [f"{m}{RAG}{i}" for i in self.indexes for m in self.entries]
+        """`MODEL+rag:INDEX` for every model and index, imported (instruction-tuned) models first."""
+        models = sorted(self.entries, key=lambda m: self.entries[m].kind != "imported")
+        return [f"{m}{RAG}{i}" for i in self.indexes for m in models]
 
     def ids(self) -> list[str]:
         """Every model id, answering-from-an-index ones first (the playground opens on the first)."""
