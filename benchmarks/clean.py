@@ -51,6 +51,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator
+from machine import cpu_name  # noqa: E402
 
 # datatrove.Trafilatura defaults to deduplicate=True and a 1 s timeout (which also counts importing
 # trafilatura in its sandbox process); FineWeb's settings otherwise.
@@ -487,12 +488,7 @@ def pii_on_documentation(work: Path) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     try:
         import torch
 

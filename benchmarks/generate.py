@@ -30,7 +30,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -40,17 +39,11 @@ from llmlab.infer import Engine, SamplingParams
 from llmlab.infer.quantize import model_bytes, perplexity, quantize_model
 from llmlab.model import GPT, GPTConfig
 from llmlab.model.hf import to_transformers
+from machine import cpu_name  # noqa: E402
 
 
 def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
     return (f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}, "
             f"load average {os.getloadavg()[0]:.1f} at start")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import time
@@ -35,6 +34,7 @@ from llmlab.infer import Engine, SamplingParams, load_model
 from llmlab.infer.constrained import JsonConstraint, allowed_tokens
 from llmlab.infer.sequence import end_token_ids
 from llmlab.tokenizer.chat import render_chat
+from machine import cpu_name  # noqa: E402
 
 SCHEMAS = {
     "person": ({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
@@ -69,14 +69,7 @@ SCHEMAS = {
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"load average {os.getloadavg()[0]:.1f} at start")
 

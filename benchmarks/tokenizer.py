@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from machine import cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,14 +212,7 @@ def bench_reference_vs_naive(docs, slice_chars, vocab=2048, probe_merges=2):
 
 def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load:.1f} at start"
 
 

@@ -4,6 +4,7 @@ ones the answer cites (`llmlab_cited`), streamed or not."""
 
 import httpx
 import pytest
+from test_retrieve import DOCS
 
 from llmlab.retrieve import build_index
 from llmlab.serve import BackgroundServer, Limits, ModelRegistry, create_app
@@ -11,14 +12,6 @@ from llmlab.serve.tiny import make_tiny_checkpoint
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.network_local
-DOCS = [
-    {"url": "https://docs.test/gzip.html", "title": "gzip",
-     "text": "The gzip module compresses and decompresses files the way the GNU gzip program does."},
-    {"url": "https://docs.test/json.html", "title": "json",
-     "text": "The json module encodes Python objects as JSON text and decodes JSON documents back."},
-    {"url": "https://docs.test/turtle.html", "title": "turtle",
-     "text": "Turtle graphics draw pictures by moving a pen-holding turtle around a canvas."},
-]
 QUESTION = [{"role": "user", "content": "Which module compresses files like gzip?"}]
 
 
@@ -52,7 +45,7 @@ def prompt_tokens(http, model, messages):
 def test_rag_models_are_listed_first_with_their_index(http):
     cards = http.get("/v1/models").json()["data"]
     assert [c["id"] for c in cards] == ["tiny-gpt+rag:docs", "tiny-gpt"]
-    assert cards[0]["rag_index"] == "docs" and cards[0]["rag_chunks"] == 3
+    assert cards[0]["rag_index"] == "docs" and cards[0]["rag_chunks"] == len(DOCS)
     assert http.get("/v1/models/tiny-gpt+rag:docs").json()["rag_index"] == "docs"
 
 

@@ -5,6 +5,7 @@ their sources, a source whose URL is not http(s) gets no link, and the sources c
 import json
 
 import pytest
+from test_retrieve import DOCS
 from ui_support import open_page
 
 from llmlab.retrieve import build_index
@@ -12,12 +13,6 @@ from llmlab.serve import BackgroundServer, ModelRegistry, create_app
 from llmlab.serve.tiny import make_tiny_checkpoint
 
 pytestmark = pytest.mark.network_local
-DOCS = [
-    {"url": "https://docs.test/gzip.html", "title": "gzip",
-     "text": "The gzip module compresses and decompresses files the way the GNU gzip program does."},
-    {"url": "https://docs.test/json.html", "title": "json",
-     "text": "The json module encodes Python objects as JSON text and decodes JSON documents back."},
-]
 
 
 @pytest.fixture(scope="module")
