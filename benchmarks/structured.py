@@ -1,7 +1,8 @@
 """Structured output on SmolLM2-135M-Instruct: how often the answer is valid JSON, and what the grammar costs.
 
 50 chat prompts ask for a JSON object matching one of four schemas (string, integer, enum, boolean and
-array fields), with the schema written in the prompt. Each prompt is answered twice with the same greedy
+array fields, each bounded in size as production schemas are; `--unbounded` drops the bounds), with the
+schema written in the prompt. Each prompt is answered twice with the same greedy
 decoding: free, and constrained to the schema (`response_format` json_schema, `llmlab.infer.constrained`).
 
 (a) validity: the share of answers that parse as JSON (the whole answer, or the first {...} block once
@@ -31,41 +32,55 @@ import jsonschema
 import torch
 
 from llmlab.infer import Engine, SamplingParams, load_model
-from llmlab.infer.constrained import JsonConstraint, allowed_tokens
+from llmlab.infer.constrained import allowed_tokens, json_constraint
 from llmlab.infer.sequence import end_token_ids
 from llmlab.tokenizer.chat import render_chat
 from machine import cpu_name  # noqa: E402
 
+# Each schema bounds its strings, numbers and arrays, as a production schema does: the longest JSON it
+# allows then has a known size, so a budget that holds it makes every constrained answer complete. (A
+# greedy 135M model repeats one array item until max_tokens when arrays are unbounded: `--unbounded`.)
+NAME = {"type": "string", "maxLength": 40}
 SCHEMAS = {
-    "person": ({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-                                                  "city": {"type": "string"}},
+    "person": ({"type": "object", "properties": {"name": NAME, "age": {"type": "integer", "minimum": 0, "maximum": 130},
+                                                  "city": NAME},
                 "required": ["name", "age", "city"], "additionalProperties": False},
                ["a retired teacher from Lyon", "a young footballer from Brazil", "a famous painter",
                 "a software engineer in Berlin", "a nurse from Manila", "an astronaut", "a chef from Tokyo",
                 "a farmer in Kenya", "a violinist from Vienna", "a student in Boston", "a pilot from Dubai",
                 "a doctor in Toronto", "a writer from Dublin"]),
-    "product": ({"type": "object", "properties": {"name": {"type": "string"}, "price_cents": {"type": "integer"},
+    "product": ({"type": "object", "properties": {"name": NAME,
+                                                   "price_cents": {"type": "integer", "minimum": 0, "maximum": 10**7},
                                                    "category": {"enum": ["food", "electronics", "clothing", "toys"]},
-                                                   "tags": {"type": "array", "items": {"type": "string"}}},
+                                                   "tags": {"type": "array", "items": NAME, "maxItems": 4}},
                  "required": ["name", "price_cents", "category", "tags"], "additionalProperties": False},
                 ["a chocolate bar", "a pair of headphones", "a winter jacket", "a toy train", "a laptop",
                  "a bag of rice", "running shoes", "a board game", "a smartphone", "a wool scarf",
                  "a box of cookies", "a teddy bear", "a USB cable"]),
-    "event": ({"type": "object", "properties": {"title": {"type": "string"}, "year": {"type": "integer"},
+    "event": ({"type": "object", "properties": {"title": NAME, "year": {"type": "integer", "minimum": 1000,
+                                                                        "maximum": 2100},
                                                  "online": {"type": "boolean"},
-                                                 "speakers": {"type": "array", "items": {"type": "string"}}},
+                                                 "speakers": {"type": "array", "items": NAME, "maxItems": 4}},
                "required": ["title", "year", "online", "speakers"], "additionalProperties": False},
               ["a science conference", "a music festival", "a cooking class", "a chess tournament",
                "a book fair", "a charity run", "a coding workshop", "a film premiere", "a wedding",
                "a school reunion", "a product launch", "a poetry reading"]),
-    "book": ({"type": "object", "properties": {"title": {"type": "string"}, "author": {"type": "string"},
+    "book": ({"type": "object", "properties": {"title": NAME, "author": NAME,
                                                 "genre": {"enum": ["fiction", "history", "science", "poetry"]},
-                                                "pages": {"type": "integer"}},
+                                                "pages": {"type": "integer", "minimum": 1, "maximum": 10000}},
               "required": ["title", "author", "genre", "pages"], "additionalProperties": False},
              ["a novel about the sea", "a history of Rome", "a book on black holes", "a collection of love poems",
               "a detective story", "a biography of Napoleon", "a guide to chemistry", "a book of haiku",
               "a fantasy saga", "a history of the printing press", "a book about evolution", "a war novel"]),
 }
+BOUNDS = ("maxLength", "maxItems", "minimum", "maximum")
+
+
+def unbounded(schema):
+    """The schema without its size bounds (the comparison `--unbounded` runs)."""
+    if isinstance(schema, dict):
+        return {k: unbounded(v) for k, v in schema.items() if k not in BOUNDS}
+    return schema
 
 
 def machine() -> str:
@@ -74,10 +89,11 @@ def machine() -> str:
             f"load average {os.getloadavg()[0]:.1f} at start")
 
 
-def prompts(tokenizer) -> list[tuple[list[int], dict]]:
+def prompts(tokenizer, bounded: bool = True) -> list[tuple[list[int], dict]]:
     """(chat prompt ids, schema) for every subject of every schema: 50 prompts."""
     out = []
     for name, (schema, subjects) in SCHEMAS.items():
+        schema = schema if bounded else unbounded(schema)
         for subject in subjects:
             messages = [{"role": "system", "content": "You answer with JSON only."},
                         {"role": "user", "content": f"Describe {subject} as a JSON object matching this JSON "
@@ -189,7 +205,7 @@ def mask_cost(tokenizer, cases, completions, vocab: int) -> dict:
     steps, seconds, compile_s = 0, 0.0, 0.0
     for (_, schema), c in zip(cases, completions):
         start = time.perf_counter()
-        constraint = JsonConstraint(tokenizer, schema, end_ids)
+        constraint = json_constraint(tokenizer, schema, end_ids)
         compile_s += time.perf_counter() - start
         for token in c.token_ids:
             start = time.perf_counter()
@@ -236,19 +252,21 @@ def outlines_mask_cost(tokenizer, cases, completions, end_ids) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--max-new-tokens", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2, help="repeats of the batch-8 timing")
     parser.add_argument("--prompts", type=int, default=50, help="use N of the prompts (a quick check)")
     parser.add_argument("--speed-prompts", type=int, default=12, help="prompts (spread over the schemas) timed")
+    parser.add_argument("--unbounded", action="store_true", help="drop the schemas' size bounds (maxItems, ...)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     print(f"machine: {machine()}, {time.strftime('%Y-%m-%d')}\n")
     model, tokenizer = load_model("smollm2-135m")
     engine = Engine(model.eval(), tokenizer)
-    cases = prompts(tokenizer)[:: max(1, 50 // args.prompts)][: args.prompts]
+    cases = prompts(tokenizer, bounded=not args.unbounded)[:: max(1, 50 // args.prompts)][: args.prompts]
 
     v = validity(engine, cases, args.max_new_tokens)
-    print(f"(a) validity, {len(cases)} prompts, 4 schemas, greedy, max {args.max_new_tokens} new tokens\n")
+    print(f"(a) validity, {len(cases)} prompts, 4 {'unbounded' if args.unbounded else 'bounded'} schemas, greedy, "
+          f"max {args.max_new_tokens} new tokens\n")
     print("| decoding | parses as JSON (whole answer) | parses (lenient) | schema-valid | cut by max_tokens |")
     print("|---|---|---|---|---|")
     for label, r in v.items():

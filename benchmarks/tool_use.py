@@ -5,10 +5,14 @@ Seeded multi-digit word problems (+, -, x on 3- and 4-digit numbers), greedy dec
 - `no tools`: the question alone; the answer's last number is scored.
 - `calculator`: the calculator listed in the system turn (the Hermes/Qwen2.5 tool format); the model
   may call it, llmlab runs it and feeds the result back (at most 2 rounds).
-- `calculator, call forced`: the answer is started with `<tool_call>` (what the API's
-  `tool_choice: "required"` does), so the first reply is a call unless its JSON is broken.
+- `calculator, call forced`: the answer is started with `<tool_call>` and decoded under the call
+  grammar (what the API's `tool_choice: "required"` does), so the first reply is one valid call unless
+  max_new_tokens cuts it.
 - `calculator, named call forced`: the answer is started with `<tool_call>` and the calculator's name
-  (the API's named `tool_choice`); the model writes only the arguments.
+  (the API's named `tool_choice`); the model writes only the arguments, an object with an expression.
+
+With llguidance installed every answer with tools is decoded as the product decodes it: free text in
+which any call the model opens is a valid call (`infer/constrained.tool_call_grammar`).
 - `calculator + one-shot`: the same, after one worked example exchange (question, call, result, answer)
   in the conversation, to show the 135M model the format.
 
@@ -29,6 +33,8 @@ import re
 import time
 
 import torch
+
+from llmlab.tokenizer.chat_tools import CALL_OPEN
 
 TEMPLATES = {
     "+": "A shop sold {a} apples on Monday and {b} apples on Tuesday. How many apples did it sell in total?",
@@ -62,7 +68,14 @@ def last_number(text: str) -> int | None:
     return int(found[-1].replace(",", "")) if found else None
 
 
-def run_condition(engine, questions, tools: bool, shots: list[dict], params, context: int, forced: str = "") -> dict:
+FORCED = {None: "", "required": CALL_OPEN + "\n", "named": CALL_OPEN + '\n{"name": "calculator", "arguments": '}
+
+
+def run_condition(engine, questions, tools: bool, shots: list[dict], params, context: int, forced=None) -> dict:
+    """One condition; `forced` ("required", "named" or None) starts the first answer as the API's
+    tool_choice does, under its grammar. Every other answer with tools follows the session's grammar
+    (free text, any call valid), as `chat --tools` and the API decode them."""
+    from llmlab.infer.constrained import grammars_available, tool_call_grammar
     from llmlab.infer.tool_use import ToolSession
     from llmlab.tokenizer.chat import render_chat
 
@@ -70,12 +83,14 @@ def run_condition(engine, questions, tools: bool, shots: list[dict], params, con
                 for q, _ in questions]
     pending = list(range(len(sessions)))
     start = time.perf_counter()
-    prefix = forced
+    prefix = FORCED[forced]
+    grammar = tool_call_grammar(sessions[0].schemas, forced, parallel=False) if forced and grammars_available() \
+        else sessions[0].grammar if tools else None
     while pending:
         prompts = [render_chat(sessions[i].prompt_messages(), engine.tokenizer, add_generation_prompt=True,
                                max_tokens=context).ids + engine.tokenizer.encode_ordinary(prefix) for i in pending]
-        replies = [prefix + r.text for r in engine.generate(prompts, params)]
-        prefix = ""  # only the first answer is forced to start with a call
+        replies = [prefix + r.text for r in engine.generate(prompts, params.replace(grammar=grammar))]
+        prefix, grammar = "", sessions[0].grammar  # only the first answer is forced to start with a call
         if not tools:
             for i, r in zip(pending, replies):
                 sessions[i].answer = r
@@ -111,12 +126,10 @@ def main() -> int:
     questions = problems(args.n, args.seed)
     context = model.config.context_length - 1
     results = {}
-    from llmlab.tokenizer.chat_tools import CALL_OPEN
-
-    conditions = [("no tools", False, [], ""), ("calculator", True, [], ""),
-                  ("calculator, call forced", True, [], CALL_OPEN + "\n"),
-                  ("calculator, named call forced", True, [], CALL_OPEN + '\n{"name": "calculator", "arguments": '),
-                  ("calculator + one-shot", True, ONE_SHOT, "")]
+    conditions = [("no tools", False, [], None), ("calculator", True, [], None),
+                  ("calculator, call forced", True, [], "required"),
+                  ("calculator, named call forced", True, [], "named"),
+                  ("calculator + one-shot", True, ONE_SHOT, None)]
     for name, tools, shots, forced in conditions:
         if args.only and name not in args.only:
             continue

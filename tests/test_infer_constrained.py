@@ -7,7 +7,8 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.infer import Engine, SamplingParams
-from llmlab.infer.constrained import ANY_OBJECT, JsonConstraint, allowed_tokens
+from llmlab.infer.constrained import (ANY_OBJECT, GrammarConstraint, allowed_tokens, closed, json_constraint,
+                                     tool_call_grammar)
 from llmlab.model import GPT, preset
 from llmlab.serve.tiny import tiny_tokenizer
 
@@ -68,7 +69,7 @@ def test_the_mask_admits_a_valid_document_token_by_token_and_eos_only_at_its_end
     document = {"name": "Ada", "age": 36, "color": "green", "tags": ["x", "math"],
                 "address": {"zip": "02139", "verified": True}}
     ids = tokenizer.encode(json.dumps(document))  # json.dumps spaces ", " and ": " as the grammar's layout does
-    constraint = JsonConstraint(tokenizer, PERSON, {tokenizer.eos_id})
+    constraint = json_constraint(tokenizer, PERSON, {tokenizer.eos_id})
     for token in ids:
         allowed = mask_of(constraint, tokenizer)
         assert allowed[token], tokenizer.decode([token])
@@ -86,7 +87,7 @@ def test_the_mask_admits_a_valid_document_token_by_token_and_eos_only_at_its_end
     ('{"name": "Ada", "', "z"),  # no additional properties
 ])
 def test_the_mask_refuses_what_breaks_the_schema(tokenizer, valid_prefix, wrong):
-    constraint = JsonConstraint(tokenizer, PERSON, {tokenizer.eos_id})
+    constraint = json_constraint(tokenizer, PERSON, {tokenizer.eos_id})
     for token in tokenizer.encode(valid_prefix):
         constraint.advance(token)
     allowed = mask_of(constraint, tokenizer)
@@ -96,7 +97,7 @@ def test_the_mask_refuses_what_breaks_the_schema(tokenizer, valid_prefix, wrong)
 
 
 def test_eos_is_allowed_where_the_json_may_end_and_more_may_still_follow(tokenizer):
-    constraint = JsonConstraint(tokenizer, {"type": "integer"}, {tokenizer.eos_id})
+    constraint = json_constraint(tokenizer, {"type": "integer"}, {tokenizer.eos_id})
     assert not mask_of(constraint, tokenizer)[tokenizer.eos_id]
     constraint.advance(tokenizer.encode("1")[0])
     allowed = mask_of(constraint, tokenizer)
@@ -133,7 +134,7 @@ def test_the_recompute_path_decodes_the_same_constrained_tokens(engine):
 
 
 def test_masks_cover_a_padded_embedding_and_never_allow_ids_past_the_vocabulary(tokenizer):
-    constraint = JsonConstraint(tokenizer, ANY_OBJECT, {tokenizer.eos_id})
+    constraint = json_constraint(tokenizer, ANY_OBJECT, {tokenizer.eos_id})
     allowed = allowed_tokens([constraint, constraint], tokenizer.vocab_size + 40, "cpu")
     assert allowed.shape == (2, tokenizer.vocab_size + 40)
     assert allowed[:, : tokenizer.vocab_size].any() and not allowed[:, tokenizer.vocab_size :].any()
@@ -146,9 +147,77 @@ def test_masks_cover_a_padded_embedding_and_never_allow_ids_past_the_vocabulary(
 ])
 def test_unsupported_schemas_are_clear_errors(tokenizer, schema, words):
     with pytest.raises(ConfigError, match=words):
-        JsonConstraint(tokenizer, schema, {tokenizer.eos_id})
+        json_constraint(tokenizer, schema, {tokenizer.eos_id})
 
 
 def test_a_schema_that_is_not_an_object_is_refused_by_the_params():
     with pytest.raises(ConfigError, match="json_schema"):
         SamplingParams(json_schema="{}")
+
+
+# ---------------------------------------------------------------- tool calls
+
+TOOLS = [{"type": "function", "function": {"name": "calculator", "parameters": {
+    "type": "object", "properties": {"expression": {"type": "string", "maxLength": 10}}, "required": ["expression"]}}},
+    {"type": "function", "function": {"name": "clock"}}]  # no parameters: an empty object
+
+
+def _consumes(tokenizer, grammar: str, text: str) -> GrammarConstraint | None:
+    """The constraint after `text`, None when some token of it is refused."""
+    constraint = GrammarConstraint(tokenizer, grammar, {tokenizer.eos_id})
+    for token in tokenizer.encode_ordinary(text):
+        if not constraint.allowed(tokenizer.vocab_size)[token]:
+            return None
+        constraint.advance(token)
+    return constraint
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("free text only", True),
+    ('sure <tool_call>\n{"name": "clock", "arguments": {}}\n</tool_call> and more text', True),
+    ('<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>', True),
+    ('<tool_call>\n{"name": "shell"', False),  # not a tool it was given
+    ('<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7", "x"', False),  # undeclared key
+    ('<tool_call>\n{"name": "calculator", "arguments": {"expression": "12345678901', False),  # over maxLength
+    ('<tool_call>\n{"name": "clock", "arguments": []', False),  # arguments are an object
+])
+def test_auto_tool_grammar_leaves_text_free_and_makes_each_opened_call_valid(tokenizer, text, ok):
+    constraint = _consumes(tokenizer, tool_call_grammar(TOOLS, "auto"), text)
+    assert (constraint is not None) == ok
+    if ok:  # an end token is allowed outside a call ...
+        assert constraint.allowed(tokenizer.vocab_size)[tokenizer.eos_id]
+    inside = _consumes(tokenizer, tool_call_grammar(TOOLS, "auto"), 'x <tool_call>\n{"name": "clock", "arguments": {')
+    assert not inside.allowed(tokenizer.vocab_size)[tokenizer.eos_id]  # ... and refused inside one
+
+
+@pytest.mark.parametrize("mode, tools", [("required", TOOLS), ("named", TOOLS[:1])])
+def test_a_random_model_always_writes_one_valid_call_when_one_is_required(engine, tokenizer, mode, tools):
+    from llmlab.tokenizer.chat_tools import parse_tool_calls
+
+    start = {"required": "<tool_call>\n", "named": '<tool_call>\n{"name": "calculator", "arguments": '}[mode]
+    params = [SamplingParams(max_new_tokens=120, temperature=1.0, seed=s, grammar=tool_call_grammar(tools, mode, parallel=False))
+              for s in range(12)]
+    for c in engine.generate([start] * len(params), params):
+        assert c.finish_reason == "stop", c.text
+        rest, calls = parse_tool_calls(start + c.text)
+        assert len(calls) == 1 and rest == "", c.text
+        for call in calls:
+            assert call.name in {"calculator", "clock"}
+            schema = {"calculator": TOOLS[0]["function"]["parameters"], "clock": {"type": "object", "maxProperties": 0}}
+            jsonschema.validate(call.arguments, schema[call.name])
+
+
+def test_tool_parameters_that_are_not_a_schema_and_both_constraints_at_once_are_refused():
+    with pytest.raises(ConfigError, match="parameters of tool 'f'"):
+        tool_call_grammar([{"type": "function", "function": {"name": "f", "parameters": "x"}}], "auto")
+    with pytest.raises(ConfigError, match="not both"):
+        SamplingParams(json_schema=ANY_OBJECT, grammar=tool_call_grammar(TOOLS, "auto"))
+
+
+def test_closed_schemas_forbid_unlisted_keys_but_keep_what_the_schema_says():
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}},
+                                               "c": {"const": {"properties": 1}}},
+              "$defs": {"d": {"type": "object", "properties": {}, "additionalProperties": True}}}
+    out = closed(schema)
+    assert out["additionalProperties"] is False and out["properties"]["a"]["additionalProperties"] is False
+    assert out["properties"]["c"] == {"const": {"properties": 1}} and out["$defs"]["d"]["additionalProperties"] is True

@@ -24,6 +24,7 @@ CHATML = Tokenizer({bytes([i]): i for i in range(256)},
                    special_tokens={"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258})
 CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>'
 BROKEN = '<tool_call>\n{"name": "calculator", "arguments": {"expression": </tool_call>'
+SHELL = '<tool_call>\n{"name": "shell", "arguments": {"cmd": "ls"}}\n</tool_call>'
 TOOLS = [{"type": "function", "function": {
     "name": "calculator", "description": "Evaluate arithmetic.",
     "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}},
@@ -60,7 +61,8 @@ class ScriptedGPT(GPT):
         elif "<tools>" not in prompt:
             text = "No tools here."
         else:
-            text = BROKEN if "broken" in prompt else CALL
+            text = BROKEN if "broken" in prompt else SHELL if "shell" in prompt else \
+                CALL + "\n" + CALL if "twice" in prompt else CALL
         return text[len(started):] if text.startswith(started) else text
 
     def hidden_states(self, idx, kv_cache=None, **kwargs):
@@ -137,18 +139,81 @@ def test_tool_choice_none_leaves_the_tools_out(client):
     assert r.choices[0].message.content == "No tools here." and r.choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_a_malformed_call_comes_back_as_content(client, stream):
-    messages = [{"role": "user", "content": "broken"}]
+def _answer(client, content: str, stream: bool, tools=TOOLS, **extra) -> tuple[str, list[dict], str]:
+    """(content, [{"name", "arguments"}], finish_reason) of one answer, streamed or not."""
+    kwargs = dict(model="scripted", messages=[{"role": "user", "content": content}], tools=tools, temperature=0,
+                  max_tokens=200, **extra)
     if not stream:
-        r = client.chat.completions.create(model="scripted", messages=messages, tools=TOOLS, temperature=0,
-                                          max_tokens=200)
-        assert r.choices[0].message.content == BROKEN and r.choices[0].finish_reason == "stop"
-        return
-    chunks = list(client.chat.completions.create(model="scripted", messages=messages, tools=TOOLS, temperature=0,
-                                                 max_tokens=200, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == BROKEN
-    assert chunks[-1].choices[0].finish_reason == "stop"
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in choice.message.tool_calls or []]
+        return choice.message.content or "", calls, choice.finish_reason
+    text, calls, finish = "", {}, None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        delta = chunk.choices[0].delta
+        text += delta.content or ""
+        for d in delta.tool_calls or []:
+            call = calls.setdefault(d.index, {"name": "", "arguments": ""})
+            call["name"] += d.function.name or ""
+            call["arguments"] += d.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    return text, list(calls.values()), finish
+
+
+# Tools whose arguments are bounded, so a scripted model the grammar overrules still finishes its call.
+BOUNDED = [{"type": "function", "function": {"name": n, "parameters": {
+    "type": "object", "properties": {"expression": {"type": "string", "maxLength": 8}}, "required": ["expression"],
+    "additionalProperties": False}}} for n in ("calculator", "weather")]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_the_model_breaks_is_completed_validly_by_the_grammar(client, stream):
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("llguidance")
+    content, calls, finish = _answer(client, "broken", stream, tools=BOUNDED)
+    (call,) = calls
+    assert content == "" and finish == "tool_calls" and call["name"] == "calculator"
+    jsonschema.validate(json.loads(call["arguments"]), BOUNDED[0]["function"]["parameters"])
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required"])
+def test_a_call_to_a_tool_not_offered_becomes_a_call_to_one_that_is(client, tool_choice):
+    pytest.importorskip("llguidance")
+    _, calls, finish = _answer(client, "call shell", False, tools=BOUNDED, tool_choice=tool_choice)
+    assert finish == "tool_calls" and [c["name"] for c in calls] == ["calculator"]
+    assert json.loads(calls[0]["arguments"]).keys() == {"expression"}
+
+
+def test_a_named_tool_choice_constrains_the_arguments_to_its_schema(client):
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("llguidance")
+    choice = {"type": "function", "function": {"name": "weather"}}
+    _, calls, finish = _answer(client, "What is 6 times 7?", False, tools=BOUNDED, tool_choice=choice)
+    assert finish == "tool_calls" and [c["name"] for c in calls] == ["weather"]
+    jsonschema.validate(json.loads(calls[0]["arguments"]), BOUNDED[1]["function"]["parameters"])
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required"])
+def test_parallel_tool_calls_false_allows_one_call(client, tool_choice):
+    pytest.importorskip("llguidance")
+    _, calls, _ = _answer(client, "call it twice", False, tool_choice=tool_choice)
+    assert len(calls) == 2
+    _, calls, finish = _answer(client, "call it twice", False, tool_choice=tool_choice, parallel_tool_calls=False)
+    assert len(calls) == 1 and finish == "tool_calls"
+
+
+def test_a_tool_schema_the_grammar_cannot_take_is_a_400(server):
+    pytest.importorskip("llguidance")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "x": {"type": "string", "pattern": "(?=lookahead)"}}}}}]
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "scripted", "messages": ASK, "tools": tools})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_without_llguidance_a_malformed_call_comes_back_as_content(client, stream, monkeypatch):
+    monkeypatch.setattr("llmlab.serve.openai_tools.grammars_available", lambda: False)
+    content, calls, finish = _answer(client, "broken", stream)
+    assert (content, calls, finish) == (BROKEN, [], "stop")
 
 
 def test_tools_on_a_model_without_a_tool_format_is_a_400(client):
@@ -200,3 +265,28 @@ def test_langchain_bind_tools_round_trip(server):
     assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("calculator", {"expression": "6*7"})]
     messages += [reply, ToolMessage(calculator.invoke(reply.tool_calls[0]["args"]), tool_call_id=reply.tool_calls[0]["id"])]
     assert llm.invoke(messages).content == "The answer is 42."
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema"])
+def test_langchain_with_structured_output(server, method):
+    """LangChain's structured output both ways it asks for it: a forced call of a tool built from the
+    model class, and a strict json_schema response_format. The scripted model wants to write text; the
+    grammar makes every answer an instance (the class bounds its fields, so the answer also ends)."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    pytest.importorskip("llguidance")
+    from pydantic import BaseModel, Field
+
+    class Person(BaseModel):
+        """A person."""
+        name: str = Field(max_length=8)
+        age: int = Field(ge=0, le=150)
+
+    llm = langchain_openai.ChatOpenAI(model="scripted", base_url=server.url + "/v1", api_key="not-needed",
+                                      temperature=0, max_tokens=200, max_retries=0)
+    structured = llm.with_structured_output(Person, method=method, include_raw=True)
+    result = structured.invoke("Describe a person.")
+    assert result["parsing_error"] is None and isinstance(result["parsed"], Person)
+    if method == "function_calling":
+        assert [c["name"] for c in result["raw"].tool_calls] == ["Person"]
+    streamed = [part["parsed"] for part in structured.stream("Describe a person.") if part.get("parsed")]
+    assert streamed and isinstance(streamed[-1], Person)

@@ -1,13 +1,18 @@
-"""Structured output: decode only tokens that keep the text a valid prefix of JSON matching a schema.
+"""Structured output: decode only tokens that keep the text a valid prefix of a grammar's language.
 
-    schema -> a grammar (llguidance compiles JSON Schema into a context-free grammar over bytes)
+    JSON schema or tool list -> a grammar (llguidance's Lark dialect; JSON Schema compiles into a
+                                context-free grammar over bytes)
     each step:  the sequence's grammar state -> the allowed next tokens (a bitmask over the vocabulary)
                 -> disallowed logits = -inf before sampling -> the sampled token advances the state
 
 Because every sampled token keeps the text a valid prefix, the finished text parses and validates by
 construction, whatever the model; only `max_new_tokens` can cut it short (finish_reason "length"). End
-tokens are allowed only where the JSON is complete, and the sequence stops by itself once the grammar
+tokens are allowed only where the text is complete, and the sequence stops by itself once the grammar
 can take nothing more (after the closing brace).
+
+Two kinds of grammar are built here: JSON matching a schema (`json_grammar`, for `response_format`) and
+tool calls in the chat template's format (`tool_call_grammar`, for `tools`): the call's JSON must name
+one of the tools and carry arguments matching that tool's parameter schema.
 
 Why llguidance (docs/inference.md has the figures): it ships a dependency-free CPU wheel, compiles a
 schema in under a millisecond (outlines-core builds a regex index over the whole vocabulary first,
@@ -17,6 +22,7 @@ mask in tens of microseconds per step, next to a decoding step's milliseconds. x
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import weakref
 from typing import Any
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 
 from llmlab.errors import ConfigError
+from llmlab.tokenizer.chat_tools import CALL_CLOSE, CALL_OPEN
 
 # Any JSON object: what OpenAI's `response_format: {"type": "json_object"}` asks for.
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -33,7 +40,15 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # Python's json.dumps separators, the spacing models have seen most.
 LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
+# The same layout inside a larger grammar, where a `%json` block carries its own options.
+_LAYOUT_KEY = "x-guidance"
+
 _grammar_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def grammars_available() -> bool:
+    """True when llguidance is installed (the `structured` extra); tool calls are constrained only then."""
+    return importlib.util.find_spec("llguidance") is not None
 
 
 def _llguidance() -> Any:
@@ -82,25 +97,87 @@ def json_grammar(schema: dict[str, Any]) -> str:
         raise ConfigError(f"the JSON schema cannot be read: {e}") from e
 
 
-class JsonConstraint:
-    """One sequence's place in the grammar of `schema`: which tokens may come next, and advancing on one.
+def closed(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on each object that lists properties and does not say.
 
-    ConfigError when the schema uses something llguidance does not support (its message names it).
+    JSON Schema allows unlisted keys by default, and a small model invents them (and loops on them); a
+    tool call should carry the parameters the tool declares, as OpenAI's strict mode demands."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed(v) if k != "const" and k != "enum" and k != "default" else v for k, v in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
+    fn = tool["function"]
+    parameters = fn.get("parameters") or {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise ConfigError(f"the parameters of tool '{fn['name']}' are not a JSON schema object")
+    return closed(parameters)
+
+
+def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """One call's JSON, {"name": <a tool's name>, "arguments": <that tool's parameters>}, as a JSON schema."""
+    choices = []
+    for tool in tools:
+        fn, parameters = tool["function"], _parameters(tool)
+        choices.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": parameters},
+                        "required": ["name", "arguments"], "additionalProperties": False})
+    return {"anyOf": choices, _LAYOUT_KEY: LAYOUT}
+
+
+def tool_call_grammar(tools: list[dict[str, Any]], mode: str, parallel: bool = True) -> str:
+    """The grammar of an answer that calls `tools` (OpenAI's {"type": "function", "function": {...}} objects)
+    in the chat template's `<tool_call>` format, given what the answer already holds:
+
+    - "auto": nothing; free text, in which each `<tool_call>` the model opens must become a whole, valid
+      call (a lazy trigger: the text around the calls is unconstrained);
+    - "required": `<tool_call>\\n`; one or more calls follow, nothing else;
+    - "named": `<tool_call>\\n{"name": "NAME", "arguments": ` for the one tool in `tools`; its arguments
+      and the call's end follow.
+
+    `parallel=False` (OpenAI's `parallel_tool_calls: false`) allows one call, and the answer ends with it.
+    """
+    close = json.dumps("\n" + CALL_CLOSE)  # Lark string literals are written as JSON strings
+    call = f"%json {json.dumps(_call_schema(tools))} {close}"
+    if mode == "auto":
+        opening = json.dumps(CALL_OPEN + "\n")
+        start = "call* TEXT" if parallel else "TEXT | call"
+        return (f"%llguidance {{}}\nstart: {start}\nTEXT: /(.|\\n)*/\n"
+                f"opening[lazy]: TEXT {opening}\ncall: opening {call}\n")
+    if mode == "required":
+        between = json.dumps("\n" + CALL_OPEN + "\n")
+        start = f"call ({between} call)*" if parallel else "call"
+        return f"%llguidance {{}}\nstart: {start}\ncall: {call}\n"
+    if mode == "named" and len(tools) == 1:
+        end = json.dumps("}\n" + CALL_CLOSE)
+        return f"%llguidance {{}}\nstart: %json {json.dumps({**_parameters(tools[0]), _LAYOUT_KEY: LAYOUT})} {end}\n"
+    raise ValueError(f"tool_call_grammar: mode {mode!r} with {len(tools)} tools")
+
+
+class GrammarConstraint:
+    """One sequence's place in `grammar`: which tokens may come next, and advancing on one.
+
+    ConfigError when the grammar (or a JSON schema in it) uses something llguidance does not support
+    (its message names it).
     """
 
-    def __init__(self, tokenizer: Any, schema: dict[str, Any], end_ids: set[int] | frozenset[int]) -> None:
+    def __init__(self, tokenizer: Any, grammar: str, end_ids: set[int] | frozenset[int]) -> None:
         if tokenizer is None:
-            raise ConfigError("JSON output needs the model's tokenizer: the grammar is over its tokens' bytes")
+            raise ConfigError("constrained output needs the model's tokenizer: the grammar is over its tokens' bytes")
         self.end_ids = frozenset(end_ids)
         self.vocab_size = tokenizer.vocab_size
-        self.matcher = _llguidance().LLMatcher(grammar_tokenizer(tokenizer, self.end_ids), json_grammar(schema),
-                                            log_level=0)
+        self.matcher = _llguidance().LLMatcher(grammar_tokenizer(tokenizer, self.end_ids), grammar, log_level=0)
         if self.matcher.is_error():
-            raise ConfigError(f"the JSON schema is not supported: {self.matcher.get_error()}")
+            raise ConfigError(f"the output grammar is not supported: {self.matcher.get_error()}")
 
     @property
     def finished(self) -> bool:
-        """The JSON is complete and nothing can follow it (or an end token was taken)."""
+        """The text is complete and nothing can follow it (or an end token was taken)."""
         return self.matcher.is_stopped()
 
     def fill_mask(self, words: torch.Tensor) -> None:
@@ -108,7 +185,7 @@ class JsonConstraint:
         bit i % 32 of word i // 32 is set when token i may come next."""
         self.matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
         if self.matcher.is_error():
-            raise ConfigError(f"the JSON grammar failed: {self.matcher.get_error()}")
+            raise ConfigError(f"the output grammar failed: {self.matcher.get_error()}")
 
     def allowed(self, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The allowed next tokens as a bool tensor (width,) over the model's logits."""
@@ -117,7 +194,12 @@ class JsonConstraint:
     def advance(self, token: int) -> None:
         """Take the sampled token; a token the mask did not allow is a bug in the caller (RuntimeError)."""
         if not self.matcher.consume_token(token):
-            raise RuntimeError(f"token {token} does not continue the JSON: {self.matcher.get_error()}")
+            raise RuntimeError(f"token {token} does not continue the grammar: {self.matcher.get_error()}")
+
+
+def json_constraint(tokenizer: Any, schema: dict[str, Any], end_ids: set[int] | frozenset[int]) -> GrammarConstraint:
+    """A constraint to JSON matching `schema`."""
+    return GrammarConstraint(tokenizer, json_grammar(schema), end_ids)
 
 
 def mask_words(vocab_size: int) -> int:
@@ -125,7 +207,7 @@ def mask_words(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
-def allowed_tokens(constraints: list[JsonConstraint], width: int, device: torch.device | str) -> torch.Tensor:
+def allowed_tokens(constraints: list[GrammarConstraint], width: int, device: torch.device | str) -> torch.Tensor:
     """Each constraint's allowed next tokens, as bool rows (len(constraints), width) on `device`.
 
     The bitmasks are computed on the host into one int32 tensor and unpacked there with numpy (one

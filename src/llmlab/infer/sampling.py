@@ -126,6 +126,8 @@ class SamplingParams:
                                             exposed=False)
     json_schema: dict[str, Any] | None = _setting(None, "constrain the output to JSON matching this schema "
                                                   '({"type": "object"}: any JSON object)', exposed=False)
+    grammar: str | None = _setting(None, "constrain the output to this grammar (llguidance's Lark dialect; "
+                                   "`infer/constrained.py` builds the tool-call ones)", exposed=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -144,6 +146,8 @@ class SamplingParams:
             raise ConfigError(problem)
         if self.json_schema is not None and not isinstance(self.json_schema, dict):
             raise ConfigError(f"json_schema must be a JSON object (a dict), got {type(self.json_schema).__name__}")
+        if self.json_schema is not None and self.grammar is not None:
+            raise ConfigError("give json_schema or grammar, not both: the output follows one grammar")
 
     @property
     def greedy(self) -> bool:

@@ -1,7 +1,7 @@
 """One sequence being generated, whatever batch it runs in: sampling, end tokens, stop strings, streaming.
 
 Each sequence owns its RNG (seeded per request), its token history (for penalties), its incremental
-UTF-8 decoder and, for JSON output, its place in the schema's grammar (`infer/constrained.py`), so the tokens it produces and the text it streams do not depend on which other sequences
+UTF-8 decoder and, for constrained output (JSON, tool calls), its place in the grammar (`infer/constrained.py`), so the tokens it produces and the text it streams do not depend on which other sequences
 share its batch. The engine's static batches and the continuous batcher both drive this one class.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from llmlab.infer.constrained import JsonConstraint
+from llmlab.infer.constrained import GrammarConstraint, json_grammar
 from llmlab.infer.sampling import SamplingParams, make_generator, processed_logits, sample
 
 # Special tokens that end a completion whenever the tokenizer has them (end of text / end of turn).
@@ -38,8 +38,9 @@ class SequenceState:
     def __init__(self, prompt: list[int], params: SamplingParams, budget: int, end_ids: set[int],
                  tokenizer: Any, device: torch.device, seed: int | None, index: int) -> None:
         self.prompt, self.params, self.budget, self.tokenizer, self.index = prompt, params, budget, tokenizer, index
-        # A grammar decides where JSON output ends, so ignore_eos does not apply to it.
-        self.constraint = None if params.json_schema is None else JsonConstraint(tokenizer, params.json_schema, end_ids)
+        # A grammar decides where constrained output ends, so ignore_eos does not apply to it.
+        grammar = params.grammar if params.json_schema is None else json_grammar(params.json_schema)
+        self.constraint = None if grammar is None else GrammarConstraint(tokenizer, grammar, end_ids)
         self.end_ids = set() if params.ignore_eos and self.constraint is None else end_ids
         self.end_ids |= set(params.stop_token_ids)
         self.generator = make_generator(seed, device)

@@ -5,7 +5,7 @@ and the server (through its batched worker) drive the same loop:
 
     session = ToolSession(messages, ["calculator"])
     while True:
-        reply = generate(session.prompt_messages())   # plain messages for render_chat
+        reply = generate(session.prompt_messages(), session.grammar)   # plain messages for render_chat
         if not session.take(reply):                   # False: a final answer, no calls (or rounds spent)
             break
     session.answer, session.trace
@@ -18,8 +18,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from llmlab.errors import InputError
+from llmlab.errors import ConfigError, InputError
 from llmlab.infer import sandbox
+from llmlab.infer.constrained import grammars_available, tool_call_grammar
+from llmlab.infer.sampling import SamplingParams
 from llmlab.tokenizer.chat_tools import ToolCall, parse_tool_calls, tool_messages
 
 
@@ -80,6 +82,8 @@ class ToolSession:
                  on_step: Callable[[ToolStep], None] | None = None) -> None:
         self.names = check_tool_names(tools)
         self.schemas = [BUILTIN_TOOLS[n][0] for n in self.names]
+        # The grammar a reply follows (with llguidance): free text, and any call it opens is a valid one.
+        self.grammar = tool_call_grammar(self.schemas, "auto") if grammars_available() else None
         self.messages: list[dict[str, Any]] = [dict(m) for m in messages]
         self.max_rounds = max_rounds
         self.rounds = 0
@@ -113,12 +117,17 @@ class ToolSession:
         return [asdict(s) for s in self.trace]
 
 
-def chat_with_tools(engine: Any, messages: Sequence[Mapping[str, Any]], tools: Sequence[str], params: Any,
+def chat_with_tools(engine: Any, messages: Sequence[Mapping[str, Any]], tools: Sequence[str],
+                    params: SamplingParams | None,
                     max_rounds: int = 3, on_step: Callable[[ToolStep], None] | None = None) -> ToolSession:
     """Run the tool loop with an `Engine`: its model answers, calls tools, reads the results, answers again."""
     from llmlab.tokenizer.chat import render_chat
 
     session = ToolSession(messages, tools, max_rounds, on_step)
+    params = params or SamplingParams()
+    if params.json_schema is not None:
+        raise ConfigError("tools and JSON output cannot be combined: a tool call is not the requested JSON")
+    params = params.replace(grammar=session.grammar)
     context = engine.model.config.context_length - 1
     while True:
         ids = render_chat(session.prompt_messages(), engine.tokenizer, add_generation_prompt=True,

@@ -7,8 +7,8 @@ unchanged. llmlab adds the sampling fields `top_k`, `min_p` and `repetition_pena
 {"name", "schema", "strict"}} is honoured by grammar-constrained decoding (`llmlab.infer.constrained`), streamed
 or not: the text is JSON matching the schema by construction (strict or not, the schema is always enforced), unless
 max_tokens cuts it first (finish_reason "length", as OpenAI). A schema the grammar compiler cannot take gets a 400.
-`tools` and `tool_choice` work for models whose chat template has a tool format (`serve/openai_tools.py`, also
-llmlab's `llmlab_tools`, which the server runs itself).
+`tools` and `tool_choice` work for models whose chat template has a tool format, with the calls decoded under
+a grammar so they parse (`serve/openai_tools.py`; also llmlab's `llmlab_tools`, which the server runs itself).
 Chat answers can come from a retrieval index: the `rag` field or a `MODEL+rag:INDEX` model id (`serve/rag.py`).
 """
 
@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model,
 from pydantic_core import PydanticCustomError
 
 from llmlab.errors import ConfigError
-from llmlab.infer.constrained import ANY_OBJECT, JsonConstraint
+from llmlab.infer.constrained import ANY_OBJECT, GrammarConstraint, json_grammar
 from llmlab.infer.sampling import Setting, logit_bias_problem, sampling_settings
 from llmlab.infer.sequence import end_token_ids
 from llmlab.serve.api_errors import APIError, error_body, unknown_model
@@ -156,9 +156,10 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: dict[str, Any] | None = None  # see `output_schema`
-    # Not honoured yet, so refused (400) rather than silently ignored; see `refuse_unsupported`.
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True  # false: at most one call per answer
+    # Deprecated by OpenAI: refused (400) rather than silently ignored; see `refuse_unsupported`.
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     rag: RagOptions | None = None  # llmlab: answer from a retrieval index's passages
@@ -255,13 +256,15 @@ def chat_logprob(tokenizer: Any, event: Any) -> dict[str, Any]:
     }
 
 
-def check_schema(loaded: LoadedModel, schema: dict[str, Any]) -> None:
-    """400 for a JSON schema the grammar compiler refuses, before any generation starts (compiling
-    it takes under a millisecond; only a model's first schema also reads its vocabulary)."""
+def check_grammar(loaded: LoadedModel, grammar: Any, param: str) -> None:
+    """400 for an output grammar (a JSON schema, or the one built from `tools`) the grammar compiler
+    refuses, before any generation starts (compiling takes under a millisecond; only a model's first
+    grammar also reads its vocabulary)."""
     try:
-        JsonConstraint(loaded.tokenizer, schema, end_token_ids(loaded.tokenizer))
+        GrammarConstraint(loaded.tokenizer, json_grammar(grammar) if isinstance(grammar, dict) else grammar,
+                          end_token_ids(loaded.tokenizer))
     except ConfigError as e:
-        raise APIError(400, e.message, param="response_format.json_schema.schema", code="invalid_schema") from e
+        raise APIError(400, e.message, param=param, code="invalid_schema") from e
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -325,12 +328,14 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     loaded = await gen.load(req.model)
     req.check_for(loaded)
     if schema is not None:
-        await asyncio.to_thread(check_schema, loaded, schema)
+        await asyncio.to_thread(check_grammar, loaded, schema, "response_format.json_schema.schema")
     messages, sources = [m.flat() for m in req.messages], []
     rag = options_for(req.model, req.rag, gen.registry)
     if rag is not None:
         messages, sources = await retrieve(gen.registry, loaded, messages, rag, req.max_completion_tokens or req.max_tokens)
-    plan = plan_tools(req.tools, req.tool_choice, messages, loaded.tokenizer, req.model)
+    plan = plan_tools(req.tools, req.tool_choice, messages, loaded.tokenizer, req.model, req.parallel_tool_calls)
+    if plan and plan.grammar:
+        await asyncio.to_thread(check_grammar, loaded, plan.grammar, "tools")
     if req.llmlab_tools:
         return await _builtin_tools_answer(req, request, gen, loaded, messages)
     prompt = gen.chat_prompt(loaded, prompt_messages(messages, plan))
@@ -344,6 +349,8 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
         settings["max_new_tokens"] = req.max_completion_tokens
     if schema is not None:
         settings["json_schema"] = schema
+    if plan and plan.grammar:
+        settings["grammar"] = plan.grammar
     params = gen.params(loaded, len(prompt), settings)
     job = gen.start(loaded, prompt, params)
     cid, created = _new_id("chatcmpl"), int(time.time())
@@ -374,11 +381,12 @@ async def _builtin_tools_answer(req: ChatCompletionRequest, request: Request, ge
         settings["max_new_tokens"] = req.max_completion_tokens
     prompt_tokens = 0
 
-    async def complete(plain: list[dict[str, str]]) -> ChoiceResult:
+    async def complete(plain: list[dict[str, str]], grammar: str | None) -> ChoiceResult:
         nonlocal prompt_tokens
         prompt = gen.chat_prompt(loaded, plain)
         prompt_tokens += len(prompt)
-        return (await _wait(request, gen, gen.start(loaded, prompt, gen.params(loaded, len(prompt), settings)), 1))[0]
+        params = gen.params(loaded, len(prompt), {**settings, "grammar": grammar})
+        return (await _wait(request, gen, gen.start(loaded, prompt, params), 1))[0]
 
     session, last, completion_tokens = await run_builtin_tools(messages, req.llmlab_tools, complete)
     return {"id": _new_id("chatcmpl"), "created": int(time.time()), "model": req.model,

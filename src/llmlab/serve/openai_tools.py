@@ -2,10 +2,12 @@
 
 The model writes calls as text in its chat template's tool format (`tokenizer/chat_tools.py`); this
 module turns a request's `tools`, `tool_choice` and `tool`/`tool_calls` messages into a prompt, and the
-generated text back into OpenAI `tool_calls` (whole, or as streamed deltas). There is no constrained
-decoding here: `tool_choice: "required"` or a named function starts the answer with `<tool_call>` (and
-the name), and a call the model then breaks comes back as plain content with finish_reason "stop".
-`tool_choice: "none"` leaves the tools out of the prompt.
+generated text back into OpenAI `tool_calls` (whole, or as streamed deltas). `tool_choice: "required"` or
+a named function starts the answer with `<tool_call>` (and the name). With llguidance installed the calls
+are decoded under a grammar (`infer/constrained.tool_call_grammar`): every call the model opens names one
+of the tools and carries arguments that match its parameter schema, so it parses by construction (only
+max_tokens can cut it); "required" and a named function allow nothing but calls. Without llguidance a
+call the model breaks comes back as plain content. `tool_choice: "none"` leaves the tools out of the prompt.
 
 llmlab extension: `llmlab_tools: ["calculator", "python"]` makes the server itself run those built-in
 tools (`infer/tool_use.py`) until the model answers, and returns the answer with `llmlab_tool_trace`.
@@ -19,7 +21,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from llmlab.errors import InputError
+from llmlab.errors import ConfigError, InputError
+from llmlab.infer.constrained import grammars_available, tool_call_grammar
 from llmlab.infer.tool_use import ToolSession, check_tool_names
 from llmlab.serve.api_errors import APIError
 from llmlab.tokenizer.chat_tools import CALL_OPEN, parse_tool_calls, supports_tools, tool_messages
@@ -27,10 +30,21 @@ from llmlab.tokenizer.chat_tools import CALL_OPEN, parse_tool_calls, supports_to
 
 @dataclass
 class ToolPlan:
-    """How one request uses tools: what the prompt lists, how the answer starts, whether calls are read."""
+    """How one request uses tools: what the prompt lists, how the answer starts, the grammar the rest of
+    it follows (None: free text), whether calls are read."""
     tools: list[dict[str, Any]]
     prefix: str = ""
+    grammar: str | None = None
     parse: bool = True
+
+
+def _grammar(tools: list[dict[str, Any]], mode: str, parallel: bool) -> str | None:
+    if not grammars_available():
+        return None
+    try:
+        return tool_call_grammar(tools, mode, parallel)
+    except ConfigError as e:
+        raise APIError(400, e.message, param="tools", code="invalid_schema") from e
 
 
 def _tool_name(tool: Any) -> str:
@@ -47,7 +61,7 @@ def uses_tool_messages(messages: list[dict[str, Any]]) -> bool:
 
 
 def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, messages: list[dict[str, Any]],
-               tokenizer: Any, model: str) -> ToolPlan | None:
+               tokenizer: Any, model: str, parallel: bool = True) -> ToolPlan | None:
     """The request's ToolPlan, None without tools; a 400 in OpenAI's shape for what cannot be honoured."""
     names = [_tool_name(t) for t in tools or []]
     if (names or uses_tool_messages(messages)) and not supports_tools(tokenizer):
@@ -59,11 +73,11 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, messages: l
             raise APIError(400, "tool_choice needs tools", param="tool_choice", code="unsupported_parameter")
         return None
     if tool_choice in (None, "auto"):
-        return ToolPlan(tools)
+        return ToolPlan(tools, grammar=_grammar(tools, "auto", parallel))
     if tool_choice == "none":
         return ToolPlan([], parse=False)
     if tool_choice == "required":
-        return ToolPlan(tools, prefix=CALL_OPEN + "\n")
+        return ToolPlan(tools, prefix=CALL_OPEN + "\n", grammar=_grammar(tools, "required", parallel))
     name = (tool_choice.get("function") or {}).get("name") if isinstance(tool_choice, dict) else None
     if name is None:
         raise APIError(400, 'tool_choice must be "none", "auto", "required" or '
@@ -71,7 +85,8 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, messages: l
     if name not in names:
         raise APIError(400, f"tool_choice names '{name}', which is not in tools ({', '.join(names)})",
                        param="tool_choice")
-    return ToolPlan(tools, prefix=f'{CALL_OPEN}\n{{"name": "{name}", "arguments": ')
+    named = [t for t in tools if t["function"]["name"] == name][:1]
+    return ToolPlan(tools, prefix=f'{CALL_OPEN}\n{{"name": "{name}", "arguments": ', grammar=_grammar(named, "named", False))
 
 
 def prompt_messages(messages: list[dict[str, Any]], plan: ToolPlan | None) -> list[dict[str, str]]:
@@ -147,11 +162,12 @@ async def tool_chunks(events: AsyncIterator[Any], n: int, plan: ToolPlan,
 
 
 async def run_builtin_tools(messages: list[dict[str, Any]], names: list[str],
-                            complete: Callable[[list[dict[str, str]]], Awaitable[Any]]) -> tuple[ToolSession, Any, int]:
+                            complete: Callable[[list[dict[str, str]], str | None], Awaitable[Any]]
+                            ) -> tuple[ToolSession, Any, int]:
     """Run the tool loop with the server's generator: (session, last ChoiceResult, completion tokens).
 
-    `complete(messages)` generates one answer to plain messages; the tools run in a thread (the python
-    tool waits on a subprocess).
+    `complete(messages, grammar)` generates one answer to plain messages under the grammar (None: free);
+    the tools run in a thread (the python tool waits on a subprocess).
     """
     try:
         session = ToolSession(messages, check_tool_names(names))
@@ -159,7 +175,7 @@ async def run_builtin_tools(messages: list[dict[str, Any]], names: list[str],
         raise APIError(400, e.message, param="llmlab_tools") from e
     tokens = 0
     while True:
-        result = await complete(session.prompt_messages())
+        result = await complete(session.prompt_messages(), session.grammar)
         tokens += len(result.token_ids)
         if not await asyncio.to_thread(session.take, result.text):
             return session, result, tokens
