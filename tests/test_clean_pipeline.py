@@ -154,7 +154,8 @@ def test_truncated_warc_gz_is_an_error_unless_skipped(tmp_path, capsys):
     whole = tmp_path / "whole.warc.gz"
     write_warc(whole, pages)
     data = whole.read_bytes()
-    for cut in (len(data) // 2, len(data) - 3):  # mid-record, and only the last gzip trailer missing
+    # cuts across records and headers, and only the last gzip trailer missing
+    for cut in [len(data) * k // 9 for k in range(1, 9)] + [len(data) - 3]:
         bad = tmp_path / "bad.warc.gz"
         bad.write_bytes(data[:cut])
         with pytest.raises(InputError, match=r"bad\.warc\.gz: truncated or damaged after \d+ records") as e:
