@@ -31,7 +31,7 @@ ARTICLES = [
     "Baking bread at home takes patience more than skill. The dough needs time to rise, and a cold kitchen can "
     "double the waiting. Many beginners add too much flour because the dough feels sticky, which makes the loaf "
     "dense and dry. A wetter dough, folded a few times during the first hour, gives a lighter crumb. If you have "
-    "questions, write to the baker at anna.baker@example.com and she will answer them on Fridays.",
+    "questions, write to the baker at anna.baker@posteo.de and she will answer them on Fridays.",
     "Chess clubs have seen a surge of new members since online play became popular. Players who learned on their "
     "phones now want to meet opponents across a real board. Club organisers say that the newcomers are often "
     "strong at fast games but struggle with the long, quiet matches of a tournament. To help them, several clubs "
