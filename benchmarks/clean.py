@@ -22,7 +22,9 @@ and for datasketch's MinHashLSH (the oracle).
 `--executor ray` instead compares llmlab's two executors on the same WARC shards: the whole FineWeb
 recipe (dedup and PII included, Parquet written) locally and on a local Ray with the same number of
 CPUs (started once, before the timed runs; its start-up is printed apart), alternating; prints
-documents/s for each, their ratio and whether the kept documents are identical (needs the `ray` extra).
+documents/s for each, their ratio and whether the kept documents are identical (needs the `ray` extra);
+with `--ray-head` the Ray side is a cluster started apart (`ray start --head`, `ray_head.py`) and
+joined by its address, as `llmlab clean --ray-address` joins one.
 
 `--pii` measures the PII step alone: what it redacts on real documentation (Debian's python3-doc and
 postgresql-doc HTML when installed, else the pydoc pages `llmlab.quickstart.site.render_site` makes),
@@ -415,15 +417,17 @@ def minhash_recall(seed: int = 0) -> dict:
     }
 
 
-def compare_executors(warcs: list[Path], work: Path, workers: int, repeats: int) -> dict:
-    """Local vs Ray executor on the same shards, whole FineWeb recipe; the best of `repeats` alternating runs."""
+def compare_executors(warcs: list[Path], work: Path, workers: int, repeats: int, head_node: bool = False) -> dict:
+    """Local vs Ray executor on the same shards, whole FineWeb recipe; the best of `repeats` alternating runs.
+    Ray is started in this process, or with `head_node` as a separate cluster joined by its address."""
     import pyarrow.parquet as pq
 
     from llmlab.data.clean import clean, read_documents
     from llmlab.data.clean.ray_executor import ray_session
+    from llmlab.data.clean.ray_head import ray_head_node
 
     start = time.perf_counter()
-    with ray_session(None, workers):
+    with (ray_head_node(workers) if head_node else contextlib.nullcontext()) as address, ray_session(address, workers):
         ray_start = time.perf_counter() - start
         best = {"local": float("inf"), "ray": float("inf")}
         for _ in range(repeats):
@@ -435,7 +439,7 @@ def compare_executors(warcs: list[Path], work: Path, workers: int, repeats: int)
     removed = {e: sorted(map(str, pq.read_table(work / e / "removed.parquet").column("url").to_pylist())) for e in best}
     pages = sum(1 for _ in read_documents(warcs))
     return {
-        "pages": pages, "shards": len(warcs), "workers": workers, "repeats": repeats,
+        "pages": pages, "shards": len(warcs), "workers": workers, "repeats": repeats, "ray_head_node": head_node,
         "ray_start_seconds": round(ray_start, 1),
         **{f"{e}_docs_per_s": round(pages / best[e], 2) for e in best},
         **{f"{e}_seconds": round(best[e], 1) for e in best},
@@ -509,6 +513,10 @@ def main() -> None:
         help="compare with datatrove (default), or llmlab's Ray executor with its local one",
     )
     parser.add_argument("--pii", action="store_true", help="measure the PII step only (documentation pages, planted recall)")
+    parser.add_argument(
+        "--ray-head", action="store_true",
+        help="with --executor ray: start a separate Ray head node (`ray start --head`) and join it by address",
+    )
     parser.add_argument("--shards", type=int, default=None, help="WARC files to write (default: workers; 4 x workers for ray)")
     args = parser.parse_args()
     os.environ.setdefault("LLMLAB_PROGRESS", "0")
@@ -531,9 +539,10 @@ def main() -> None:
     if args.executor == "ray":
         warcs = write_warc_shards(pages, work / "warc-ray", shards=args.shards or 4 * args.workers)
         print(f"machine: {machine()}")
-        results = compare_executors(warcs, work, args.workers, args.repeats)
+        results = compare_executors(warcs, work, args.workers, args.repeats, head_node=args.ray_head)
+        ray_kind = "a separate head node, joined by address," if args.ray_head else "Ray"
         print(f"input: {results['pages']} pages in {results['shards']} WARC shards, {args.workers} workers; "
-              f"Ray started in {results['ray_start_seconds']} s (not timed)")
+              f"{ray_kind} started in {results['ray_start_seconds']} s (not timed)")
         print(f"local executor {results['local_docs_per_s']:7.2f} docs/s ({results['local_seconds']} s)")
         print(f"Ray executor   {results['ray_docs_per_s']:7.2f} docs/s ({results['ray_seconds']} s), "
               f"{results['ray_vs_local']}x local (target >= 0.9x)")

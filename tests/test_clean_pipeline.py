@@ -31,7 +31,7 @@ ARTICLES = [
     "Baking bread at home takes patience more than skill. The dough needs time to rise, and a cold kitchen can "
     "double the waiting. Many beginners add too much flour because the dough feels sticky, which makes the loaf "
     "dense and dry. A wetter dough, folded a few times during the first hour, gives a lighter crumb. If you have "
-    "questions, write to the baker at anna.baker@example.com and she will answer them on Fridays.",
+    "questions, write to the baker at anna.baker@posteo.de and she will answer them on Fridays.",
     "Chess clubs have seen a surge of new members since online play became popular. Players who learned on their "
     "phones now want to meet opponents across a real board. Club organisers say that the newcomers are often "
     "strong at fast games but struggle with the long, quiet matches of a tournament. To help them, several clubs "
@@ -154,7 +154,8 @@ def test_truncated_warc_gz_is_an_error_unless_skipped(tmp_path, capsys):
     whole = tmp_path / "whole.warc.gz"
     write_warc(whole, pages)
     data = whole.read_bytes()
-    for cut in (len(data) // 2, len(data) - 3):  # mid-record, and only the last gzip trailer missing
+    # cuts across records and headers, and only the last gzip trailer missing
+    for cut in [len(data) * k // 9 for k in range(1, 9)] + [len(data) - 3]:
         bad = tmp_path / "bad.warc.gz"
         bad.write_bytes(data[:cut])
         with pytest.raises(InputError, match=r"bad\.warc\.gz: truncated or damaged after \d+ records") as e:

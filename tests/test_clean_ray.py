@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pyarrow as pa
@@ -181,3 +182,30 @@ def test_killed_ray_run_resumes_from_its_finished_shards(ray_cluster, tmp_path, 
     loaded.clear()
     clean(inputs, out, "fineweb", workers=2, executor="ray")
     assert loaded == []
+
+
+@pytest.mark.slow  # starts a Ray head node (~10 s) and `llmlab clean` in another process
+def test_clean_on_a_separately_started_cluster_keeps_what_the_local_executor_keeps(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+    import subprocess
+
+    from llmlab.data.clean.ray_executor import worker_pythonpath
+    from llmlab.data.clean.ray_head import ray_head_node
+
+    inputs = sharded_corpus(tmp_path)
+    clean(inputs, tmp_path / "local", "fineweb", workers=2)
+    command = [sys.executable, "-m", "llmlab", "clean", *map(str, inputs), "--out", str(tmp_path / "ray"),
+               "--executor", "ray"]
+    with ray_head_node(num_cpus=2) as address:
+        result = subprocess.run(
+            command + ["--ray-address", address], capture_output=True, text=True, timeout=300,
+            env=os.environ | {"PYTHONPATH": worker_pythonpath(), "LLMLAB_PROGRESS": "0"},
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = pq.read_table(tmp_path / "ray" / "documents.parquet").to_pylist()
+    assert kept == pq.read_table(tmp_path / "local" / "documents.parquet").to_pylist() and len(kept) == 4
+    assert removed_rows(tmp_path / "ray") == removed_rows(tmp_path / "local")
+    host, port = address.rsplit(":", 1)
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=2):
+        pass  # the cluster is stopped

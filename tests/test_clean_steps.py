@@ -525,7 +525,7 @@ def test_lsh_bands_need_a_whole_band_to_agree():
 
 def test_pii_redacts_each_kind_with_stable_placeholders():
     text = (
-        "Write to jane.roe@mail.example.com or call +44 20 7946 0958 or (555) 123-4567. "
+        "Write to jane.roe@mail.posteo.de or call +44 20 7946 0958 or (555) 123-4567. "
         "Our server is 81.2.69.142 (2a00:1450:4001:82b::200e), card 4111 1111 1111 1111, IBAN GB82 WEST 1234 5698 7654 32."
     )
     out, counts = redact(text)
@@ -584,16 +584,39 @@ def test_pii_documentation_false_positive_classes(text):
     assert redact(text) == (text, {})
 
 
+# Values reserved for examples (pii_reserved.py), each beside a real-looking neighbour that is still redacted.
+@pytest.mark.parametrize("kept, redacted", [
+    # RFC 2606 / 6761 domains, subdomains included; a look-alike registrable domain is someone's
+    ("jane@example.com, ops@mail.example.org, x@EXAMPLE.NET", "jane@example.community"),
+    ("a@host.example, b@site.test, c@nowhere.invalid, d@box.localhost", "a@example.co.uk"),
+    # RFC 5737 / 3849 documentation blocks, private, shared (CGNAT), loopback and link-local: not global
+    ("192.0.2.1, 198.51.100.7, 203.0.113.250, 10.1.2.33, 100.64.3.9, 169.254.10.20", "192.0.3.6"),
+    ("2001:db8:85a3::8a2e:370:7334 and fe80::1ff:fe23:4567:890a", "2001:db9:85a3::8a2e:370:7334"),
+    # example.com's long-time address, as manuals show a lookup
+    ("('93.184.216.34', 80) and ('2606:2800:220:1:248:1893:25c8:1946', 80, 0, 0)", "('93.184.216.35', 80)"),
+    # digits typed as a placeholder: counting up or down, or one number and its anagrams
+    ("for example, '123.45.67.89' or '12.34.56.78'", "for example, '123.45.67.98'"),
+    ("hosts 123.123.123.123 and 123.231.231.123", "host 123.231.231.124"),
+    ("Alice, '098-765-4321', and (234) 567-8901", "Alice, '098-765-4312'"),
+    # NANP's fictional 555-01XX in any area code, with or without the 1
+    ("call (212) 555-0123, 1-800-555-0199 or +1 415 555 0100", "call (212) 555-0200"),
+])
+def test_pii_keeps_values_reserved_for_examples(kept, redacted):
+    assert redact(kept) == (kept, {})
+    out, counts = redact(redacted)
+    assert sum(counts.values()) == 1 and out.count("<") == 1, out
+
+
 def test_pii_finds_real_pii_in_sentences():
     planted = {
-        "phone": ["+49 30 12345678", "020 7946 0958", "1-800-555-0199", "+33 1 42 68 53 00", "(555) 123-4567",
+        "phone": ["+49 30 12345678", "020 7946 0958", "1-800-555-2671", "+33 1 42 68 53 00", "(555) 123-4567",
                   "+1 (555) 123-4567", "555.123.4567", "030 12345678", "+44 (0)20 7946 0958", "+81 3-1234-5678",
                   "+61 2 9876 5432", "0113 496 0000", "+1 415 555 2671", "(02) 9876 5432", "06 1234 5678",
                   "03-1234-5678", "0049 30 12345678", "07700 900123", "+34 912 345 678", "+91 98765 43210"],
         "credit_card": ["4111 1111 1111 1111", "4111-1111-1111-1111", "5500 0000 0000 0004", "3782 822463 10005",
                         "6011111111111117", "3530111333300000"],
-        "ip_address": ["81.2.69.142", "93.184.216.34", "2a00:1450:4001:82b::200e", "172.217.16.14"],
-        "email": ["jane.roe@mail.example.com"],
+        "ip_address": ["81.2.69.142", "151.101.1.69", "2a00:1450:4001:82b::200e", "172.217.16.14"],
+        "email": ["jane.roe@mail.posteo.de", "j.doe@example.community", "ops@test.example.co.uk"],
     }
     for kind, values in planted.items():
         for value in values:

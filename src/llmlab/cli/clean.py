@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ray-address", default=None, metavar="ADDRESS",
-        help="with --executor ray: the Ray cluster to use (e.g. ray://head:10001; default: start a local Ray)",
+        help="with --executor ray: the Ray cluster to join, as `ray start --head` prints it (e.g. head:6379; "
+             "ray://head:10001 with ray[client]; default: start a local Ray)",
     )
     parser.add_argument("--limit", type=int, default=None, help="stop after reading this many documents")
     parser.add_argument("--batch-size", type=int, default=32, help="documents per batch handed to a worker (default: 32)")

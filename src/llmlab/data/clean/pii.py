@@ -4,7 +4,9 @@ Each match is replaced by a fixed placeholder (`<EMAIL>`, `<PHONE>`, `<IP_ADDRES
 `<IBAN>`), so the same input always gives the same output and a model trained on the text learns
 where such things appear without learning them.
 
-Documentation is full of numbers that look like PII, so each kind needs more than a pattern:
+Values reserved for examples (example.com's domains and address, 555-01XX, counting digits: see
+`pii_reserved.py`) are kept. Documentation is full of numbers that look like PII, so each kind needs
+more than a pattern:
 - Cards pass the Luhn checksum *and* look like a card: a known network's prefix and length (Visa,
   Mastercard, Amex, Discover, Diners, JCB, UnionPay), written as one run of digits or in the groups
   cards print (4-4-4-4, Amex 4-6-5) with one separator throughout, and not one repeated digit. Luhn
@@ -17,7 +19,7 @@ Documentation is full of numbers that look like PII, so each kind needs more tha
   `1.2.3.4.5`, four one-digit numbers as in `zlib 1.2.3.4`) or as a section number (after "Section",
   "§", "Chapter"..., or opening a line as a heading's number does: `3.3.2.4. __slots__`) is left alone.
 - Phones: international (`+49 30 12345678`, `0049 30 12345678`, `+1 (555) 123-4567`), North
-  American (`(555) 123-4567`, `555-123-4567`, `1-800-555-0199`; area codes start with 2-9, so
+  American (`(555) 123-4567`, `555-123-4567`, `1-800-555-2671`; area codes start with 2-9, so
   `123-456-7890` is no number) and national trunk-prefix forms (`020 7946 0958`, `06 1234 5678`,
   `(02) 9876 5432`), 7-15 digits, and, when written with spaces only, not one cell of a row of
   numbers (`--> 012 013 023 123`).
@@ -30,6 +32,9 @@ import re
 from dataclasses import dataclass, field
 
 from llmlab.data.clean.documents import Document
+from llmlab.data.clean.pii_reserved import (
+    EXAMPLE_DOMAIN_ADDRESSES, fictional_phone, placeholder_ipv4, reserved_domain,
+)
 from llmlab.data.clean.steps import DocumentStep
 
 KINDS = ("email", "iban", "credit_card", "ip_address", "phone")
@@ -58,7 +63,7 @@ PHONE = re.compile(
     r"(?<![\w.+-])(?:"
     r"(?:\+|00)[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,8}){1,4}"  # +44 20 7946 0958, 0049 30 12345678
     r"|(?:1[ .-]?)?\([2-9]\d{2}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567 (NANP area codes start 2-9)
-    r"|(?:1([.-]))?[2-9]\d{2}([.-])\d{3}\2\d{4}"  # 555-123-4567, 1-800-555-0199
+    r"|(?:1([.-]))?[2-9]\d{2}([.-])\d{3}\2\d{4}"  # 555-123-4567, 1-800-555-2671
     # 020 7946 0958, 06 1234 5678, 03-1234-5678, (02) 9876 5432: a trunk prefix 0; numbers start 1-9
     r"|(?:0[1-9]\d{0,3}|\(0[1-9]\d{0,3}\))( |-)[1-9]\d{2,3}\3\d{3,4}"
     r"|0[1-9]\d{1,3}[ /-]\d{6,8}"  # 030 12345678
@@ -143,7 +148,8 @@ def _is_public_ip(match: re.Match, text: str) -> bool:
     )
     if _VERSION_CUE.search(before[-12:]) or _SECTION_CUE.search(before) or opens_line:
         return False
-    return ipaddress.ip_address(match.group()).is_global
+    address = match.group()
+    return ipaddress.ip_address(address).is_global and not placeholder_ipv4(address) and address not in EXAMPLE_DOMAIN_ADDRESSES
 
 
 def _is_public_ipv6(match: re.Match) -> bool:
@@ -151,7 +157,8 @@ def _is_public_ipv6(match: re.Match) -> bool:
         address = ipaddress.ip_address(match.group())
     except ValueError:
         return False
-    return address in GLOBAL_UNICAST and address.is_global and not _is_network(match)
+    return (address in GLOBAL_UNICAST and address.is_global and not _is_network(match)
+            and str(address) not in EXAMPLE_DOMAIN_ADDRESSES)
 
 
 def _replace(pattern: re.Pattern, placeholder: str, text: str, valid, counts: dict, kind: str, found: list | None) -> str:
@@ -174,7 +181,10 @@ def redact(
     counts: dict[str, int] = {}
     # Order matters: IBANs and cards are long digit runs that the phone pattern would otherwise split.
     if "email" in kinds:
-        text = _replace(EMAIL, PLACEHOLDERS["email"], text, lambda m: True, counts, "email", found)
+        text = _replace(
+            EMAIL, PLACEHOLDERS["email"], text, lambda m: not reserved_domain(m.group().rsplit("@", 1)[1]),
+            counts, "email", found,
+        )
     if "iban" in kinds:
         text = _replace(IBAN, PLACEHOLDERS["iban"], text, lambda m: iban_valid(m.group()), counts, "iban", found)
     if "credit_card" in kinds:
@@ -188,6 +198,7 @@ def redact(
         text = _replace(
             PHONE, PLACEHOLDERS["phone"], text,
             lambda m: 7 <= len(digits := re.sub(r"\D", "", m.group())) <= 15 and len(set(digits)) > 1
+            and not fictional_phone(m.group())
             and not (in_number_row(m) and re.fullmatch(r"[\d ]+", m.group())),  # "555.123.4567 155 Elm St" is one
             counts, "phone", found,
         )

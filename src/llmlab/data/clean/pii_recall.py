@@ -3,8 +3,10 @@ sentences and count how many `redact` replaces with the right placeholder.
 
 The values are made the way real ones are: phones in the formats of several countries, public IPv4
 addresses and global IPv6 ones, card numbers with a network's prefix and length and a valid Luhn
-digit, printed grouped or not, IBANs with valid check digits. Documentation pages measure the other
-side (what is redacted that is not PII): `benchmarks/clean.py --pii`.
+digit, printed grouped or not, IBANs with valid check digits; none from the ranges reserved for
+examples (`pii_reserved.py`: example.com, 555-01XX), which no real page's PII can come from.
+Documentation pages measure the other side (what is redacted that is not PII):
+`benchmarks/clean.py --pii`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ SENTENCES = (
     "Name;Value\nwork;{}\n",
 )
 NAMES = ("anna", "jonas", "li.wei", "maria_s", "o.brien", "k.tanaka", "dev-team", "sam+news")
-DOMAINS = ("gmail.com", "posteo.de", "uni-heidelberg.de", "company.co.uk", "mail.example.org", "orange.fr")
+DOMAINS = ("gmail.com", "posteo.de", "uni-heidelberg.de", "company.co.uk", "mail.web.de", "orange.fr")
 
 
 def _digits(rng: random.Random, n: int, first: str = "0123456789") -> str:
@@ -42,7 +44,7 @@ def _phone(rng: random.Random) -> str:
         lambda: f"+44 20 {d(4, '78')} {d(4)}",  # United Kingdom
         lambda: f"020 {d(4, '78')} {d(4)}",
         lambda: f"+44 (0)20 {d(4, '78')} {d(4)}",
-        lambda: f"1-800-555-{d(4, '0123456789')}",  # North America
+        lambda: f"1-800-555-{d(4)}",  # North America (555-01XX is reserved for fiction)
         lambda: f"({nanp()}) {nanp()}-{d(4)}",
         lambda: f"{nanp()}-{nanp()}-{d(4)}",
         lambda: f"{nanp()}.{nanp()}.{d(4)}",

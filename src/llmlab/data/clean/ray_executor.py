@@ -56,6 +56,12 @@ def require_ray():
     return ray
 
 
+def worker_pythonpath() -> str:
+    """A PYTHONPATH under which Ray workers import the same llmlab as this process (a source checkout too)."""
+    package_root = str(Path(__file__).resolve().parents[3])
+    return os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, workers: int) -> Iterator:
     """Connect to Ray: the session already open in this process, the cluster at `address`, or a local
@@ -69,10 +75,8 @@ def ray_session(address: str | None, workers: int) -> Iterator:
     if address:
         ray.init(address=address, **quiet)  # the cluster's nodes must have llmlab installed
     else:
-        # Workers import the same llmlab as this process (a source checkout on PYTHONPATH included).
-        package_root = str(Path(__file__).resolve().parents[3])
-        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=workers, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet)
+        runtime_env = {"env_vars": {"PYTHONPATH": worker_pythonpath()}}
+        ray.init(num_cpus=workers, include_dashboard=False, runtime_env=runtime_env, **quiet)
     try:
         yield ray
     finally:

@@ -156,6 +156,7 @@ def read_warc(path: str | Path, problems: InputProblems | None = None) -> Iterat
     name = input_name(path)
     problems = problems or InputProblems()
     records = 0
+    f = None
     try:
         with open_input(path) as handle, _decompressed(handle, name) as raw:
             f = _GzipEnd(raw)
@@ -186,7 +187,12 @@ def read_warc(path: str | Path, problems: InputProblems | None = None) -> Iterat
                     yield Document(url, metadata=metadata)
             if f.error is not None:
                 raise f.error
-    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    except (EOFError, zlib.error, gzip.BadGzipFile, AttributeError, ValueError) as e:
+        # A cut inside a record's header leaves warcio a partial line it fails on in its own ways.
+        if isinstance(e, (AttributeError, ValueError)):
+            if f is None or f.error is None:
+                raise
+            e = f.error
         problems.bad(
             "truncated_warc",
             f"{path}: truncated or damaged after {records} records ({e or type(e).__name__})",
