@@ -59,6 +59,37 @@ def test_rollout_rows_hold_the_sampled_answers_and_their_log_probabilities(base,
     assert mask.any(dim=1).all()
 
 
+def test_rollouts_decode_together_in_the_continuous_batcher_with_one_at_a_time_tokens(base, tmp_path, monkeypatch):
+    """A rollout's answers come from the engine's continuous batcher, all of a round's rows decoding side by
+    side, and are the very tokens each answer gets when decoded alone at the same seed."""
+    from llmlab.infer import batching
+    from llmlab.infer.engine import Engine
+
+    directory, tok = base
+    widest, calls = [], []
+    real_step, real_generate = batching.Batcher.step, Engine.generate
+
+    def step(self):
+        widest.append(len(self.rows))
+        return real_step(self)
+
+    def generate(self, prompts, params):
+        calls.append((prompts, params))
+        return real_generate(self, prompts, params)
+
+    monkeypatch.setattr(batching.Batcher, "step", step)
+    monkeypatch.setattr(Engine, "generate", generate)
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=1, micro_batch=16), options(temperature=1.0))
+    batches = run.trainer.batches
+    buffer = batches._sample(0)
+    assert len(calls) == 1 and max(widest) == 16  # 4 prompts x 4 answers in one batch
+    prompts, params = calls[0]
+    alone = Engine(batches.policy, tok, max_batch_size=1).generate(prompts, params)
+    for row, c in zip(range(16), alone):
+        targets = buffer["targets"][row]
+        assert targets[targets != IGNORE].tolist() == c.token_ids
+
+
 def digit_share(examples, answers) -> list[float]:
     """A reward a random model finds by sampling: the share of the answer's characters that are digits."""
     return [sum(c.isdigit() for c in a) / max(1, len(a)) for a in answers]
