@@ -152,6 +152,25 @@ def test_ppo_trains_against_a_reward_model_and_reports_a_judges_mean_reward(base
                                                               reward_model=str(tmp_path / "rm-other")))
 
 
+def test_ppos_value_loss_trains_the_value_head_and_leaves_the_trunk_alone(base, tmp_path):
+    """The critic shares the policy's trunk but its loss stops at the value head: with every advantage 0
+    (no policy gradient) a PPO step's gradient reaches the value head and nothing else."""
+    from llmlab.train.rl import PPOLoss
+
+    directory, _ = base
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=1, micro_batch=16), options(algo="ppo", group_size=4))
+    batch = run.trainer.batches.next_batch()
+    batch["advantages"] = torch.zeros_like(batch["advantages"])
+    batch["returns"] = batch["values"] + 1.0  # the values are off by one: the value loss has a gradient
+    model = run.trainer.gpt
+    model.zero_grad()
+    loss, _ = PPOLoss(0.2, 10.0, 0.1, 1.0)(model, batch)
+    loss.backward()
+    assert model.value_head.weight.grad.abs().sum() > 0
+    trunk = [p.grad for n, p in model.named_parameters() if not n.startswith("value_head")]
+    assert all(g is None or not g.any() for g in trunk)
+
+
 def test_bad_input_is_refused(base, tmp_path):
     directory, _ = base
     with pytest.raises(ConfigError, match="group_size must be >= 2"):
