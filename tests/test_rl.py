@@ -59,6 +59,37 @@ def test_rollout_rows_hold_the_sampled_answers_and_their_log_probabilities(base,
     assert mask.any(dim=1).all()
 
 
+def test_rollouts_decode_together_in_the_continuous_batcher_with_one_at_a_time_tokens(base, tmp_path, monkeypatch):
+    """A rollout's answers come from the engine's continuous batcher, all of a round's rows decoding side by
+    side, and are the very tokens each answer gets when decoded alone at the same seed."""
+    from llmlab.infer import batching
+    from llmlab.infer.engine import Engine
+
+    directory, tok = base
+    widest, calls = [], []
+    real_step, real_generate = batching.Batcher.step, Engine.generate
+
+    def step(self):
+        widest.append(len(self.rows))
+        return real_step(self)
+
+    def generate(self, prompts, params):
+        calls.append((prompts, params))
+        return real_generate(self, prompts, params)
+
+    monkeypatch.setattr(batching.Batcher, "step", step)
+    monkeypatch.setattr(Engine, "generate", generate)
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=1, micro_batch=16), options(temperature=1.0))
+    batches = run.trainer.batches
+    buffer = batches._sample(0)
+    assert len(calls) == 1 and max(widest) == 16  # 4 prompts x 4 answers in one batch
+    prompts, params = calls[0]
+    alone = Engine(batches.policy, tok, max_batch_size=1).generate(prompts, params)
+    for row, c in zip(range(16), alone):
+        targets = buffer["targets"][row]
+        assert targets[targets != IGNORE].tolist() == c.token_ids
+
+
 def digit_share(examples, answers) -> list[float]:
     """A reward a random model finds by sampling: the share of the answer's characters that are digits."""
     return [sum(c.isdigit() for c in a) / max(1, len(a)) for a in answers]
@@ -119,6 +150,25 @@ def test_ppo_trains_against_a_reward_model_and_reports_a_judges_mean_reward(base
     with pytest.raises(ConfigError, match="another tokenizer"):
         prepare_rl(tiny(directory, tmp_path / "bad"), options(algo="ppo", data=str(prompts),
                                                               reward_model=str(tmp_path / "rm-other")))
+
+
+def test_ppos_value_loss_trains_the_value_head_and_leaves_the_trunk_alone(base, tmp_path):
+    """The critic shares the policy's trunk but its loss stops at the value head: with every advantage 0
+    (no policy gradient) a PPO step's gradient reaches the value head and nothing else."""
+    from llmlab.train.rl import PPOLoss
+
+    directory, _ = base
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=1, micro_batch=16), options(algo="ppo", group_size=4))
+    batch = run.trainer.batches.next_batch()
+    batch["advantages"] = torch.zeros_like(batch["advantages"])
+    batch["returns"] = batch["values"] + 1.0  # the values are off by one: the value loss has a gradient
+    model = run.trainer.gpt
+    model.zero_grad()
+    loss, _ = PPOLoss(0.2, 10.0, 0.1, 1.0)(model, batch)
+    loss.backward()
+    assert model.value_head.weight.grad.abs().sum() > 0
+    trunk = [p.grad for n, p in model.named_parameters() if not n.startswith("value_head")]
+    assert all(g is None or not g.any() for g in trunk)
 
 
 def test_bad_input_is_refused(base, tmp_path):

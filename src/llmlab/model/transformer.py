@@ -432,6 +432,7 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         return_attention: bool = False,
         return_values: bool = False,
+        detach_values: bool = False,
     ):
         """(logits, None): logits (B, T, V) for every position of `idx` (B, T); or, given `targets`,
         (None, loss): the mean next-token cross-entropy, computed without building the logits.
@@ -441,7 +442,8 @@ class GPT(nn.Module):
         tokens and 0 for padding serve left-padded batches. With `return_attention`, returns
         (logits, loss, weights) where weights is a list of (B, n_heads, T, S) tensors, one per layer.
         With `return_values` (a model with a value head), the value head's (B, T) outputs come after the
-        loss: (logits, loss, values[, weights]).
+        loss: (logits, loss, values[, weights]); `detach_values` stops the value loss's gradient at the
+        head, so a critic sharing the trunk learns without moving the language model under it.
         """
         x, weights = self.hidden_states(idx, kv_cache, position_ids, attention_mask, return_attention)
         logits = loss = None
@@ -459,7 +461,7 @@ class GPT(nn.Module):
         if return_values:
             if self.value_head is None:
                 raise ValueError("this model has no value head (GPTConfig.value_head is False)")
-            out += (self.value_head(x).squeeze(-1),)
+            out += (self.value_head(x.detach() if detach_values else x).squeeze(-1),)
         if return_attention:
             out += (weights,)
         return out
