@@ -3,6 +3,7 @@ BM25 + dense + RRF search, the RAG prompt's token budget, citations, and each ba
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -31,7 +32,7 @@ class CountingEmbedder:
 
     def __init__(self, embedder: Embedder) -> None:
         self.inner, self.name, self.dim, self.texts = embedder, embedder.name, embedder.dim, []
-        self.word_pieces = embedder.word_pieces
+        self.word_pieces, self.dtype = embedder.word_pieces, embedder.dtype
 
     def embed(self, texts):
         self.texts.extend(texts)
@@ -40,7 +41,7 @@ class CountingEmbedder:
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder()
+    return Embedder(dtype="float32")  # the reference precision (sentence-transformers parity)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,18 @@ def test_embeddings_match_sentence_transformers(embedder):
     ours = embedder.embed(texts)
     assert ours.shape == (len(texts), 384)
     assert abs(ours - reference).max() < 1e-5
+
+
+def test_bfloat16_embeddings_agree_with_float32(embedder):
+    bf16 = Embedder(dtype="bfloat16")
+    assert str(next(bf16.model.parameters()).dtype) == "torch.bfloat16"
+    texts = [d["text"] for d in DOCS] + ["How do I read a JSON file into a dict?", "word " * 400]
+    ours, reference = bf16.embed(texts), embedder.embed(texts)
+    assert ours.dtype == reference.dtype == np.float32
+    cosine = (ours * reference).sum(axis=1)
+    assert cosine.min() >= 0.99 and abs(ours - reference).max() > 0  # close, and really computed in bf16
+    with pytest.raises(ConfigError, match="float16"):
+        Embedder(dtype="float16")
 
 
 def test_search_finds_the_distinctive_document(index_dir, embedder):
@@ -251,15 +264,21 @@ def test_citations_map_to_passages():
 
 
 def test_index_and_search_commands(tmp_path, capsys, monkeypatch, embedder):
-    import llmlab.retrieve.indexing as indexing
+    import json
+
+    import llmlab.retrieve
     import llmlab.retrieve.search as search
 
-    monkeypatch.setattr(indexing, "Embedder", lambda: embedder)
+    dtypes = []
+    monkeypatch.setattr(llmlab.retrieve, "Embedder", lambda dtype="auto": dtypes.append(dtype) or embedder)
     monkeypatch.setattr(search, "Embedder", lambda: embedder)
     parquet = write_parquet(tmp_path / "documents.parquet", DOCS)
-    assert main(["index", str(parquet), "--out", str(tmp_path / "index")]) == 0
-    assert "4 chunks from 4 documents" in capsys.readouterr().out
-    assert (tmp_path / "index" / "report.json").exists() and (tmp_path / "index" / "report.md").exists()
+    assert main(["index", str(parquet), "--out", str(tmp_path / "index"), "--dtype", "float32"]) == 0
+    assert "4 chunks from 4 documents" in capsys.readouterr().out and dtypes == ["float32"]
+    assert json.loads((tmp_path / "index" / "report.json").read_text())["dtype"] == "float32"
+    assert (tmp_path / "index" / "report.md").exists()
+    assert main(["index", str(parquet), "--out", str(tmp_path / "index"), "--chunk-tokens", "300"]) == 1
+    assert "need 1 <= size <= 254" in capsys.readouterr().err and len(dtypes) == 1  # refused before loading
     assert main(["search", str(tmp_path / "index"), "turtle graphics pen", "-k", "2"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("[1]") and "turtle.html" in out.splitlines()[0]

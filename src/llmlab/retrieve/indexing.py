@@ -116,5 +116,5 @@ def build_index(documents: Documents, out_dir: str | os.PathLike, embedder: Embe
         "embed_chunks_per_s": round(len(new) / embed_seconds, 1) if new and embed_seconds > 0 else None,
         "bm25_seconds": round(bm25_seconds, 3),
         "bm25_chunks_per_s": round(total / bm25_seconds, 1) if bm25_seconds > 0 else None,
-        "model": embedder.name, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
+        "model": embedder.name, "dtype": embedder.dtype, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
     }
