@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from llmlab.retrieve import Embedder, Index, build_index, rag_messages
+from llmlab.retrieve.chunking import DEFAULT_OVERLAP, MAX_PIECES
 from llmlab.retrieve.prompt import INSTRUCTION
 from llmlab.retrieve.store import Store
 
@@ -76,11 +77,11 @@ def questions(documents: Path):
     return build_instructions(modules, seed=0)
 
 
-def bench_index(documents: Path, index_dir: Path, embedder: Embedder) -> dict:
+def bench_index(documents: Path, index_dir: Path, embedder: Embedder, chunk_tokens: int, overlap_tokens: int) -> dict:
     import shutil
 
     shutil.rmtree(index_dir, ignore_errors=True)
-    return build_index(documents, index_dir, embedder=embedder)
+    return build_index(documents, index_dir, embedder=embedder, chunk_size=chunk_tokens, chunk_overlap=overlap_tokens)
 
 
 def bench_dtype(index_dir: Path, n: int, rounds: int = 3) -> dict:
@@ -229,6 +230,8 @@ def main() -> None:
     parser.add_argument("parts", nargs="+", choices=["index", "dtype", "recall", "latency", "rag"])
     parser.add_argument("--dtype", default="auto", help="embedding dtype for the index part (auto, float32, bfloat16)")
     parser.add_argument("--dtype-chunks", type=int, default=300)
+    parser.add_argument("--chunk-tokens", type=int, default=MAX_PIECES, help="word pieces per chunk (index part)")
+    parser.add_argument("--overlap-tokens", type=int, default=DEFAULT_OVERLAP)
     parser.add_argument("--work", default="/tmp/llmlab-bench-retrieval")
     parser.add_argument("--recall-questions", type=int, default=400)
     parser.add_argument("--latency-chunks", type=int, default=100_000)
@@ -245,7 +248,7 @@ def main() -> None:
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
                      "load": open("/proc/loadavg").read().split()[:3]}
     if "index" in args.parts or not (index_dir / "index.sqlite").exists():
-        results["index"] = bench_index(documents, index_dir, embedder)
+        results["index"] = bench_index(documents, index_dir, embedder, args.chunk_tokens, args.overlap_tokens)
         print(json.dumps(results["index"], indent=1), flush=True)
     if "dtype" in args.parts:
         results["dtype"] = bench_dtype(index_dir, args.dtype_chunks)
