@@ -3,7 +3,9 @@
 Builds a corpus of pydoc's plain-text page for each public standard-library module (the same
 documentation the quickstart crawls), indexes it with `build_index`, and measures:
 
-  index    chunks/s for embedding (all-MiniLM-L6-v2, torch) and for BM25, from the build report;
+  index    chunks/s for embedding (all-MiniLM-L6-v2, torch, --dtype) and for BM25, from the build report;
+  dtype    float32 vs bfloat16 embedding on --dtype-chunks of the index's chunks, alternating in one run:
+           chunks/s of each, the speed-up, and the cosine between the two vectors of each chunk;
   recall   recall@1/5/10 of BM25, dense and hybrid on the quickstart's docstring questions
            (`build_instructions`), where a hit is any passage from the module's page;
   latency  query latency (median, p95) at ~100k chunks: the real chunks repeated with perturbed text
@@ -11,7 +13,7 @@ documentation the quickstart crawls), indexes it with `build_index`, and measure
   rag      SmolLM2-135M-Instruct on held-out docstring questions, greedy, without and with the top
            passages in the prompt: exact match and chrF as the quickstart's `evaluate` computes them.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/retrieval.py index recall latency rag --rag-questions 100
+    PYTHONPATH=src .venv/bin/python benchmarks/retrieval.py index dtype recall latency rag --rag-questions 100
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from llmlab.retrieve import Embedder, Index, build_index, rag_messages
+from llmlab.retrieve.chunking import DEFAULT_OVERLAP, MAX_PIECES
 from llmlab.retrieve.prompt import INSTRUCTION
 from llmlab.retrieve.store import Store
 
@@ -74,11 +77,35 @@ def questions(documents: Path):
     return build_instructions(modules, seed=0)
 
 
-def bench_index(documents: Path, index_dir: Path, embedder: Embedder) -> dict:
+def bench_index(documents: Path, index_dir: Path, embedder: Embedder, chunk_tokens: int, overlap_tokens: int) -> dict:
     import shutil
 
     shutil.rmtree(index_dir, ignore_errors=True)
-    return build_index(documents, index_dir, embedder=embedder)
+    return build_index(documents, index_dir, embedder=embedder, chunk_size=chunk_tokens, chunk_overlap=overlap_tokens)
+
+
+def bench_dtype(index_dir: Path, n: int, rounds: int = 3) -> dict:
+    """Embedding speed and agreement, float32 vs bfloat16, on `n` of the index's chunks: the two
+    alternate round by round in one process, so both see the same machine load."""
+    store = Store(index_dir)
+    texts = [t for _, t in store.db.execute("SELECT id, text FROM chunks ORDER BY id")][:: max(1, store.count() // n)][:n]
+    store.close()
+    embedders = {d: Embedder(dtype=d) for d in ("float32", "bfloat16")}
+    out: dict = {"chunks": len(texts), "rounds": rounds}
+    speeds: dict = {d: [] for d in embedders}
+    vectors = {}
+    for _ in range(rounds):
+        for dtype, embedder in embedders.items():
+            started = time.perf_counter()
+            vectors[dtype] = embedder.embed(texts)
+            speeds[dtype].append(len(texts) / (time.perf_counter() - started))
+    for dtype in embedders:
+        out[f"{dtype}_chunks_per_s"] = [round(v, 1) for v in speeds[dtype]]
+    out["bf16_speedup"] = [round(b / f, 2) for b, f in zip(speeds["bfloat16"], speeds["float32"])]
+    cosine = (vectors["float32"] * vectors["bfloat16"]).sum(axis=1)
+    out["cosine_min"], out["cosine_mean"] = round(float(cosine.min()), 5), round(float(cosine.mean()), 5)
+    out["load_after"] = open("/proc/loadavg").read().split()[:3]
+    return out
 
 
 def bench_recall(index: Index, qas, ks=(1, 5, 10)) -> dict:
@@ -200,7 +227,11 @@ def bench_rag(index: Index, held_out, n: int, k: int, budget: int, instruction: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="+", choices=["index", "recall", "latency", "rag"])
+    parser.add_argument("parts", nargs="+", choices=["index", "dtype", "recall", "latency", "rag"])
+    parser.add_argument("--dtype", default="auto", help="embedding dtype for the index part (auto, float32, bfloat16)")
+    parser.add_argument("--dtype-chunks", type=int, default=300)
+    parser.add_argument("--chunk-tokens", type=int, default=MAX_PIECES, help="word pieces per chunk (index part)")
+    parser.add_argument("--overlap-tokens", type=int, default=DEFAULT_OVERLAP)
     parser.add_argument("--work", default="/tmp/llmlab-bench-retrieval")
     parser.add_argument("--recall-questions", type=int, default=400)
     parser.add_argument("--latency-chunks", type=int, default=100_000)
@@ -213,12 +244,15 @@ def main() -> None:
     torch.set_num_threads(2)
     documents = pydoc_corpus(work)
     index_dir = work / "index"
-    embedder = Embedder()
+    embedder = Embedder(dtype=args.dtype)
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
                      "load": open("/proc/loadavg").read().split()[:3]}
     if "index" in args.parts or not (index_dir / "index.sqlite").exists():
-        results["index"] = bench_index(documents, index_dir, embedder)
+        results["index"] = bench_index(documents, index_dir, embedder, args.chunk_tokens, args.overlap_tokens)
         print(json.dumps(results["index"], indent=1), flush=True)
+    if "dtype" in args.parts:
+        results["dtype"] = bench_dtype(index_dir, args.dtype_chunks)
+        print(json.dumps(results["dtype"], indent=1), flush=True)
     index = Index.open(index_dir, embedder=embedder)
     train, held_out = questions(documents)
     if "recall" in args.parts:

@@ -3,6 +3,7 @@ BM25 + dense + RRF search, the RAG prompt's token budget, citations, and each ba
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -31,6 +32,7 @@ class CountingEmbedder:
 
     def __init__(self, embedder: Embedder) -> None:
         self.inner, self.name, self.dim, self.texts = embedder, embedder.name, embedder.dim, []
+        self.word_pieces, self.dtype = embedder.word_pieces, embedder.dtype
 
     def embed(self, texts):
         self.texts.extend(texts)
@@ -39,7 +41,7 @@ class CountingEmbedder:
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder()
+    return Embedder(dtype="float32")  # the reference precision (sentence-transformers parity)
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +56,55 @@ def write_parquet(path, rows):
     return path
 
 
-def test_chunks_overlap_and_cover_the_text():
-    text = "\n".join(f"w{i}" for i in range(100))
-    chunks = chunk_text(text, size=30, overlap=10)
-    words = [c.split() for c in chunks]
-    assert [w[0] for w in words] == ["w0", "w20", "w40", "w60", "w80"]
-    for before, after in zip(words, words[1:]):
-        assert before[-10:] == after[:10]
-    assert words[-1][-1] == "w99" and all(c in text for c in chunks)  # exact slices, line breaks kept
-    assert chunk_text("one two three", size=30, overlap=10) == ["one two three"]
-    assert chunk_text("   ", size=30, overlap=10) == []
+@pytest.fixture(scope="module")
+def model_tokenizer():
+    """The tokenizer file that ships with the embedding model, loaded on its own, counting whole texts."""
+    from tokenizers import Tokenizer
+
+    from llmlab.retrieve.embeddings import default_model_path
+
+    tok = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def test_chunks_fit_the_embedding_window_overlap_and_cover_the_text(embedder, model_tokenizer):
+    # Prose, code with punctuation runs, accents, and a word longer than a whole chunk.
+    text = " ".join(f"Call {i}: json.dumps(obj, indent={i}) returns naïve text {i * 7}." for i in range(120)) + \
+        "\n\n" + "".join(f"x{i}_" for i in range(300)) + " tail words here"
+    chunks = chunk_text(text, embedder.word_pieces)
+    assert len(chunks) > 3
+    pieces = [len(model_tokenizer.encode(c).ids) for c in chunks]  # [CLS] and [SEP] included
+    assert max(pieces) <= 256 and pieces[0] >= 240  # full, yet nothing past the window
+    assert all(len(embedder.tokenizer(c)["input_ids"]) <= 256 for c in chunks)  # the embedder cuts nothing
+    position = 0
+    for before, after in zip(chunks, chunks[1:]):
+        start, end = text.index(before, position), text.index(after, position + 1)
+        shared = text[end:start + len(before)]
+        assert start < end <= start + len(before), "chunks overlap"
+        assert 0 < len(model_tokenizer.encode(shared, add_special_tokens=False).ids) <= 64
+        position = start
+    assert chunks[-1].endswith("tail words here") and all(c in text for c in chunks)  # exact slices
+    assert chunk_text("one two three", embedder.word_pieces) == ["one two three"]
+    assert chunk_text("   ", embedder.word_pieces) == []
+    small = chunk_text(text, embedder.word_pieces, size=30, overlap=0)
+    assert max(len(model_tokenizer.encode(c, add_special_tokens=False).ids) for c in small) <= 30
     with pytest.raises(ConfigError):
-        chunk_text(text, size=10, overlap=10)
+        chunk_text(text, embedder.word_pieces, size=10, overlap=10)
+    with pytest.raises(ConfigError):
+        chunk_text(text, embedder.word_pieces, size=255)
 
 
-def test_chunk_ids_are_stable_content_hashes():
-    a = chunk_document("alpha beta gamma", "u1", "T")
-    assert a == chunk_document("alpha beta gamma", "u1", "T")
-    assert a[0].chunk_id != chunk_document("alpha beta delta", "u1", "T")[0].chunk_id
-    assert a[0].chunk_id != chunk_document("alpha beta gamma", "u2", "T")[0].chunk_id
-    assert chunk_document("First line\nmore", "u")[0].title == "First line"
+def test_chunk_ids_are_stable_content_hashes(embedder):
+    pieces = embedder.word_pieces
+    a = chunk_document("alpha beta gamma", "u1", pieces, "T")
+    assert a == chunk_document("alpha beta gamma", "u1", pieces, "T")
+    assert a[0].chunk_id != chunk_document("alpha beta delta", "u1", pieces, "T")[0].chunk_id
+    assert a[0].chunk_id != chunk_document("alpha beta gamma", "u2", pieces, "T")[0].chunk_id
+    assert chunk_document("First line\nmore", "u", pieces)[0].title == "First line"
+    long = "Sentence number {} says something. " * 200
+    assert [c.chunk_id for c in chunk_document(long, "u", pieces)] == [c.chunk_id for c in chunk_document(long, "u", pieces)]
 
 
 def test_embeddings_match_sentence_transformers(embedder):
@@ -85,6 +116,18 @@ def test_embeddings_match_sentence_transformers(embedder):
     ours = embedder.embed(texts)
     assert ours.shape == (len(texts), 384)
     assert abs(ours - reference).max() < 1e-5
+
+
+def test_bfloat16_embeddings_agree_with_float32(embedder):
+    bf16 = Embedder(dtype="bfloat16")
+    assert str(next(bf16.model.parameters()).dtype) == "torch.bfloat16"
+    texts = [d["text"] for d in DOCS] + ["How do I read a JSON file into a dict?", "word " * 400]
+    ours, reference = bf16.embed(texts), embedder.embed(texts)
+    assert ours.dtype == reference.dtype == np.float32
+    cosine = (ours * reference).sum(axis=1)
+    assert cosine.min() >= 0.99 and abs(ours - reference).max() > 0  # close, and really computed in bf16
+    with pytest.raises(ConfigError, match="float16"):
+        Embedder(dtype="float16")
 
 
 def test_search_finds_the_distinctive_document(index_dir, embedder):
@@ -121,8 +164,23 @@ def test_incremental_index_embeds_only_new_chunks(tmp_path, embedder):
     assert (third["removed_chunks"], third["chunks"]) == (1, 2)
     index = Index.open(tmp_path / "idx", embedder=embedder)
     assert all(not p.url.endswith("gzip.html") for p in index.search("gzip compress", k=5))
-    with pytest.raises(ConfigError, match="other settings"):
-        build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, show_progress=False)
+    with pytest.raises(ConfigError, match="other settings.*chunk_size: 254 -> 50"):
+        build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, chunk_overlap=10, show_progress=False)
+    rebuilt = build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, chunk_overlap=10, rebuild=True,
+                          show_progress=False)
+    assert rebuilt["rebuilt"] and (rebuilt["new_chunks"], rebuilt["chunks"]) == (4, 4)
+    assert Index.open(tmp_path / "idx", embedder=embedder).search("gzip compress", k=1)[0].url.endswith("gzip.html")
+
+
+def test_an_index_chunked_by_words_is_refused(tmp_path, embedder):
+    """An index from before chunks were counted in word pieces records no chunk_unit: it is not mixed in."""
+    build_index(DOCS[:1], tmp_path / "idx", embedder=embedder, show_progress=False)
+    store = Store(tmp_path / "idx")
+    with store.db:
+        store.db.execute("DELETE FROM meta WHERE key = 'chunk_unit'")
+    store.close()
+    with pytest.raises(ConfigError, match="chunk_unit: None -> word pieces"):
+        build_index(DOCS, tmp_path / "idx", embedder=embedder, show_progress=False)
 
 
 def test_documents_without_text_are_skipped_and_counted(tmp_path, embedder):
@@ -206,15 +264,21 @@ def test_citations_map_to_passages():
 
 
 def test_index_and_search_commands(tmp_path, capsys, monkeypatch, embedder):
-    import llmlab.retrieve.indexing as indexing
+    import json
+
+    import llmlab.retrieve
     import llmlab.retrieve.search as search
 
-    monkeypatch.setattr(indexing, "Embedder", lambda: embedder)
+    dtypes = []
+    monkeypatch.setattr(llmlab.retrieve, "Embedder", lambda dtype="auto": dtypes.append(dtype) or embedder)
     monkeypatch.setattr(search, "Embedder", lambda: embedder)
     parquet = write_parquet(tmp_path / "documents.parquet", DOCS)
-    assert main(["index", str(parquet), "--out", str(tmp_path / "index")]) == 0
-    assert "4 chunks from 4 documents" in capsys.readouterr().out
-    assert (tmp_path / "index" / "report.json").exists() and (tmp_path / "index" / "report.md").exists()
+    assert main(["index", str(parquet), "--out", str(tmp_path / "index"), "--dtype", "float32"]) == 0
+    assert "4 chunks from 4 documents" in capsys.readouterr().out and dtypes == ["float32"]
+    assert json.loads((tmp_path / "index" / "report.json").read_text())["dtype"] == "float32"
+    assert (tmp_path / "index" / "report.md").exists()
+    assert main(["index", str(parquet), "--out", str(tmp_path / "index"), "--chunk-tokens", "300"]) == 1
+    assert "need 1 <= size <= 254" in capsys.readouterr().err and len(dtypes) == 1  # refused before loading
     assert main(["search", str(tmp_path / "index"), "turtle graphics pen", "-k", "2"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("[1]") and "turtle.html" in out.splitlines()[0]

@@ -76,11 +76,16 @@ class ScriptedGPT(GPT):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def scripted():
+    return ScriptedGPT()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, scripted):
     root = tmp_path_factory.mktemp("models")
     make_tiny_checkpoint(root / "tiny-gpt")  # llmlab's own chat format: no tool format
     registry = ModelRegistry(root, imported=False)
-    registry.add("scripted", ScriptedGPT(), CHATML)
+    registry.add("scripted", scripted, CHATML)
     app = create_app(registry, history_path=tmp_path_factory.mktemp("h") / "h.sqlite")
     with BackgroundServer(app) as srv:
         yield srv
@@ -290,3 +295,26 @@ def test_langchain_with_structured_output(server, method):
         assert [c["name"] for c in result["raw"].tool_calls] == ["Person"]
     streamed = [part["parsed"] for part in structured.stream("Describe a person.") if part.get("parsed")]
     assert streamed and isinstance(streamed[-1], Person)
+
+
+@pytest.mark.parametrize("tool_choice", [None, "required", "none"])
+def test_tokenize_renders_tools_and_tool_messages_as_the_chat_route_does(server, scripted, tool_choice):
+    """/tokenize with tools, an assistant's tool_calls and a tool result gives the very ids the chat route
+    fed the model (the scripted model keeps the prompt it read; the byte tokenizer decodes it exactly)."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "6*7"}'}}
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "42"}, {"role": "user", "content": "And 6*8?"}]
+    extra = {} if tool_choice is None else {"tool_choice": tool_choice}
+    body = {"model": "scripted", "messages": messages, "tools": TOOLS, **extra}
+    answer = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={**body, "temperature": 0, "max_tokens": 4})
+    assert answer.status_code == 200, answer.text
+    seen = scripted.prompt
+    tokens = httpx.post(server.url + "/tokenize", json=body).json()["tokens"]
+    assert CHATML.decode(tokens) == seen and len(tokens) == answer.json()["usage"]["prompt_tokens"]
+    assert ("<tools>" in seen) == (tool_choice != "none") and "<tool_response>\n42\n</tool_response>" in seen
+    assert seen.endswith("<tool_call>\n") == (tool_choice == "required")
+
+
+def test_tokenize_refuses_tools_without_messages(server):
+    r = httpx.post(server.url + "/tokenize", json={"model": "scripted", "prompt": "hi", "tools": TOOLS})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"

@@ -3,7 +3,7 @@ call and its result show in the conversation, collapsed, above the answer (the s
 test_serve_tools, which calls the calculator and answers once it sees the result)."""
 
 import pytest
-from test_serve_tools import server  # noqa: F401  (the fixture: a server with the scripted model)
+from test_serve_tools import scripted, server  # noqa: F401  (the fixtures: a server with the scripted model)
 from ui_support import open_page
 
 pytestmark = pytest.mark.network_local

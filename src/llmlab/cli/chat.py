@@ -7,11 +7,13 @@ context window.
 With --index, each message is first searched in a retrieval index (llmlab index); the best passages go
 in front of it, numbered, and the sources the answer cites as [n] are listed after it (all the passages
 given when it cites none). The history keeps the plain messages, so old passages do not pile up.
+--tools and --index combine: the passages go into the prompt and the model may still call the tools.
 
     llmlab chat smollm2-135m --temperature 0.3
     llmlab chat runs/demo --system "You are a helpful assistant."
     llmlab chat smollm2-135m --index runs/demo/index --temperature 0
     llmlab chat smollm2-135m --tools calculator,python   (the model may call built-in tools; see docs/tools.md)
+    llmlab chat smollm2-135m --tools calculator --index runs/demo/index
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
     from llmlab.infer import Engine, load_model
     from llmlab.infer.quantize import quantize_model
     from llmlab.retrieve import Index, cited_passages, rag_messages
-    from llmlab.tokenizer.chat import chat_format, render_chat
+    from llmlab.tokenizer.chat import chat_format
 
     index = Index.open(args.index) if args.index else None  # a bad index fails before the model loads
     model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
@@ -70,30 +72,37 @@ def run(args: argparse.Namespace, input_fn=input) -> int:
             print("(history cleared)", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
-        if args.tools:
-            history[:] = _answer_with_tools(engine, system + history, args.tools, params)[len(system):]
-            continue
         messages, passages = system + history, []
         if index is not None:
             messages, passages = rag_messages(messages, index.search(text, k=args.passages),
                                               lambda s: len(tokenizer.encode_ordinary(s)), args.passage_tokens)
-        rendered = render_chat(messages, tokenizer, add_generation_prompt=True,
-                               max_tokens=model.config.context_length - 1)
-        reply = ""
-        print("model> ", end="", flush=True)
-        try:
-            for event in engine.stream(rendered.ids, params):
-                print(event.text, end="", flush=True)
-                reply += event.text
-        except KeyboardInterrupt:
-            print(" [stopped]", end="")
-        print()
+        if args.tools:
+            reply, turn = _answer_with_tools(engine, messages, args.tools, params)
+        else:
+            reply, turn = _answer(engine, tokenizer, messages, params, model.config.context_length - 1)
         if passages:
             cited = cited_passages(reply, passages) or list(enumerate(passages, start=1))
             print("sources:")
             for n, p in cited:
                 print(f"  [{n}] {p.title} — {p.url}")
-        history.append({"role": "assistant", "content": reply})
+        history.extend(turn)
+
+
+def _answer(engine, tokenizer, messages: list[dict], params, max_tokens: int) -> tuple[str, list[dict]]:
+    """One streamed answer: (its text, the assistant message to keep)."""
+    from llmlab.tokenizer.chat import render_chat
+
+    rendered = render_chat(messages, tokenizer, add_generation_prompt=True, max_tokens=max_tokens)
+    reply = ""
+    print("model> ", end="", flush=True)
+    try:
+        for event in engine.stream(rendered.ids, params):
+            print(event.text, end="", flush=True)
+            reply += event.text
+    except KeyboardInterrupt:
+        print(" [stopped]", end="")
+    print()
+    return reply, [{"role": "assistant", "content": reply}]
 
 
 def _check_tools(tokenizer, tools: list[str]) -> None:
@@ -106,8 +115,9 @@ def _check_tools(tokenizer, tools: list[str]) -> None:
         raise ConfigError("this model's chat format has no tool-call format", hint="use --tools with a ChatML model such as smollm2-135m")
 
 
-def _answer_with_tools(engine, messages: list[dict], tools: list[str], params) -> list[dict]:
-    """One answer through the tool loop, printing each call and result; the conversation with them."""
+def _answer_with_tools(engine, messages: list[dict], tools: list[str], params) -> tuple[str, list[dict]]:
+    """One answer through the tool loop, printing each call and result: (the answer, the calls, results and
+    answer to keep after the user turn)."""
     from llmlab.infer.tool_use import chat_with_tools
 
     def show(step) -> None:
@@ -117,6 +127,6 @@ def _answer_with_tools(engine, messages: list[dict], tools: list[str], params) -
         session = chat_with_tools(engine, messages, tools, params, on_step=show)
     except KeyboardInterrupt:
         print(" [stopped]")
-        return messages
+        return "", []
     print(f"model> {session.answer}")
-    return session.messages
+    return session.answer, session.messages[len(messages):]

@@ -145,7 +145,7 @@ def write_report(run: RunDir, state: dict[str, Any]) -> Path:
     if "index" in stages:
         i = stages["index"]
         lines += ["## Retrieval index", "",
-                  f"{i['documents']} cleaned pages in {i['chunks']} passages of {i['chunk_size']} words "
+                  f"{i['documents']} cleaned pages in {i['chunks']} passages of at most {i['chunk_size']} word pieces "
                   f"(BM25 + {i['model']} embeddings, {_fmt(i['embed_chunks_per_s'])} passages/s): `index/`.", ""]
     rag = stages.get("rag", {})
     if "rag" in rag:

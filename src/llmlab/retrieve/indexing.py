@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from llmlab.errors import InputError
 from llmlab.progress import Progress
 from llmlab.retrieve.bm25 import Bm25
-from llmlab.retrieve.chunking import Chunk, chunk_document
+from llmlab.retrieve.chunking import DEFAULT_OVERLAP, MAX_PIECES, Chunk, check_chunking, chunk_document
 from llmlab.retrieve.embeddings import Embedder
 from llmlab.retrieve.store import BM25_DIR, Store, replace_directory
 
@@ -52,7 +52,8 @@ def read_documents(path: str | os.PathLike) -> Iterator[dict]:
             yield record
 
 
-def _chunks(documents: Iterable[Mapping[str, Any]], size: int, overlap: int) -> tuple[list[Chunk], int, int]:
+def _chunks(documents: Iterable[Mapping[str, Any]], word_pieces: Any, size: int,
+            overlap: int) -> tuple[list[Chunk], int, int]:
     """Unique chunks of all documents, the number of documents used and of those skipped for lack of text."""
     chunks: dict[str, Chunk] = {}
     used = skipped = 0
@@ -62,28 +63,32 @@ def _chunks(documents: Iterable[Mapping[str, Any]], size: int, overlap: int) -> 
             skipped += 1
             continue
         used += 1
-        for chunk in chunk_document(text, str(doc.get("url") or f"doc{used}"), doc.get("title"), size, overlap):
+        for chunk in chunk_document(text, str(doc.get("url") or f"doc{used}"), word_pieces, doc.get("title"),
+                                    size, overlap):
             chunks.setdefault(chunk.chunk_id, chunk)
     return list(chunks.values()), used, skipped
 
 
 def build_index(documents: Documents, out_dir: str | os.PathLike, embedder: Embedder | None = None,
-                chunk_size: int = 160, chunk_overlap: int = 40, batch_size: int = 256,
-                show_progress: bool | None = None) -> dict[str, Any]:
+                chunk_size: int = MAX_PIECES, chunk_overlap: int = DEFAULT_OVERLAP, batch_size: int = 256,
+                rebuild: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
     """Build or update the index in `out_dir` from a Parquet path or an iterable of {text, url, title} rows.
 
+    Chunks hold at most `chunk_size` of the embedding model's word pieces, `chunk_overlap` shared with
+    the one before. An index made with other settings is refused, or with `rebuild` made again.
     Returns the counts and speeds: documents, skipped_documents, chunks, new_chunks, removed_chunks,
     embed_seconds, embed_chunks_per_s, bm25_seconds, bm25_chunks_per_s.
     """
+    check_chunking(chunk_size, chunk_overlap)  # before the model loads
     rows = read_documents(documents) if isinstance(documents, (str, os.PathLike)) else documents
-    chunks, used, skipped = _chunks(rows, chunk_size, chunk_overlap)
+    embedder = embedder or Embedder()
+    chunks, used, skipped = _chunks(rows, embedder.word_pieces, chunk_size, chunk_overlap)
     if not chunks:
         raise InputError(f"no document has text to index ({skipped} without text)")
-    embedder = embedder or Embedder()
     store = Store(out_dir, create=True)
     try:
-        store.initialise({"model": embedder.name, "dim": embedder.dim,
-                          "chunk_size": chunk_size, "chunk_overlap": chunk_overlap})
+        rebuilt = store.initialise({"model": embedder.name, "dim": embedder.dim, "chunk_unit": "word pieces",
+                          "chunk_size": chunk_size, "chunk_overlap": chunk_overlap}, rebuild=rebuild)
         have = store.chunk_ids()
         wanted = {c.chunk_id for c in chunks}
         new = [c for c in chunks if c.chunk_id not in have]
@@ -106,10 +111,10 @@ def build_index(documents: Documents, out_dir: str | os.PathLike, embedder: Embe
         store.close()
     return {
         "documents": used, "skipped_documents": skipped, "chunks": total, "new_chunks": len(new),
-        "kept_chunks": len(chunks) - len(new), "removed_chunks": removed,
+        "kept_chunks": len(chunks) - len(new), "removed_chunks": removed, "rebuilt": rebuilt,
         "embed_seconds": round(embed_seconds, 3),
         "embed_chunks_per_s": round(len(new) / embed_seconds, 1) if new and embed_seconds > 0 else None,
         "bm25_seconds": round(bm25_seconds, 3),
         "bm25_chunks_per_s": round(total / bm25_seconds, 1) if bm25_seconds > 0 else None,
-        "model": embedder.name, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
+        "model": embedder.name, "dtype": embedder.dtype, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
     }

@@ -92,25 +92,34 @@ class Store:
                 raise InputError(f"{self.dir / DB_FILE}: {what} failed ({e})",
                                  hint="the file is damaged: delete the folder and build the index again") from e
 
-    def initialise(self, settings: Mapping[str, Any]) -> None:
-        """Create the tables on first use; refuse to mix chunks made with other settings."""
+    def initialise(self, settings: Mapping[str, Any], rebuild: bool = False) -> bool:
+        """Create the tables on first use. An index made with other settings (model, chunking) is refused,
+        or with `rebuild` emptied and started afresh (True), so chunks made two ways never mix."""
         settings = {k: str(v) for k, v in settings.items()}
         with self.checked("creating the tables"):
             if self.meta:
                 changed = {k: (self.meta.get(k), v) for k, v in settings.items() if self.meta.get(k) != v}
-                if changed:
+                if not changed:
+                    return False
+                if not rebuild:
                     detail = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
                     raise ConfigError(f"{self.dir}: the index was built with other settings ({detail})",
-                                      hint="use the same settings, or a new --out folder")
-                return
+                                      hint="use the same settings, --rebuild to embed everything again, "
+                                           "or a new --out folder")
+            # The generation runs on through a rebuild, so an old BM25 folder never looks current.
+            emptied = bool(self.meta)
+            rows = {"format": FORMAT, "generation": str(self.generation + 1 if self.meta else 0), **settings}
             with self.db:
-                self.db.execute("""CREATE TABLE IF NOT EXISTS chunks (
+                self.db.execute("DROP TABLE IF EXISTS vectors")
+                self.db.execute("DROP TABLE IF EXISTS chunks")
+                self.db.execute("DELETE FROM meta")
+                self.db.execute("""CREATE TABLE chunks (
                     id INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL UNIQUE, url TEXT NOT NULL,
                     title TEXT NOT NULL, text TEXT NOT NULL, position INTEGER NOT NULL)""")
-                self.db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS vectors USING vec0(embedding float[{settings['dim']}])")
-                rows = {"format": FORMAT, "generation": "0", **settings}
-                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows.items())
+                self.db.execute(f"CREATE VIRTUAL TABLE vectors USING vec0(embedding float[{settings['dim']}])")
+                self.db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
             self.meta = rows
+        return emptied
 
     @property
     def generation(self) -> int:

@@ -34,8 +34,8 @@ from llmlab.serve.api_errors import APIError, error_body, unknown_model
 from llmlab.serve.dispatch import ChoiceResult, Generator, until_disconnected
 from llmlab.serve.lookinside import prompt_logprobs
 from llmlab.serve.rag import RagOptions, cited, options_for, retrieve, source_cards
-from llmlab.serve.openai_tools import (answer_message, plan_tools, prompt_messages, run_builtin_tools, tool_chunks,
-                                       trace_json)
+from llmlab.serve.openai_tools import (ToolPlan, answer_message, plan_tools, prompt_messages, run_builtin_tools,
+                                       tool_chunks, trace_json)
 from llmlab.serve.registry import LoadedModel
 from llmlab.serve.worker import Job, events_of
 
@@ -223,6 +223,9 @@ class TokenizeRequest(BaseModel):
     model: str
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    # As in a chat request, so /tokenize counts the prompt the chat route would render.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class DetokenizeRequest(BaseModel):
@@ -265,6 +268,15 @@ def check_grammar(loaded: LoadedModel, grammar: Any, param: str) -> None:
                           end_token_ids(loaded.tokenizer))
     except ConfigError as e:
         raise APIError(400, e.message, param=param, code="invalid_schema") from e
+
+
+def chat_prompt_ids(gen: Generator, loaded: LoadedModel, messages: list[dict[str, Any]], plan: ToolPlan | None) -> list[int]:
+    """The prompt ids a chat request feeds the model: tools and tool messages rendered in the template's
+    format, and for tool_choice "required" or a named function the start of the call. /tokenize uses it too."""
+    prompt = gen.chat_prompt(loaded, prompt_messages(messages, plan))
+    if plan and plan.prefix:
+        prompt += loaded.tokenizer.encode_ordinary(plan.prefix)
+    return prompt
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -338,9 +350,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
         await asyncio.to_thread(check_grammar, loaded, plan.grammar, "tools")
     if req.llmlab_tools:
         return await _builtin_tools_answer(req, request, gen, loaded, messages)
-    prompt = gen.chat_prompt(loaded, prompt_messages(messages, plan))
-    if plan and plan.prefix:  # tool_choice "required" or a named function: the answer starts as a call
-        prompt += loaded.tokenizer.encode_ordinary(plan.prefix)
+    prompt = chat_prompt_ids(gen, loaded, messages, plan)
     top = req.top_logprobs or 0
     if top and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
@@ -570,6 +580,8 @@ async def tokenize(req: TokenizeRequest, request: Request) -> dict[str, Any]:
     gen = _generator(request)
     if (req.prompt is None) == (req.messages is None):
         raise APIError(400, "give either prompt or messages", param="prompt")
+    if req.prompt is not None and (req.tools or req.tool_choice is not None):
+        raise APIError(400, "tools and tool_choice shape a chat prompt; give messages", param="tools")
     registry = gen.registry
     if req.model not in registry and req.model in registry.reference_tokenizers():
         if req.prompt is None:
@@ -580,7 +592,9 @@ async def tokenize(req: TokenizeRequest, request: Request) -> dict[str, Any]:
         loaded = await gen.load(req.model)
         tok, context = loaded.tokenizer, loaded.context_length
         if req.messages is not None:
-            ids = gen.chat_prompt(loaded, [m.flat() for m in req.messages])
+            messages = [m.flat() for m in req.messages]
+            plan = plan_tools(req.tools, req.tool_choice, messages, tok, req.model)
+            ids = chat_prompt_ids(gen, loaded, messages, plan)
         else:
             ids = gen.text_prompt(loaded, req.prompt)
     return {"tokens": ids, "count": len(ids), "max_model_len": context, "token_strs": [tok.decode([t]) for t in ids],
