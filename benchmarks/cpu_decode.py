@@ -34,6 +34,7 @@ import time
 import torch
 
 from llmlab.infer import Engine, SamplingParams, load_model
+from llmlab.infer.packed import pack_model, packing_available
 from llmlab.model.smollm2 import smollm2_gguf_path
 from machine import cpu_name  # noqa: E402
 
@@ -98,7 +99,7 @@ PEER_FILES = {"F32": 0, "BF16": 32, "Q8_0": 7}
 # segfaults on the AMX Xeon this was written on.
 PEER_PLAIN_BUFFERS = ["Q8_0"]
 # Which llmlab precision is compared with which llama.cpp file.
-PAIRS = {"fp32": "F32", "bf16": "BF16"}
+PAIRS = {"fp32": "F32", "bf16": "BF16", "bf16 packed": "BF16"}
 
 
 def copy_bandwidth(n_bytes: int, repeats: int = 5) -> float:
@@ -126,9 +127,11 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 
 def llmlab_variants() -> dict[str, torch.nn.Module]:
-    """The llmlab models to time, by precision name."""
-    fp32 = load_model("smollm2-135m")[0]
-    return {"fp32": fp32, "bf16": load_model("smollm2-135m", dtype=torch.bfloat16)[0]}
+    """The llmlab models to time, by precision name: plain fp32 and bf16, and bf16 with packed weights."""
+    variants = {"fp32": load_model("smollm2-135m")[0], "bf16": load_model("smollm2-135m", dtype=torch.bfloat16)[0]}
+    if packing_available():
+        variants["bf16 packed"] = pack_model(load_model("smollm2-135m", dtype=torch.bfloat16)[0])
+    return variants
 
 
 def llmlab_round(engine: Engine, prompt: list[int], new_tokens: int) -> dict:
@@ -190,7 +193,7 @@ def main() -> None:
 
     bandwidth = copy_bandwidth(weight_bytes(models["fp32"]))
     report["copy_GB_s"] = bandwidth / 1e9
-    report["floor_tok_s"] = {name: bandwidth / weight_bytes(m) for name, m in models.items()}
+    report["floor_tok_s"] = {name: bandwidth / weight_bytes(models[name]) for name in ("fp32", "bf16")}
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; floor: " + ", ".join(
         f"{name} {weight_bytes(models[name]) / 1e6:.0f} MB/token -> {f:.1f} tok/s"
         for name, f in report["floor_tok_s"].items()) + "\n")
@@ -209,13 +212,14 @@ def main() -> None:
     else:
         print(f"llama.cpp peer skipped: {skip}\n")
 
+    for engine in engines.values():  # warm-up (the peer warms up in each call)
+        llmlab_round(engine, prompt, 4)
     rounds: list[dict] = []
-    for i in range(args.repeats + 1):  # round 0 warms up both sides and is not counted
+    for _ in range(args.repeats):
         r = {name: llmlab_round(engine, prompt, args.new_tokens) for name, engine in engines.items()}
         if skip is None:
             r["llama.cpp"] = peer_call(args.llamacpp_python, {"do": "run", **job})
-        if i:
-            rounds.append(r)
+        rounds.append(r)
     report["load_end"] = os.getloadavg()[0]
 
     def median(side: str, which: int, name: str | None = None) -> float:
@@ -233,7 +237,9 @@ def main() -> None:
     print(f"prompt {args.prompt_len} tokens, {args.new_tokens} greedy new tokens, {args.repeats} paired rounds, "
           f"load {report['load_start']:.1f} -> {report['load_end']:.1f}\n")
     print("| side | decode tok/s | % of floor | prefill tok/s |\n|---|---:|---:|---:|")
-    floor_of = {**report["floor_tok_s"], **{f"llama.cpp {p}": report["floor_tok_s"][q] for q, p in PAIRS.items()}}
+    floors = report["floor_tok_s"]
+    floor_of = {"fp32": floors["fp32"], "bf16": floors["bf16"], "bf16 packed": floors["bf16"],
+                "llama.cpp F32": floors["fp32"], "llama.cpp BF16": floors["bf16"]}
     for name, row in rows.items():
         floor = floor_of.get(name)
         share = f"{100 * row['decode_tok_s'] / floor:.0f}%" if floor else "—"
