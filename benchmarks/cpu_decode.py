@@ -236,6 +236,10 @@ def main() -> None:
         report["llama_cpp_version"] = rounds[0]["llama.cpp"]["version"]
     print(f"prompt {args.prompt_len} tokens, {args.new_tokens} greedy new tokens, {args.repeats} paired rounds, "
           f"load {report['load_start']:.1f} -> {report['load_end']:.1f}\n")
+    if "bf16 packed" in engines:
+        same = rounds[-1]["bf16 packed"]["tokens"] == rounds[-1]["bf16"]["tokens"]
+        report["packed_same_tokens_as_bf16"] = same
+        print(f"bf16 packed gives the same greedy tokens as plain bf16: {same}\n")
     print("| side | decode tok/s | % of floor | prefill tok/s |\n|---|---:|---:|---:|")
     floors = report["floor_tok_s"]
     floor_of = {"fp32": floors["fp32"], "bf16": floors["bf16"], "bf16 packed": floors["bf16"],

@@ -1,11 +1,10 @@
 """bf16 CPU inference with weights packed once into oneDNN's blocked layout.
 
-A bf16 `F.linear` on the CPU goes through oneDNN, which reorders the (out x in) weight into the tiled
-layout its kernels read on every call. Reordering once, ahead of time, and calling oneDNN's linear on
-the packed tensor gives the same numbers (same kernel, same accumulation; without a bias the tests
-compare them bit for bit) with the per-call reorder gone. `benchmarks/cpu_decode.py` measures what it
-buys for SmolLM2-135M (docs/inference.md). In fp32 PyTorch calls MKL directly, with no reorder, and
-packing measured no faster, so `pack_model` packs bf16 weights only.
+A bf16 `F.linear` on the CPU multiplies by the plain (out x in) matrix through `aten::mm`, which at one
+row is a slow path. oneDNN's linear on a weight reordered once, ahead of time, into the blocked layout
+its kernels read gives the same numbers (without a bias the tests compare them bit for bit) faster;
+`benchmarks/cpu_decode.py` measures what it buys for SmolLM2-135M (docs/inference.md). In fp32 PyTorch
+calls MKL, and packing measured no faster, so `pack_model` packs bf16 weights only.
 
 Packing is for inference only, like quantization: a `PackedLinear` has no `weight` parameter, so an
 optimizer never sees it. A head tied to the embedding is packed as a copy (the embedding is looked up
