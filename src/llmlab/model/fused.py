@@ -63,13 +63,7 @@ class _RMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * (x / sqrt(mean(x^2) + eps)), normalised in fp32 and cast back to x's dtype as Llama does."""
-    if _needs_grad(x, weight):
-        return _RMSNorm.apply(x, weight, eps)
-    if x.dtype == weight.dtype == torch.float32:
-        # One kernel instead of eight small ops (a decoding step runs 61 norms), and bit-identical to the
-        # plain expression in fp32. In bf16 it rounds once where Llama rounds twice, so not there.
-        return torch.nn.functional.rms_norm(x, weight.shape, weight, eps)
-    return _rms_forward(x, weight, eps)[0]
+    return _RMSNorm.apply(x, weight, eps) if _needs_grad(x, weight) else _rms_forward(x, weight, eps)[0]
 
 
 def _rotate(
