@@ -43,6 +43,17 @@ def test_generate_prints_what_the_engine_generates(checkpoint, capsys):
     assert capsys.readouterr().out == expected + "\n"
 
 
+def test_generate_dtype_bf16_runs_the_packed_bf16_model(checkpoint, capsys):
+    from llmlab.infer.packed import pack_model, packing_available
+
+    model, tok = load_model(checkpoint, dtype=torch.bfloat16)
+    if packing_available():
+        pack_model(model)
+    expected = Engine(model, tok).generate(["Hi"], SamplingParams(max_new_tokens=8, temperature=0))[0].text
+    assert main(["generate", str(checkpoint), "-p", "Hi", "-n", "8", "-t", "0", "--dtype", "bf16"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
 @pytest.mark.parametrize("flags", [["--beams", "3"], ["--draft", "SELF", "-t", "0"], ["--quantize", "int8", "-t", "0"],
                                    ["--chat", "--system", "be kind", "-t", "1", "--top-k", "5", "--logprobs", "2"]])
 def test_every_strategy_runs_from_the_command_line(checkpoint, capsys, flags):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmlab.cli.generate import add_model_arguments, add_sampling_arguments, sampling_params
+from llmlab.cli.generate import add_model_arguments, add_sampling_arguments, load_for_inference, sampling_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,18 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, input_fn=input) -> int:
-    from llmlab.infer import Engine, load_model
-    from llmlab.infer.quantize import quantize_model
+    from llmlab.infer import Engine
     from llmlab.retrieve import Index, cited_passages, rag_messages
     from llmlab.tokenizer.chat import chat_format
 
     index = Index.open(args.index) if args.index else None  # a bad index fails before the model loads
-    model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
+    model, tokenizer = load_for_inference(args)
     chat_format(tokenizer)  # fail now, not after the first message, if the tokenizer has no chat tokens
     if args.tools:
         _check_tools(tokenizer, args.tools)
-    if args.quantize:
-        quantize_model(model, bits=8 if args.quantize == "int8" else 4)
     engine = Engine(model, tokenizer)
     params = sampling_params(args)
     system = [{"role": "system", "content": args.system}] if args.system else []

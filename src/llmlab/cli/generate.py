@@ -47,6 +47,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer file, if the checkpoint has none")
     parser.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the Linear layers")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="weight precision; bf16 on a CPU with oneDNN also packs the weights (faster decoding)")
+
+
+def load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(model, tokenizer) as the model flags ask: precision, quantization, packed bf16 weights on a CPU."""
+    import torch
+
+    from llmlab.infer import load_model
+    from llmlab.infer.packed import pack_model, packing_available
+    from llmlab.infer.quantize import quantize_model
+
+    dtype = torch.bfloat16 if args.dtype == "bf16" else None
+    model, tokenizer = load_model(args.model, device=args.device, dtype=dtype, tokenizer=args.tokenizer)
+    if args.quantize:
+        quantize_model(model, bits=8 if args.quantize == "int8" else 4)
+    if dtype is not None and torch.device(args.device).type == "cpu" and packing_available():
+        pack_model(model)
+    return model, tokenizer
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), **defaults: Any) -> None:
@@ -111,7 +130,6 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from llmlab.infer import Engine, load_model
     from llmlab.infer.beam import beam_search
-    from llmlab.infer.quantize import quantize_model
     from llmlab.infer.speculative import speculative_generate
     from llmlab.tokenizer.chat import render_chat
 
@@ -120,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("choose beam search or speculative decoding, not both")
     if params.json_schema is not None and (args.beams or args.draft):
         raise ConfigError("JSON output (--json-schema, --json) works with sampling, not with --beams or --draft")
-    model, tokenizer = load_model(args.model, device=args.device, tokenizer=args.tokenizer)
-    if args.quantize:
-        quantize_model(model, bits=8 if args.quantize == "int8" else 4)
+    model, tokenizer = load_for_inference(args)
     draft = load_model(args.draft, device=args.device)[0] if args.draft else None
     engine = Engine(model, tokenizer, use_kv_cache=not args.no_kv_cache)
     prompts: list = _prompts(args)
