@@ -24,6 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="bench-data/qlora")
     parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--kinds", nargs="+", choices=["lora", "qlora"], default=["lora", "qlora"])
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("LLMLAB_PROGRESS", "0")
@@ -33,7 +34,7 @@ def main() -> int:
     from llmlab.train.sft import prepare_sft
 
     results = {}
-    for kind in ("lora", "qlora"):
+    for kind in args.kinds:
         config = posttrain_config(None, {"eval_every": args.steps, "checkpoint_every": args.steps, "log_every": 1,
                                          "warmup_steps": 10, "micro_batch": 8, "seed": 0, "device": "cpu"},
                                   out_dir=str(Path(args.root) / kind), init_from="smollm2-135m", max_steps=args.steps,
@@ -48,6 +49,8 @@ def main() -> int:
                          "before": {k: v for k, v in before.items() if isinstance(v, float)},
                          "after": {k: v for k, v in result.last_eval.items() if isinstance(v, float)}}
         print(kind, json.dumps(results[kind]))
+    if len(results) < 2:
+        return 0
     lora, qlora = results["lora"], results["qlora"]
     print(f"\nfrozen base held in memory: QLoRA {qlora['base_bytes'] / 1e6:.0f} MB vs LoRA {lora['base_bytes'] / 1e6:.0f} MB "
           f"({qlora['base_bytes'] / lora['base_bytes']:.2f}x; target <= 0.3x)")

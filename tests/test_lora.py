@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from llmlab.errors import CheckpointError, ConfigError
+from llmlab.infer import Engine, SamplingParams
 from llmlab.model import GPT, load_checkpoint, preset, save_checkpoint
 from llmlab.train.lora import (LoRAAdapter, LoRAConfig, LoRALinear, adapters_off, add_lora, adapter_names, load_adapter, merge_lora,
                                parameter_counts, save_adapter, set_adapter, trainable_parameters)
@@ -251,7 +252,7 @@ def test_qlora_trains_adapters_on_a_frozen_nf4_base_and_saves_plain_merged_weigh
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_qlora_holds_its_base_in_under_0_3x_of_fp32_with_one_tied_bf16_embedding(name, tmp_path):
-    from llmlab.model.frozen import CastEmbedding, CastLinear
+    from llmlab.model.frozen import CastEmbedding, CastLinear, compute_dtype
     from llmlab.train.lora import base_bytes
 
     model, x = model_and_input(name)
@@ -264,6 +265,11 @@ def test_qlora_holds_its_base_in_under_0_3x_of_fp32_with_one_tied_bf16_embedding
     train_a_little(model, x, steps=2)
     model.eval()
     assert all(v.dtype == torch.float32 for v in model.state_dict().values())  # checkpoints stay fp32
+    assert compute_dtype(model) == torch.float32  # what a KV cache is allocated in
+    greedy = SamplingParams(max_new_tokens=8, temperature=0)
+    cached = Engine(model).generate([[1, 2, 3], [7]], greedy)  # the continuous batcher and its cache
+    assert [c.token_ids for c in cached] == [c.token_ids for c in Engine(model, use_kv_cache=False).generate(
+        [[1, 2, 3], [7]], greedy)]
     logits = model(x)[0]
     save_checkpoint(tmp_path, model)
     torch.testing.assert_close(load_checkpoint(tmp_path)(x)[0], logits, rtol=1e-5, atol=1e-5)

@@ -60,6 +60,13 @@ class CastEmbedding(nn.Embedding):
         return super().forward(idx).to(self.compute_dtype)
 
 
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a model's activations (and so its KV cache) are in: its first parameter's, unless that is
+    a token embedding held narrower than the model computes (QLoRA's bf16 table in an fp32 model)."""
+    embedding = getattr(model, "tok_emb", None)
+    return embedding.compute_dtype if isinstance(embedding, CastEmbedding) else next(model.parameters()).dtype
+
+
 class CastLinear(nn.Linear):
     """A frozen bias-free linear layer (a head) whose `weight` is held narrow and cast to x's dtype at use.
 

@@ -24,7 +24,7 @@ import torch.utils.checkpoint
 
 from llmlab.model.config import GPTConfig
 from llmlab.model import fused
-from llmlab.model.frozen import CastLinear
+from llmlab.model.frozen import CastLinear, compute_dtype
 
 # Whether eager CPU runs use llmlab.model.fused; False runs the plain expressions everywhere.
 FUSED_ON_CPU = True
@@ -386,9 +386,8 @@ class GPT(nn.Module):
         """Give a language model a freshly initialised scalar head (a no-op when it has one)."""
         if self.value_head is None:
             self.config.value_head = True
-            weight = self.lm_head.weight  # computes in the model's dtype, even where the head is held narrower
-            dtype = self.lm_head.compute_dtype if isinstance(self.lm_head, CastLinear) else weight.dtype
-            self.value_head = nn.Linear(self.config.d_model, 1, device=weight.device, dtype=dtype)
+            device = self.lm_head.weight.device
+            self.value_head = nn.Linear(self.config.d_model, 1, device=device, dtype=compute_dtype(self))
             nn.init.normal_(self.value_head.weight, mean=0.0, std=self.config.init_std)
             nn.init.zeros_(self.value_head.bias)
 
