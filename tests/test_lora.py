@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 
 from llmlab.errors import CheckpointError, ConfigError
+from llmlab.infer import Engine, SamplingParams
 from llmlab.model import GPT, load_checkpoint, preset, save_checkpoint
-from llmlab.train.lora import (LoRAConfig, LoRALinear, adapters_off, add_lora, adapter_names, load_adapter, merge_lora,
+from llmlab.train.lora import (LoRAAdapter, LoRAConfig, LoRALinear, adapters_off, add_lora, adapter_names, load_adapter, merge_lora,
                                parameter_counts, save_adapter, set_adapter, trainable_parameters)
 
 FAMILIES = ["tiny", "tiny-llama"]
@@ -232,9 +233,11 @@ def test_qlora_trains_adapters_on_a_frozen_nf4_base_and_saves_plain_merged_weigh
     assert layers and all(isinstance(m.quantized, NF4Linear) for m in layers)
     model.eval()
     with torch.no_grad():  # at initialisation: the base with each adapted matrix rounded to NF4
-        for name_, module in reference.named_modules():
+        for name_, module in reference.named_modules():  # and the embeddings and head to bf16
             if isinstance(module, nn.Linear) and name_.endswith(("qkv", "proj", "up", "down")):
                 module.weight.copy_(NF4Linear(module).dequantize())
+            elif isinstance(module, nn.Embedding) or name_ == "lm_head":
+                module.weight.copy_(module.weight.bfloat16())
         torch.testing.assert_close(model(x)[0], reference(x)[0], rtol=1e-5, atol=1e-5)
     quantized = sum(m.quantized.packed.numel() + 4 * m.quantized.absmax.numel() for m in layers)
     assert quantized <= 0.15 * sum(4 * m.in_features * m.out_features for m in layers)
@@ -245,3 +248,91 @@ def test_qlora_trains_adapters_on_a_frozen_nf4_base_and_saves_plain_merged_weigh
     assert set(model.state_dict()) == plain_keys  # merged, plain names: an ordinary checkpoint
     save_checkpoint(tmp_path, model)
     torch.testing.assert_close(load_checkpoint(tmp_path)(x)[0], model(x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_qlora_holds_its_base_in_under_0_3x_of_fp32_with_one_tied_bf16_embedding(name, tmp_path):
+    from llmlab.model.frozen import CastEmbedding, CastLinear, compute_dtype
+    from llmlab.train.lora import base_bytes
+
+    model, x = model_and_input(name)
+    fp32 = base_bytes(model)
+    add_lora(model, LoRAConfig(rank=4, quantize="nf4"))
+    assert base_bytes(model) < 0.3 * fp32  # NF4 matrices, bf16 embeddings and head
+    assert isinstance(model.tok_emb, CastEmbedding) and isinstance(model.lm_head, CastLinear)
+    assert model.tok_emb.weight.dtype == torch.bfloat16 and not model.tok_emb.weight.requires_grad
+    assert (model.lm_head.weight is model.tok_emb.weight) == model.config.tie_embeddings  # tied: one tensor
+    train_a_little(model, x, steps=2)
+    model.eval()
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())  # checkpoints stay fp32
+    assert compute_dtype(model) == torch.float32  # what a KV cache is allocated in
+    greedy = SamplingParams(max_new_tokens=8, temperature=0)
+    cached = Engine(model).generate([[1, 2, 3], [7]], greedy)  # the continuous batcher and its cache
+    assert [c.token_ids for c in cached] == [c.token_ids for c in Engine(model, use_kv_cache=False).generate(
+        [[1, 2, 3], [7]], greedy)]
+    logits = model(x)[0]
+    save_checkpoint(tmp_path, model)
+    torch.testing.assert_close(load_checkpoint(tmp_path)(x)[0], logits, rtol=1e-5, atol=1e-5)
+    merged = merge_lora(model)  # an ordinary fp32 model again, tied as before
+    assert type(merged.tok_emb) is nn.Embedding and type(merged.lm_head) is nn.Linear
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in merged.parameters())
+    assert (merged.lm_head.weight is merged.tok_emb.weight) == model.config.tie_embeddings
+    torch.testing.assert_close(merged(x)[0], logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bf16_embeddings_and_head_barely_move_the_logits(name):
+    """QLoRA's bf16 storage of the unquantized weights (8 significant bits) against the fp32 model."""
+    from llmlab.train.lora import hold_embeddings
+
+    model, x = model_and_input(name)
+    model.eval().requires_grad_(False)
+    logits, loss = model(x)[0], model(x, x.roll(-1, 1))[1]
+    hold_embeddings(model, torch.bfloat16)
+    held_logits, held_loss = model(x)[0], model(x, x.roll(-1, 1))[1]
+    assert held_logits.dtype == torch.float32 and not torch.equal(held_logits, logits)
+    error = (held_logits - logits).abs() / logits.std()
+    assert error.mean() < 0.003 and error.max() < 0.02  # bf16's relative rounding is 2^-9 = 0.002
+    assert abs(held_loss - loss) < 1e-3 * loss
+
+
+def test_qlora_backward_keeps_the_4_bit_base_not_an_fp32_copy():
+    """The input's and the adapters' gradients are those of LoRA on the dequantized matrix, while autograd
+    saves the packed codes between the passes instead of the fp32 weight."""
+    from llmlab.infer.quantize import NF4Linear
+    from llmlab.train.lora import QLoRALinear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 384)
+    qlora = QLoRALinear(NF4Linear(linear))
+    reference = LoRALinear(nn.Linear(256, 384))
+    with torch.no_grad():
+        reference.weight.copy_(qlora.quantized.dequantize())
+        reference.bias.copy_(linear.bias)
+    for layer in (qlora, reference):
+        torch.manual_seed(1)
+        layer.adapters["default"] = LoRAAdapter(256, 384, LoRAConfig(rank=4))
+        layer.active = "default"
+        with torch.no_grad():
+            layer.adapters["default"].lora_B.normal_()
+    x = torch.randn(2, 8, 256)
+
+    def grads_and_saved_bytes(layer, weight_requires_grad):
+        layer.weight.requires_grad_(weight_requires_grad) if weight_requires_grad is not None else None
+        layer.bias.requires_grad_(False)
+        saved = []
+        inp = x.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            y = layer(inp)
+        y.pow(2).sum().backward()
+        adapter = layer.adapters["default"]
+        return [inp.grad, adapter.lora_A.grad, adapter.lora_B.grad], sum(saved)
+
+    got, saved = grads_and_saved_bytes(qlora, None)
+    expected, saved_reference = grads_and_saved_bytes(reference, False)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    fp32_weight = 4 * 256 * 384
+    assert saved_reference >= fp32_weight  # LoRA keeps the whole matrix for the input's gradient
+    assert saved_reference - saved > 0.8 * fp32_weight  # QLoRA: 4.5 bits per weight instead of 32

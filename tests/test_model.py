@@ -289,6 +289,12 @@ def test_linear_cross_entropy_equals_logits_then_cross_entropy(monkeypatch, igno
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(got, want))
     with torch.no_grad():
         assert torch.allclose(linear_cross_entropy(x, w, t), theirs, atol=1e-12)
+    # A frozen head (LoRA) gets no gradient: only x's is computed and kept for the backward pass.
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda s: saved.append(s.numel()) or s, lambda s: s):
+        frozen = linear_cross_entropy(x, w.detach(), t)
+    assert torch.allclose(torch.autograd.grad(3.0 * frozen, x)[0], want[0], atol=1e-12)
+    assert saved and max(saved) <= x.numel() < w.numel()  # no (V x d) tensor
 
 
 def test_fused_split_heads_equals_the_plain_rope():

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.eval.models import LanguageModel
+from llmlab.model.frozen import compute_dtype
 from llmlab.model.transformer import KVCache
 from llmlab.progress import Progress
 
@@ -133,7 +134,7 @@ def _score_batch(model: torch.nn.Module, batch: list[_Group], device: torch.devi
         ids[row, pad:] = torch.tensor(g.context)
         mask[row, pad:] = 1
         positions[row, pad:] = torch.arange(len(g.context))
-    cache = KVCache(model.config, len(batch), width + tail, device=device, dtype=next(model.parameters()).dtype)
+    cache = KVCache(model.config, len(batch), width + tail, device=device, dtype=compute_dtype(model))
     with torch.inference_mode():
         logits = model(ids.to(device), kv_cache=cache, position_ids=positions.to(device),
                        attention_mask=mask.to(device))[0]

@@ -26,6 +26,7 @@ from llmlab.infer.constrained import allowed_tokens
 from llmlab.infer.head import DecodeHead
 from llmlab.infer.sampling import SamplingParams, sample_rows
 from llmlab.infer.sequence import SequenceState, StreamEvent, end_token_ids, new_sequence
+from llmlab.model.frozen import compute_dtype
 from llmlab.model.transformer import KVCache
 
 
@@ -122,7 +123,7 @@ class Batcher:
         self.config = model.config
         self.step_tokens = step_tokens or self.config.context_length
         first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
+        self.device, self.dtype = first.device, compute_dtype(model)
         self.end_ids = end_token_ids(tokenizer)
         self.waiting: deque[BatchRequest] = deque()
         self.rows: list[SequenceState] = []  # row i lives in slot i

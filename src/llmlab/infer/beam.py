@@ -20,6 +20,7 @@ import torch
 
 from llmlab.errors import ConfigError, InputError
 from llmlab.infer.engine import eval_mode
+from llmlab.model.frozen import compute_dtype
 from llmlab.model.transformer import KVCache
 
 
@@ -64,7 +65,7 @@ def _beam_search(model, prompt_ids, beam_width, max_new_tokens, length_penalty, 
     max_new_tokens = min(max_new_tokens, limit - len(prompt))
     end = set(end_ids)
     device = next(model.parameters()).device
-    cache = KVCache(model.config, 1, len(prompt) + max_new_tokens, device, next(model.parameters()).dtype)
+    cache = KVCache(model.config, 1, len(prompt) + max_new_tokens, device, compute_dtype(model))
     logits = model(torch.tensor([prompt], device=device), kv_cache=cache)[0][:, -1]
     live: list[tuple[list[int], float]] = [([], 0.0)]
     finished: list[Hypothesis] = []

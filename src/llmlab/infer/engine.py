@@ -23,6 +23,7 @@ from llmlab.errors import ConfigError, InputError
 from llmlab.infer.batching import Batcher
 from llmlab.infer.sampling import SamplingParams
 from llmlab.infer.sequence import SequenceState, StreamEvent, end_token_ids, new_sequence, sample_seed
+from llmlab.model.frozen import compute_dtype
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Engine:
         self.use_kv_cache = use_kv_cache
         self.max_batch_size = max_batch_size
         first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
+        self.device, self.dtype = first.device, compute_dtype(model)
         self.end_ids = end_token_ids(tokenizer)
 
     # ----- prompts -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from llmlab.errors import ConfigError
 from llmlab.infer.engine import Completion, Engine, eval_mode
 from llmlab.infer.sampling import SamplingParams, processed_logits
 from llmlab.infer.sequence import StreamEvent
+from llmlab.model.frozen import compute_dtype
 from llmlab.model.transformer import KVCache
 
 
@@ -67,7 +68,7 @@ class _Runner:
 
     def __init__(self, model: torch.nn.Module, max_len: int, device: torch.device) -> None:
         self.model = model
-        self.cache = KVCache(model.config, 1, max_len, device, next(model.parameters()).dtype)
+        self.cache = KVCache(model.config, 1, max_len, device, compute_dtype(model))
         self.device = device
 
     @torch.inference_mode()

@@ -207,10 +207,11 @@ _DEFAULT_CHUNK_ELEMENTS = 1 << 27
 
 def _head_and_loss(
     x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor | None,
-    n: torch.Tensor, with_grad: bool,
+    n: torch.Tensor, with_grad: bool, weight_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """sum_i row_weight_i * -log softmax(x_i W^T)[target_i] / n, chunk by chunk; with `with_grad`, also
-    its gradients with respect to x and W (softmax - onehot through the head, scaled the same way)."""
+    its gradients with respect to x and (if `weight_grad`: a frozen head, as under LoRA, needs none) W
+    (softmax - onehot through the head, scaled the same way)."""
     device = x.device
     dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
     acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: fp32 at least
@@ -219,7 +220,9 @@ def _head_and_loss(
     loss = torch.zeros((), device=device, dtype=acc)
     dx = torch.empty_like(xc) if with_grad else None
     # dw is written by the first chunk's product, accumulated by the others (zeros if there are none).
-    dw = (torch.empty if x.size(0) else torch.zeros)(weight.shape, device=device, dtype=acc) if with_grad else None
+    dw = None
+    if with_grad and weight_grad:
+        dw = (torch.empty if x.size(0) else torch.zeros)(weight.shape, device=device, dtype=acc)
     buffer = None
     with torch.autocast(device.type, enabled=False):
         for start in range(0, x.size(0), rows):
@@ -249,18 +252,21 @@ def _head_and_loss(
             g, scale = p.to(dtype), scale.to(dtype)
             if dtype == acc:
                 torch.mm(g.t(), w, out=dx[start:end])
-                torch.addmm(dw, g, xs * scale, beta=0 if start == 0 else 1, out=dw)
+                if dw is not None:
+                    torch.addmm(dw, g, xs * scale, beta=0 if start == 0 else 1, out=dw)
             else:
                 dx[start:end] = g.t() @ w
-                part = (g @ (xs * scale)).to(acc)
-                if start == 0:
-                    dw.copy_(part)
-                else:
-                    dw.add_(part)
+                if dw is not None:
+                    part = (g @ (xs * scale)).to(acc)
+                    if start == 0:
+                        dw.copy_(part)
+                    else:
+                        dw.add_(part)
             dx[start:end] *= scale
     if with_grad:
         n_grad = n.clamp(min=1)  # no kept target: a NaN loss, as F.cross_entropy gives, but zero gradients
-        dx, dw = dx.div_(n_grad).to(x.dtype), dw.div_(n_grad).to(weight.dtype)
+        dx = dx.div_(n_grad).to(x.dtype)
+        dw = None if dw is None else dw.div_(n_grad).to(weight.dtype)
     return loss / n, dx, dw
 
 
@@ -270,7 +276,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, row_weight, n):
-        loss, dx, dw = _head_and_loss(x, weight, targets, row_weight, n, with_grad=True)
+        loss, dx, dw = _head_and_loss(x, weight, targets, row_weight, n, with_grad=True,
+                                      weight_grad=ctx.needs_input_grad[1])
         ctx.save_for_backward(dx, dw)
         return loss
 
@@ -278,7 +285,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         _first_backward(ctx)
         dx, dw = ctx.saved_tensors
-        return dx.mul_(grad), dw.mul_(grad), None, None, None
+        return dx.mul_(grad), None if dw is None else dw.mul_(grad), None, None, None
 
 
 def linear_cross_entropy(

@@ -24,6 +24,7 @@ import torch.utils.checkpoint
 
 from llmlab.model.config import GPTConfig
 from llmlab.model import fused
+from llmlab.model.frozen import CastLinear, compute_dtype
 
 # Whether eager CPU runs use llmlab.model.fused; False runs the plain expressions everywhere.
 FUSED_ON_CPU = True
@@ -293,6 +294,12 @@ class MoE(nn.Module):
         return out.view_as(x)
 
 
+def plain_head(head: nn.Module) -> bool:
+    """Whether `head(x)` is exactly x @ head.weight^T (in x's dtype), so the loss may fuse it: a LoRA or
+    quantized head computes something else."""
+    return type(head) in (nn.Linear, CastLinear)
+
+
 class Block(nn.Module):
     """One transformer layer: attention then MLP, each wrapped in a residual connection and a norm."""
 
@@ -379,8 +386,8 @@ class GPT(nn.Module):
         """Give a language model a freshly initialised scalar head (a no-op when it has one)."""
         if self.value_head is None:
             self.config.value_head = True
-            weight = self.lm_head.weight
-            self.value_head = nn.Linear(self.config.d_model, 1, device=weight.device, dtype=weight.dtype)
+            device = self.lm_head.weight.device
+            self.value_head = nn.Linear(self.config.d_model, 1, device=device, dtype=compute_dtype(self))
             nn.init.normal_(self.value_head.weight, mean=0.0, std=self.config.init_std)
             nn.init.zeros_(self.value_head.bias)
 
@@ -449,7 +456,7 @@ class GPT(nn.Module):
         logits = loss = None
         if targets is None:
             logits = self.lm_head(x)
-        elif use_fused(x) and type(self.lm_head) is nn.Linear:  # a plain head: never build the (B, T, V) logits
+        elif use_fused(x) and plain_head(self.lm_head):  # never build the (B, T, V) logits
             loss = fused.linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         else:  # mean -log p(target) over the targets that are not -100, from fp32 logits
             full = self.lm_head(x).float()

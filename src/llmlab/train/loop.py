@@ -36,6 +36,7 @@ import torch.nn as nn
 from llmlab.errors import ConfigError, LlmlabError
 from llmlab.files import write_text
 from llmlab.model import GPT
+from llmlab.model.transformer import plain_head
 from llmlab.progress import Progress, read_metrics
 from llmlab.train import resume as ckpt
 from llmlab.train import hardware
@@ -194,7 +195,7 @@ class Trainer:
         ids = batch["input_ids"]
         body = self.gpt.flops_per_token(ids.size(-1), head=False)
         head = self.gpt.flops_per_token(ids.size(-1)) - body
-        skips_head = self.loss_fn is lm_loss and type(self.gpt.lm_head) is nn.Linear and "targets" in batch
+        skips_head = self.loss_fn is lm_loss and plain_head(self.gpt.lm_head) and "targets" in batch
         through_head = int((batch["targets"] != -100).sum()) if skips_head else ids.numel()
         return body * ids.numel() + head * through_head
 

@@ -15,9 +15,11 @@ LoRA training is an ordinary llmlab checkpoint that chat, eval and the server lo
 alone is saved with `save_adapter` (adapter.safetensors + adapter.json, kilobytes to megabytes).
 
 QLoRA (Dettmers et al. 2023) is LoRA on a base whose adapted matrices are stored in 4-bit NormalFloat
-(`LoRAConfig(quantize="nf4")`): the frozen W is dequantized for each forward pass and the adapters
-train in full precision, so the base takes about 1/7 of its fp32 memory. Its checkpoints are the same
-merged, plain-named weights as LoRA's.
+(`LoRAConfig(quantize="nf4")`): the frozen W is dequantized for each forward pass (and again for the
+backward one) and the adapters train in full precision, so those matrices take about 1/7 of their fp32
+memory. As in the paper, the frozen weights that are not quantized (embeddings, head) are held in bf16
+and cast to the computation dtype where used. Its checkpoints are the same merged, plain-named fp32
+weights as LoRA's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from safetensors.torch import load_file, save_file
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.files import atomic_path, write_json
 from llmlab.infer.quantize import NF4Linear
+from llmlab.model import GPT
+from llmlab.model.frozen import CastEmbedding, CastLinear
 
 ADAPTER_FORMAT = "llmlab-lora-v1"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -100,10 +104,14 @@ class LoRALinear(nn.Linear):
         self.register_load_state_dict_pre_hook(_load_merged_state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
+        y = self.base_forward(x)
         if self.active is None:
             return y
         return y + self.adapters[self.active](x).to(y.dtype)
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T + b, the frozen layer alone."""
+        return super().forward(x)
 
     def merged_weight(self) -> torch.Tensor:
         """W + (alpha / r) B A of the active adapter (W itself when none is active)."""
@@ -116,7 +124,8 @@ class LoRALinear(nn.Linear):
 
 
 class QLoRALinear(LoRALinear):
-    """LoRA on a frozen NF4 matrix: `weight` is the dequantized base, rebuilt for each use."""
+    """LoRA on a frozen NF4 matrix: `weight` is the dequantized base, rebuilt for each use; the forward
+    and backward passes each dequantize their own transient copy (`NF4Linear`)."""
 
     def __init__(self, base: NF4Linear) -> None:
         nn.Module.__init__(self)
@@ -130,6 +139,9 @@ class QLoRALinear(LoRALinear):
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         return self.quantized.dequantize()
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantized(x)
 
 
 def _merged_state(module: LoRALinear, state: dict, prefix: str, local_metadata: Any) -> None:
@@ -197,8 +209,38 @@ def add_lora(model: nn.Module, config: LoRAConfig, name: str = "default") -> lis
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         raise ConfigError(f"no linear layer matches the LoRA targets {config.targets}",
                           hint=f"linear layers: {', '.join(linear[:8])}{' ...' if len(linear) > 8 else ''}")
+    if config.quantize == "nf4":
+        hold_embeddings(model, torch.bfloat16)
     set_adapter(model, name)
     return adapted
+
+
+def hold_embeddings(model: nn.Module, storage: torch.dtype | None) -> None:
+    """Hold a GPT's frozen embedding tables and its plain head in `storage` (QLoRA keeps what it does not
+    quantize in bf16), cast to the model's dtype where used; None puts plain modules in the model's dtype
+    back. A tied head keeps sharing the token embedding's one tensor. Norms stay as they are (kilobytes)."""
+    if not isinstance(model, GPT) or isinstance(model.tok_emb, CastEmbedding) == (storage is not None):
+        return
+    tied = model.lm_head.weight is model.tok_emb.weight
+    compute = model.tok_emb.compute_dtype if storage is None else model.tok_emb.weight.dtype
+
+    def embedding(old: nn.Embedding) -> nn.Embedding:
+        if storage is None:
+            return nn.Embedding(*old.weight.shape, _weight=old.weight.detach().to(compute))
+        return CastEmbedding(old.weight.to(storage), compute)
+
+    model.tok_emb = embedding(model.tok_emb)
+    if isinstance(getattr(model, "pos_emb", None), nn.Embedding):
+        model.pos_emb = embedding(model.pos_emb)
+    if type(model.lm_head) not in (nn.Linear, CastLinear):  # an adapted head stays as it is
+        return
+    weight = model.tok_emb.weight if tied else nn.Parameter(model.lm_head.weight.detach().to(storage or compute),
+                                                              requires_grad=False)
+    if storage is None:
+        model.lm_head = nn.Linear(weight.size(1), weight.size(0), bias=False, device="meta")
+        model.lm_head.weight = weight
+    else:
+        model.lm_head = CastLinear(weight, compute)
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -249,6 +291,18 @@ def parameter_counts(model: nn.Module, name: str | None = None) -> list[dict[str
     return rows
 
 
+def base_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer the model holds in memory (a shared tensor once), its LoRA
+    adapters left out: what the frozen base costs, as stored (4-bit codes, bf16, fp32)."""
+    seen, total = set(), 0
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if "adapters." in name or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -257,8 +311,10 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold the active adapter into each weight and put plain `nn.Linear` layers back (in place).
 
     The result is an ordinary model with no adapters, as fast as the base, computing what the LoRA
-    model computed; every parameter is trainable again.
+    model computed; every parameter is trainable again, and QLoRA's bf16 embeddings are back in the
+    model's dtype.
     """
+    hold_embeddings(model, None)
     for layer_name, layer in lora_layers(model).items():
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                           device="meta")
