@@ -28,8 +28,9 @@ joined by its address, as `llmlab clean --ray-address` joins one.
 
 `--pii` measures the PII step alone: what it redacts on real documentation (Debian's python3-doc and
 postgresql-doc HTML when installed, else the pydoc pages `llmlab.quickstart.site.render_site` makes),
-extracted as the documentation recipe does, per 100 pages and value by value (whether a value is a
-false positive is read from the list); and its recall on generated PII planted in sentences.
+extracted and redacted as the documentation recipe does, per 100 pages and value by value (whether a
+value is a false positive is read from the list); and its recall on generated PII planted in
+sentences, with the default settings and with the documentation recipe's.
 
 Needs the `bench` extra (datatrove, datasketch) plus datatrove's own optional imports: spacy,
 tldextract, pyahocorasick, fasteners, faust-cchardet, python-magic.
@@ -471,17 +472,16 @@ def pii_on_documentation(work: Path) -> dict:
     """Per site: pages, redactions per 100 pages by kind, and each redacted value with how often."""
     from collections import Counter
 
-    from llmlab.data.clean.pii import redact
     from llmlab.data.clean.pipeline import load_recipe, run_steps
     from llmlab.data.clean.readers import read_documents
 
-    extract = [s for s in load_recipe("documentation").build() if s.name == "extract"]
+    steps = {s.name: s for s in load_recipe("documentation").build()}
     results = {}
     for site, files in documentation_sites(work).items():
-        docs = run_steps(extract, list(read_documents(files)))[0]
+        docs = run_steps([steps["extract"]], list(read_documents(files)))[0]
         found: list[tuple[str, str]] = []
         for doc in docs:
-            redact(doc.text, found=found)
+            steps["pii"].redact(doc.text, found=found)
         kinds = Counter(kind for kind, _ in found)
         results[site] = {
             "pages": len(docs),
@@ -523,15 +523,20 @@ def main() -> None:
     work = Path(args.out)
     if args.pii:
         from llmlab.data.clean.pii_recall import pii_recall, planted_pii
+        from llmlab.data.clean.pipeline import load_recipe
 
         print(f"machine: {machine()}")
-        results = {"documentation": pii_on_documentation(work), "planted": pii_recall(planted_pii(5000, seed=0))}
+        documentation_pii = next(s for s in load_recipe("documentation").build() if s.name == "pii")
+        planted = planted_pii(5000, seed=0)
+        results = {"documentation": pii_on_documentation(work), "planted": pii_recall(planted),
+                   "planted_documentation_recipe": pii_recall(planted, documentation_pii)}
         for site, r in results["documentation"].items():
             print(f"{site}: {r['pages']} pages, redactions per 100 pages {r['per_100_pages']}")
             for value, n in r["values"].items():
                 print(f"  {n:3d} x {value}")
-        planted = {k: v for k, v in results["planted"].items() if k != "misses"}
-        print(f"planted PII: {planted} (target recall >= 0.95); misses: {results['planted']['misses'][:10]}")
+        for name in ("planted", "planted_documentation_recipe"):
+            recall = {k: v for k, v in results[name].items() if k != "misses"}
+            print(f"{name} PII: {recall} (target recall >= 0.95); misses: {results[name]['misses'][:10]}")
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return

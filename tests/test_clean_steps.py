@@ -607,6 +607,43 @@ def test_pii_keeps_values_reserved_for_examples(kept, redacted):
     assert sum(counts.values()) == 1 and out.count("<") == 1, out
 
 
+# The documentation recipe's rule: inside a `>>> ` transcript (to the next blank line, as doctest reads
+# it) phone numbers and IP addresses are example data; e-mails there, and everything in prose, are redacted.
+TRANSCRIPT_PAGE = """Call Ross on 834.345.1255 or write to ross.mcfluff@posteo.de before you start.
+>>> text = \"\"\"Ross McFluff: 834.345.1254 155 Elm Street
+...
+... Frank Burger: 925.541.7625 662 South Dogwood Way\"\"\"
+>>> IPv4Address('127.0.0.2') - 3
+IPv4Address('126.255.255.255')
+>>> over['from']
+'Martin <martin@v.loewis.net>'
+
+Our office line is 925.541.7626 and the server is at 81.2.69.142.
+  >>> 1 + 1
+  2
+The next line after an answer still belongs to the example: 81.2.69.143
+
+But a paragraph after the blank line is prose again: 81.2.69.144 and +49 30 12345678.
+"""
+
+
+def test_documentation_pii_keeps_numbers_in_transcripts_and_redacts_prose_beside_them():
+    from llmlab.data.clean.pipeline import load_recipe
+
+    step = next(s for s in load_recipe("documentation").build() if s.name == "pii")
+    found: list[tuple[str, str]] = []
+    out, counts = step.redact(TRANSCRIPT_PAGE, found)
+    for kept in ("834.345.1254", "925.541.7625", "126.255.255.255", "81.2.69.143"):
+        assert kept in out
+    assert sorted(value for _, value in found) == sorted([
+        "834.345.1255", "ross.mcfluff@posteo.de", "martin@v.loewis.net", "925.541.7626", "81.2.69.142",
+        "81.2.69.144", "+49 30 12345678",
+    ])
+    assert counts == {"email": 2, "phone": 3, "ip_address": 2}
+    # The default step (the fineweb recipe) redacts transcripts too.
+    assert redact(TRANSCRIPT_PAGE)[1] == {"email": 2, "phone": 5, "ip_address": 4}
+
+
 def test_pii_finds_real_pii_in_sentences():
     planted = {
         "phone": ["+49 30 12345678", "020 7946 0958", "1-800-555-2671", "+33 1 42 68 53 00", "(555) 123-4567",
@@ -629,8 +666,12 @@ def test_pii_finds_real_pii_in_sentences():
 
 def test_pii_recall_on_generated_pii_is_at_least_095():
     from llmlab.data.clean.pii_recall import planted_pii, pii_recall
+    from llmlab.data.clean.pipeline import load_recipe
 
     samples = planted_pii(500, seed=1)
     assert {s.kind for s in samples} == {"email", "phone", "ip_address", "credit_card", "iban"}
-    result = pii_recall(samples)
-    assert result["recall"] >= 0.95 and min(v for k, v in result.items() if k.startswith("recall_")) >= 0.9, result
+    assert any(">>>" in s.text for s in samples)  # prose beside transcripts is planted too
+    documentation = next(s for s in load_recipe("documentation").build() if s.name == "pii")
+    for step in (None, documentation):
+        result = pii_recall(samples, step)
+        assert result["recall"] >= 0.95 and min(v for k, v in result.items() if k.startswith("recall_")) >= 0.9, result

@@ -23,17 +23,24 @@ more than a pattern:
   `123-456-7890` is no number) and national trunk-prefix forms (`020 7946 0958`, `06 1234 5678`,
   `(02) 9876 5432`), 7-15 digits, and, when written with spaces only, not one cell of a row of
   numbers (`--> 012 013 023 123`).
+
+Inside interactive-interpreter transcripts (`>>> ` examples) the documentation recipe keeps phone
+numbers and IP addresses (`keep_in_transcripts`): what a manual types at the prompt or the interpreter
+computes is example data. E-mail addresses are still redacted there: transcripts of live sessions show
+real people's (a news article's `From:` header, a package's `author_email`). Prose beside a
+transcript is redacted as usual.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from llmlab.data.clean.documents import Document
 from llmlab.data.clean.pii_reserved import (
-    EXAMPLE_DOMAIN_ADDRESSES, fictional_phone, placeholder_ipv4, reserved_domain,
+    EXAMPLE_DOMAIN_ADDRESSES, fictional_phone, placeholder_ipv4, reserved_domain, transcript_spans,
 )
 from llmlab.data.clean.steps import DocumentStep
 
@@ -174,10 +181,30 @@ def _replace(pattern: re.Pattern, placeholder: str, text: str, valid, counts: di
 
 
 def redact(
-    text: str, kinds: tuple[str, ...] | list[str] = KINDS, found: list[tuple[str, str]] | None = None
+    text: str, kinds: tuple[str, ...] | list[str] = KINDS, found: list[tuple[str, str]] | None = None,
+    keep_in_transcripts: tuple[str, ...] | list[str] = (),
 ) -> tuple[str, dict[str, int]]:
     """`text` with PII replaced by placeholders, and how many of each kind were replaced; each
-    (kind, value) replaced is appended to `found` if given (to inspect what a corpus loses)."""
+    (kind, value) replaced is appended to `found` if given (to inspect what a corpus loses).
+    Inside interactive-interpreter transcripts (`>>> ` examples, `pii_reserved.transcript_spans`) the
+    kinds in `keep_in_transcripts` are left as they are: in documentation those values are example data."""
+    if not keep_in_transcripts:
+        return _redact_all(text, kinds, found)
+    transcript_kinds = [k for k in kinds if k not in keep_in_transcripts]
+    pieces: list[str] = []
+    counts: Counter = Counter()
+    prose_start = 0
+    for start, end in [*transcript_spans(text), (len(text), len(text))]:
+        prose, prose_counts = _redact_all(text[prose_start:start], kinds, found)
+        transcript, transcript_counts = _redact_all(text[start:end], transcript_kinds, found)
+        pieces += [prose, transcript]
+        counts.update(prose_counts)
+        counts.update(transcript_counts)
+        prose_start = end
+    return "".join(pieces), dict(counts)
+
+
+def _redact_all(text: str, kinds: tuple[str, ...] | list[str], found: list[tuple[str, str]] | None) -> tuple[str, dict[str, int]]:
     counts: dict[str, int] = {}
     # Order matters: IBANs and cards are long digit runs that the phone pattern would otherwise split.
     if "email" in kinds:
@@ -213,9 +240,15 @@ class PiiRedaction(DocumentStep):
     kind = "format"
 
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    # Kinds left alone inside `>>> ` transcripts (the documentation recipe: phones and IP addresses).
+    keep_in_transcripts: list[str] = field(default_factory=list)
+
+    def redact(self, text: str, found: list[tuple[str, str]] | None = None) -> tuple[str, dict[str, int]]:
+        """`redact` with this step's settings."""
+        return redact(text, self.kinds, found, self.keep_in_transcripts)
 
     def process(self, doc: Document) -> Document | str:
-        text, counts = redact(doc.text, self.kinds)
+        text, counts = self.redact(doc.text)
         if not counts:
             return doc
         return doc.replace(text=text).with_metadata(pii=counts)

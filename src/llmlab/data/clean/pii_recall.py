@@ -5,8 +5,9 @@ The values are made the way real ones are: phones in the formats of several coun
 addresses and global IPv6 ones, card numbers with a network's prefix and length and a valid Luhn
 digit, printed grouped or not, IBANs with valid check digits; none from the ranges reserved for
 examples (`pii_reserved.py`: example.com, 555-01XX), which no real page's PII can come from.
-Documentation pages measure the other side (what is redacted that is not PII):
-`benchmarks/clean.py --pii`.
+Some sentences sit beside an interactive-interpreter transcript, so a step that keeps transcripts
+(the documentation recipe's) is measured on prose next to them too. Documentation pages measure the
+other side (what is redacted that is not PII): `benchmarks/clean.py --pii`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import ipaddress
 import random
 from dataclasses import dataclass
 
-from llmlab.data.clean.pii import PLACEHOLDERS, luhn_valid, redact
+from llmlab.data.clean.pii import PLACEHOLDERS, PiiRedaction, luhn_valid
 
 SENTENCES = (
     "Contact me at {} if anything changes.",
@@ -26,6 +27,10 @@ SENTENCES = (
     "Paid with {} yesterday, receipt attached.",
     "(see {})",
     "Name;Value\nwork;{}\n",
+    # Prose beside an interpreter transcript, which the documentation recipe keeps as it is: the
+    # value must still be found before the prompt and after the blank line that ends the example.
+    "Ask Jonas ({}) before you run\n>>> connect()\n'ok'",
+    ">>> lookup('maria')\n... \n'found'\n\nHer number is {} now.",
 )
 NAMES = ("anna", "jonas", "li.wei", "maria_s", "o.brien", "k.tanaka", "dev-team", "sam+news")
 DOMAINS = ("gmail.com", "posteo.de", "uni-heidelberg.de", "company.co.uk", "mail.web.de", "orange.fr")
@@ -125,12 +130,14 @@ def planted_pii(n: int = 1000, seed: int = 0) -> list[Planted]:
     return samples
 
 
-def pii_recall(samples: list[Planted]) -> dict:
-    """Recall per kind and overall: a value counts as found when it is gone and its kind's placeholder is there."""
+def pii_recall(samples: list[Planted], step: PiiRedaction | None = None) -> dict:
+    """Recall per kind and overall of `step` (default settings if None): a value counts as found when it
+    is gone and its kind's placeholder is there."""
+    step = step or PiiRedaction()
     found: dict[str, list[bool]] = {}
     misses = []
     for s in samples:
-        out, _ = redact(s.text)
+        out, _ = step.redact(s.text)
         ok = s.value not in out and PLACEHOLDERS[s.kind] in out
         found.setdefault(s.kind, []).append(ok)
         if not ok:

@@ -17,6 +17,12 @@ Documentation and tutorials are written with these on purpose, by standard or by
 Documentation address blocks (RFC 5737 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24; RFC 3849
 2001:db8::/32) and private, loopback and link-local ones need no list here: `ipaddress` marks them as
 not global, and only global addresses are redacted.
+
+Documentation also sets a place aside for examples: the interactive-interpreter transcript (`>>> `
+prompts, as doctest reads them). The numbers a manual types at the prompt and the interpreter computes
+are example data (the `re` tutorial's phone book, `IPv4Address('127.0.0.2') - 3`), so the documentation
+recipe keeps phone numbers and IP addresses inside `transcript_spans`; prose around them is redacted
+as anywhere else.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ import re
 EXAMPLE_DOMAINS = ("example.com", "example.net", "example.org")
 RESERVED_TLDS = ("example", "test", "invalid", "localhost")
 EXAMPLE_DOMAIN_ADDRESSES = frozenset({"93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"})
+# A doctest example: a `>>>` prompt line, then every line up to the next blank one (its `...`
+# continuations and the interpreter's answer); doctest ends an example's expected output the same way.
+TRANSCRIPT = re.compile(r"^[ \t]*>>>(?:[ \t].*)?$(?:\n[ \t]*\S.*)*", re.MULTILINE)
 
 
 def reserved_domain(domain: str) -> bool:
@@ -53,3 +62,9 @@ def fictional_phone(number: str) -> bool:
     digits = re.sub(r"\D", "", number)
     nanp = re.fullmatch(r"1?[2-9]\d{9}", digits)  # area code, exchange, line; 1 as a prefix
     return bool(nanp and digits[-7:-2] == "55501") or counting_digits(digits)
+
+
+def transcript_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each interactive-interpreter transcript in `text`: from a `>>>` prompt line to the
+    next blank line."""
+    return [m.span() for m in TRANSCRIPT.finditer(text)]
