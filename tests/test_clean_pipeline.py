@@ -462,6 +462,47 @@ def test_pipeline_streams_its_input_and_writes_row_groups(tmp_path, monkeypatch)
     assert table.metadata.num_rows == 9 and table.metadata.num_row_groups == 5
 
 
+ODD_DOCUMENTS = [
+    Document("https://a.example.com/", text="", html="<p>not extracted yet</p>", metadata={"status": 200}),
+    Document("u-ünïcødé", text="naïve café 東京 🚀 مرحبا\u00a0x\u200b\x00 e\u0301", metadata={"ключ": "значение"}),
+    Document("u-big", text="big page. " * 100_000, metadata={"language_score": 0.1 + 0.2, "tags": ["a", None], "n": {"x": 1}}),
+    Document("u-none", text=None, metadata={"flag": True, "missing": None, "score": float("inf")}),  # type: ignore[arg-type]
+    Document("u-plain", text="naïve café 東京 🚀 مرحبا\u00a0x\u200b\x00 e\u0301"),  # an exact duplicate of u-ünïcødé
+]
+
+
+def test_spill_round_trips_documents_with_odd_fields(tmp_path):
+    from llmlab.data.clean.spill import Spill
+
+    with Spill(tmp_path) as spill:
+        spill.write(ODD_DOCUMENTS[:2])
+        spill.write(ODD_DOCUMENTS[2:3])
+        spill.write(ODD_DOCUMENTS[3:])
+        assert [batch for batch in spill.batches()] == [ODD_DOCUMENTS[:2], ODD_DOCUMENTS[2:3], ODD_DOCUMENTS[3:]]
+    with Spill(tmp_path) as spill:
+        assert list(spill.batches()) == []
+    assert not list(tmp_path.iterdir())  # the spill file is gone
+
+
+def test_dedup_through_the_spill_equals_dedup_in_memory(tmp_path):
+    """The streaming runner (documents spilled to disk around the dedup step, batches of 2) gives the
+    documents, removals and order that the steps give on the whole list in memory."""
+    from llmlab.data.clean import stream_pipeline
+    from llmlab.data.clean.segments import run_steps
+    from llmlab.data.clean.stats import StepStats
+
+    docs = [d.replace(text=d.text or "") for d in ODD_DOCUMENTS]  # readers give null text as "" (removed as empty)
+    docs += [Document("u-mail", text="Write to jane.roe@posteo.de today."), Document("u-dup", text=docs[2].text)]
+    steps = [s for s in load_recipe("fineweb").build() if s.name in ("exact_dedup", "pii")]
+    expected_kept, expected_removed, _ = run_steps(steps, docs)
+    totals = [StepStats(s.name, s.kind) for s in steps]
+    removed = []
+    kept = [d for batch in stream_pipeline(iter(docs), steps, totals, removed.extend, batch_size=2, spill_dir=tmp_path)
+            for d in batch]
+    assert kept == expected_kept and removed == expected_removed
+    assert [r.document.url for r in removed] == ["u-none", "u-plain", "u-dup"] and "<EMAIL>" in kept[-1].text
+
+
 def test_run_pipeline_segments_around_corpus_wide_steps():
     recipe = load_recipe("fineweb")
     steps = [s for s in recipe.build() if s.name in ("exact_dedup", "pii")]

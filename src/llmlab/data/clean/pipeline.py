@@ -16,7 +16,6 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
-import pickle
 import tempfile
 import time
 import tomllib
@@ -37,6 +36,7 @@ from llmlab.data.clean.outputs import output_sinks
 from llmlab.data.clean.ray_executor import ray_stream
 from llmlab.data.clean.readers import COMMON_CRAWL, InputProblems, input_files, read_documents
 from llmlab.data.clean.segments import Output, batches, drop_duplicates, run_steps, split_segments
+from llmlab.data.clean.spill import Spill
 from llmlab.data.clean.stats import KeptSummary, StepStats, build_report, write_report
 from llmlab.data.clean.steps import Step
 from llmlab.data.clean.url_filter import UrlFilter
@@ -149,17 +149,17 @@ def _map_segment(pool, index: int, segment: list[Step], batches: Iterable[list[D
         yield pending.popleft().get()
 
 
-def _dedup_segment(step: DedupStep, batches: Iterable[list[Document]], spill_dir: Path, batch_size: int) -> Iterator[Output]:
+def _dedup_segment(step: DedupStep, batches: Iterable[list[Document]], spill_dir: Path) -> Iterator[Output]:
     """A corpus-wide step with only signatures in memory: documents wait in a spill file on disk until
     every signature is known, then are read back in order and split into kept and removed."""
     signatures: list[np.ndarray] = []
     seconds = 0.0
-    with tempfile.TemporaryFile(dir=spill_dir) as spill:
+    with Spill(spill_dir) as spill:
         for batch in batches:
             start = time.perf_counter()
             signatures.append(step.signatures(batch))
             seconds += time.perf_counter() - start
-            pickle.dump(batch, spill, protocol=pickle.HIGHEST_PROTOCOL)
+            spill.write(batch)
         if not signatures:
             return
         start = time.perf_counter()
@@ -169,13 +169,8 @@ def _dedup_segment(step: DedupStep, batches: Iterable[list[Document]], spill_dir
         # Only the URLs that others repeat are remembered, for `duplicate_of`.
         wanted = set(roots[roots != np.arange(len(roots))].tolist())
         urls: dict[int, str] = {}
-        spill.seek(0)
         index = 0
-        while True:
-            try:
-                batch = pickle.load(spill)
-            except EOFError:
-                break
+        for batch in spill.batches():
             for i, doc in enumerate(batch, index):
                 if i in wanted:
                     urls[i] = doc.url
@@ -213,7 +208,7 @@ def stream_pipeline(
     def run_segment(index: int, batches: Iterable[list[Document]]) -> Iterator[Output]:
         segment = segments[index]
         if segment[0].corpus_wide:
-            return _dedup_segment(segment[0], batches, spill, batch_size)
+            return _dedup_segment(segment[0], batches, spill)
         return _map_segment(pool, index, segment, batches, 2 * workers)
 
     counts = {"kept": 0, "removed": 0}
