@@ -184,6 +184,20 @@ def test_jsonl_that_is_not_utf8_names_the_line(tmp_path):
     assert problems.counts == {"not_utf8": 1} and problems.examples[0].endswith("docs.jsonl:2: not UTF-8 (byte 0xe9 at column 14)")
 
 
+def test_jsonl_escaping_half_a_surrogate_pair_names_the_line(tmp_path, capsys):
+    """`\ud800` alone is valid JSON but no text: left in, the run ended in a traceback from the Parquet writer."""
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"text": "rocket \\ud83d\\ude80"}\n{"text": "cut \\ud83d", "url": "u2"}\n{"text": "x", "t": "\\uDE80"}\n')
+    with pytest.raises(InputError, match=r"docs\.jsonl:2: a \\uXXXX escape of half a UTF-16 pair is no text"):
+        list(read_documents([path]))
+    problems = InputProblems(skip=True)
+    assert [d.text for d in read_documents([path], problems=problems)] == ["rocket 🚀"]
+    assert problems.counts == {"lone_surrogate": 2}
+    out = tmp_path / "out"
+    assert cli_main(["clean", str(path), "--out", str(out), "--workers", "1", "--skip-bad-input"]) == 0
+    assert "skipped damaged input (2 lone_surrogate)" in capsys.readouterr().err
+
+
 def test_empty_inputs_are_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no input files in"):

@@ -10,9 +10,10 @@ Crawl's files are read where they lie; a path list (`warc.paths.gz`, `wet.paths.
 a line) expands to its files under a base URL (`https://data.commoncrawl.org/` unless told otherwise).
 
 Bad input is never passed over in silence: a truncated or damaged WARC/gzip file, a JSONL line that is
-not UTF-8 or not JSON, a record without text, or inputs that hold no document at all stop the run with
-the file and place. With `InputProblems(skip=True)` (`llmlab clean --skip-bad-input`) the damaged
-record or tail is skipped instead and counted for the report. A null text in a Parquet or JSONL
+not UTF-8, not JSON or escapes half a UTF-16 pair (`\\ud800`, which no UTF-8 output can hold), a
+record without text, or inputs that hold no document at all stop the run with the file and place.
+With `InputProblems(skip=True)` (`llmlab clean --skip-bad-input`) the damaged record or tail is
+skipped instead and counted for the report. A null text in a Parquet or JSONL
 record is not damage: it becomes an empty document, which the extraction step removes (`empty`).
 """
 
@@ -222,6 +223,19 @@ def _from_record(record: dict, source: str, fallback_url: str) -> Document:
     )
 
 
+# JSON may escape UTF-16 surrogates (\ud83d\ude80 is one emoji); an unpaired one decodes to a str that
+# no UTF-8 writer (Arrow, Parquet) accepts, so such a line is bad input like a line that is not UTF-8.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _is_unicode(record: dict) -> bool:
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_jsonl(path: str | Path, problems: InputProblems | None = None) -> Iterator[Document]:
     """One JSON object per line with `text` (or `html`) and `url`; a bad line stops with its line number."""
     name = input_name(path)
@@ -254,6 +268,12 @@ def read_jsonl(path: str | Path, problems: InputProblems | None = None) -> Itera
                     problems.bad(
                         "not_object", f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}",
                         "write one object per line",
+                    )
+                    continue
+                if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(record):
+                    problems.bad(
+                        "lone_surrogate", f"{path}:{lineno}: a \\uXXXX escape of half a UTF-16 pair is no text",
+                        "the writer cut a character in two; fix or delete that line",
                     )
                     continue
                 yield _from_record(record, name, f"{path}:{lineno}")
