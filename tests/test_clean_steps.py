@@ -11,9 +11,10 @@ from llmlab.data.clean.dedup import ExactDedup, MinHashDedup, minhash_signatures
 from llmlab.data.clean.documents import Document
 from llmlab.data.clean.extract import Extract
 from llmlab.data.clean.langid import LanguageFilter, LanguageIdentifier
-from llmlab.data.clean.pii import iban_valid, luhn_valid, redact
+from llmlab.data.clean.pii import PiiRedaction, iban_valid, luhn_valid, redact
 from llmlab.data.clean.quality import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, split_words
 from llmlab.data.clean.url_filter import UrlFilter
+from llmlab.errors import ConfigError
 
 ENGLISH = (
     "The river that runs through the old town floods almost every spring. Engineers have argued for years about "
@@ -642,6 +643,8 @@ def test_documentation_pii_keeps_numbers_in_transcripts_and_redacts_prose_beside
     assert counts == {"email": 2, "phone": 3, "ip_address": 2}
     # The default step (the fineweb recipe) redacts transcripts too.
     assert redact(TRANSCRIPT_PAGE)[1] == {"email": 2, "phone": 5, "ip_address": 4}
+    with pytest.raises(ConfigError, match="unknown PII kind 'phones'"):
+        PiiRedaction(keep_in_transcripts=["phones"])
 
 
 def test_pii_finds_real_pii_in_sentences():

@@ -43,6 +43,7 @@ from llmlab.data.clean.pii_reserved import (
     EXAMPLE_DOMAIN_ADDRESSES, fictional_phone, placeholder_ipv4, reserved_domain, transcript_spans,
 )
 from llmlab.data.clean.steps import DocumentStep
+from llmlab.errors import ConfigError
 
 KINDS = ("email", "iban", "credit_card", "ip_address", "phone")
 PLACEHOLDERS = {kind: f"<{kind.upper()}>" for kind in KINDS}
@@ -242,6 +243,13 @@ class PiiRedaction(DocumentStep):
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     # Kinds left alone inside `>>> ` transcripts (the documentation recipe: phones and IP addresses).
     keep_in_transcripts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = sorted((set(self.kinds) | set(self.keep_in_transcripts)) - set(KINDS))
+        if unknown:
+            raise ConfigError(
+                f"unknown PII kind {', '.join(map(repr, unknown))}", hint=f"the kinds are: {', '.join(KINDS)}"
+            )
 
     def redact(self, text: str, found: list[tuple[str, str]] | None = None) -> tuple[str, dict[str, int]]:
         """`redact` with this step's settings."""
