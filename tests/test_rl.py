@@ -179,6 +179,8 @@ def test_bad_input_is_refused(base, tmp_path):
         options(target_kl=1.0)
     with pytest.raises(ConfigError, match="unknown RL algorithm"):
         options(algo="a2c")
+    with pytest.raises(ConfigError, match="task_families picks from the built-in tasks"):
+        options(task_families=("algebra",))
     unanswered = write_lines(tmp_path / "q.jsonl", [{"prompt": "Hello?"}])
     with pytest.raises(ConfigError, match="nothing gives these prompts a reward"):
         prepare_rl(tiny(directory, tmp_path / "a"), options(data=str(unanswered)))
@@ -187,6 +189,14 @@ def test_bad_input_is_refused(base, tmp_path):
         prepare_rl(tiny(directory, tmp_path / "b"), options(data=str(empty)))
     with pytest.raises(ConfigError, match="not a whole number of optimizer steps"):
         prepare_rl(tiny(directory, tmp_path / "c", micro_batch=5), options())
+
+
+def test_task_families_restrict_the_training_and_held_out_prompts(base, tmp_path):
+    directory, _ = base
+    run = prepare_rl(tiny(directory, tmp_path / "a"), options(task_families=("arithmetic", "counting")))
+    trained = {e.task for e in run.trainer.batches.prompts}
+    scored = {e.task for e in run.trainer.evaluate_fn.examples}
+    assert trained == scored == {"arithmetic", "counting"}
 
 
 def test_cli_runs_grpo_and_writes_the_report(base, tmp_path):
