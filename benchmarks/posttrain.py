@@ -222,8 +222,8 @@ def rl_run(algo: str, sft_dir: Path, root: Path, args, size: dict, timings: dict
 
 
 # A counting answer is a digit and the end token, so sharpening the right digit from p 0.5 to 0.9 costs
-# ~0.2 nats per token. With the mixture run's beta 0.04 KL reached 0.2-0.3 within 50 steps; beta 0.5 and
-# lr 3e-5 keep it under 0.1, and the held-out gain comes in the first 25-50 steps (docs/benchmarks.md).
+# ~0.2 nats per token: with the mixture run's beta 0.04 KL reached 0.2-0.3, beta 0.5 and lr 3e-5 keep it
+# under 0.1. What the held-out score then measures, see docs/benchmarks.md (Post-training).
 ONE_TASK_GRPO = dict(beta=0.5, lr=3e-5)
 
 
