@@ -204,9 +204,11 @@ def test_cli_runs_grpo_and_writes_the_report(base, tmp_path):
     out = tmp_path / "grpo"
     assert main(["rl", "--algo", "grpo", "--init-from", str(directory), "--data", "tasks", "--out", str(out),
                  "--steps", "2", "--micro-batch", "16", "--prompts-per-round", "4", "--tasks-train", "16",
-                 "--tasks-eval", "4", "--max-new-tokens", "4", "--device", "cpu", "--set", "eval_every=2"]) == 0
+                 "--tasks-eval", "4", "--max-new-tokens", "4", "--device", "cpu", "--set", "eval_every=2",
+                 "--task-families", "arithmetic,sorting"]) == 0
     report = (out / "report.md").read_text()
     assert "RL (GRPO)" in report and "exact_match" in report and (out / "curves.png").exists()
+    assert "exact_match/arithmetic" in report and "exact_match/counting" not in report
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, opts: dict, out_file: str) -> None:
