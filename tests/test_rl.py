@@ -179,6 +179,8 @@ def test_bad_input_is_refused(base, tmp_path):
         options(target_kl=1.0)
     with pytest.raises(ConfigError, match="unknown RL algorithm"):
         options(algo="a2c")
+    with pytest.raises(ConfigError, match="task_families picks from the built-in tasks"):
+        options(task_families=("algebra",))
     unanswered = write_lines(tmp_path / "q.jsonl", [{"prompt": "Hello?"}])
     with pytest.raises(ConfigError, match="nothing gives these prompts a reward"):
         prepare_rl(tiny(directory, tmp_path / "a"), options(data=str(unanswered)))
@@ -189,14 +191,24 @@ def test_bad_input_is_refused(base, tmp_path):
         prepare_rl(tiny(directory, tmp_path / "c", micro_batch=5), options())
 
 
+def test_task_families_restrict_the_training_and_held_out_prompts(base, tmp_path):
+    directory, _ = base
+    run = prepare_rl(tiny(directory, tmp_path / "a"), options(task_families=("arithmetic", "counting")))
+    trained = {e.task for e in run.trainer.batches.prompts}
+    scored = {e.task for e in run.trainer.evaluate_fn.examples}
+    assert trained == scored == {"arithmetic", "counting"}
+
+
 def test_cli_runs_grpo_and_writes_the_report(base, tmp_path):
     directory, _ = base
     out = tmp_path / "grpo"
     assert main(["rl", "--algo", "grpo", "--init-from", str(directory), "--data", "tasks", "--out", str(out),
                  "--steps", "2", "--micro-batch", "16", "--prompts-per-round", "4", "--tasks-train", "16",
-                 "--tasks-eval", "4", "--max-new-tokens", "4", "--device", "cpu", "--set", "eval_every=2"]) == 0
+                 "--tasks-eval", "4", "--max-new-tokens", "4", "--device", "cpu", "--set", "eval_every=2",
+                 "--task-families", "arithmetic,sorting"]) == 0
     report = (out / "report.md").read_text()
     assert "RL (GRPO)" in report and "exact_match" in report and (out / "curves.png").exists()
+    assert "exact_match/arithmetic" in report and "exact_match/counting" not in report
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, opts: dict, out_file: str) -> None:

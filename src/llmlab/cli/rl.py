@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=float, help="KL coefficient (GRPO default 0.04, PPO default 0.05)")
     parser.add_argument("--target-kl", type=float, help="PPO: adapt beta toward this KL per answer (nats)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
+    parser.add_argument("--task-families", help="with --data tasks: comma-separated families to train and score on "
+                                                "(e.g. arithmetic; default all)")
     parser.add_argument("--max-new-tokens", type=int, default=24, help="longest answer sampled or scored")
 
 
@@ -51,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
                         eval_reward_model=args.eval_reward_model, prompts_per_round=args.prompts_per_round,
                         group_size=args.group_size, rollout_epochs=args.rollout_epochs, clip=args.clip,
                         beta=args.beta, target_kl=args.target_kl, temperature=args.temperature,
-                        max_new_tokens=args.max_new_tokens)
+                        max_new_tokens=args.max_new_tokens,
+                        task_families=tuple(args.task_families.split(",")) if args.task_families else None)
     return launch(rl, config, options, args)

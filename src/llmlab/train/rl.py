@@ -69,6 +69,7 @@ class RLOptions(PostTrainOptions):
     clip_value: float = 0.2  # PPO: how far a value prediction may move from the rollout's
     vf_coef: float = 0.1  # PPO: weight of the value loss
     temperature: float = 1.0  # sampling temperature of the rollouts
+    task_families: tuple[str, ...] | None = None  # with data="tasks": train and score on these families only
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,6 +81,13 @@ class RLOptions(PostTrainOptions):
         self.beta = (0.04 if grpo else 0.05) if self.beta is None else self.beta
         if grpo and self.group_size < 2:
             raise ConfigError(f"GRPO compares answers within a group: group_size must be >= 2, got {self.group_size}")
+        if self.task_families is not None:
+            self.task_families = tuple(self.task_families)
+            unknown = [t for t in self.task_families if t not in checkable_tasks.TASKS]
+            if unknown or not self.task_families or self.data != "tasks":
+                raise ConfigError(f"task_families picks from the built-in tasks (data=\"tasks\"); got "
+                                  f"{list(self.task_families)} with data={self.data!r}",
+                                  hint=f"families: {', '.join(checkable_tasks.TASKS)}")
         if grpo and self.target_kl is not None:
             raise ConfigError("target_kl (an adaptive beta) is PPO's; GRPO keeps beta fixed")
         if self.prompts_per_round < 1 or self.max_new_tokens < 1 or not 0 < self.clip < 1 or self.beta < 0 \
@@ -346,8 +354,9 @@ class RLEval:
 
 def _prompts(options: RLOptions, seed: int) -> tuple[list[checkable_tasks.Example], list[checkable_tasks.Example]]:
     if options.data == "tasks":
-        return (checkable_tasks.generate(options.tasks_train, "train", seed),
-                checkable_tasks.generate(options.tasks_eval, "held_out", seed + 1))
+        families = options.task_families
+        return (checkable_tasks.generate(options.tasks_train, "train", seed, families),
+                checkable_tasks.generate(options.tasks_eval, "held_out", seed + 1, families))
     return read_prompts(options.data), read_prompts(options.eval_data) if options.eval_data else []
 
 
