@@ -112,9 +112,9 @@ def main() -> int:
         model, tokenizer = run.trainer.gpt, run.tokenizer
         result = {"base_bytes": base_bytes(model), "train_examples": run.examples}
         if args.data == "docstrings":
-            if kind == "lora":  # B = 0: the fp32 base exactly
-                results["base"] = chrf_scores(model, tokenizer, held_out)
             result["before"] = chrf_scores(model, tokenizer, held_out)
+            if kind == "lora":  # B = 0: the fp32 base exactly
+                results["base"] = result["before"]
         else:
             result["before"] = {k: v for k, v in run.trainer.evaluate_fn(model, 0).items() if isinstance(v, float)}
         fit = run.trainer.fit()
