@@ -3,6 +3,8 @@ adapters saved alone, several adapters switched, and state dicts that stay ordin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -191,7 +193,7 @@ def test_lora_matches_hugging_face_peft_before_and_after_merging():
 # --- QLoRA: LoRA on a 4-bit NormalFloat base -------------------------------------------------------------
 
 def test_normal_float_levels_are_the_qlora_papers():
-    from llmlab.infer.quantize import normal_float_levels
+    from llmlab.model.nf4 import normal_float_levels
 
     # Dettmers et al. 2023 (QLoRA), appendix E: the NF4 data type's 16 values.
     published = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -204,7 +206,7 @@ def test_normal_float_levels_are_the_qlora_papers():
 def test_nf4_beats_evenly_spaced_4_bit_levels_on_normal_weights():
     """With the same storage (16 levels, one absmax per 64 weights), quantiles of the normal distribution
     fit normally distributed weights better than evenly spaced levels do."""
-    from llmlab.infer.quantize import NF4Linear
+    from llmlab.model.nf4 import NF4Linear
 
     torch.manual_seed(0)
     linear = nn.Linear(512, 256)
@@ -221,7 +223,7 @@ def test_nf4_beats_evenly_spaced_4_bit_levels_on_normal_weights():
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_qlora_trains_adapters_on_a_frozen_nf4_base_and_saves_plain_merged_weights(name, tmp_path):
-    from llmlab.infer.quantize import NF4Linear
+    from llmlab.model.nf4 import NF4Linear
     from llmlab.train.lora import QLoRALinear
 
     model, x = model_and_input(name)
@@ -299,7 +301,7 @@ def test_bf16_embeddings_and_head_barely_move_the_logits(name):
 def test_qlora_backward_keeps_the_4_bit_base_not_an_fp32_copy():
     """The input's and the adapters' gradients are those of LoRA on the dequantized matrix, while autograd
     saves the packed codes between the passes instead of the fp32 weight."""
-    from llmlab.infer.quantize import NF4Linear
+    from llmlab.model.nf4 import NF4Linear
     from llmlab.train.lora import QLoRALinear
 
     torch.manual_seed(0)
@@ -336,3 +338,36 @@ def test_qlora_backward_keeps_the_4_bit_base_not_an_fp32_copy():
     fp32_weight = 4 * 256 * 384
     assert saved_reference >= fp32_weight  # LoRA keeps the whole matrix for the input's gradient
     assert saved_reference - saved > 0.8 * fp32_weight  # QLoRA: 4.5 bits per weight instead of 32
+
+
+def test_expanded_weights_dequantizes_each_nf4_matrix_once_and_computes_the_same():
+    from llmlab.model.nf4 import NF4Linear, expanded_weights
+
+    model, x = model_and_input(FAMILIES[0])
+    add_lora(model, LoRAConfig(rank=4, quantize="nf4"))
+    model.eval()
+    layers = [m for m in model.modules() if isinstance(m, NF4Linear)]
+    calls = []
+    for layer in layers:
+        layer.expand = (lambda f: lambda *a: calls.append(1) or f(*a))(layer.expand)
+    with torch.no_grad():
+        expected = model(x)[0]
+        assert len(calls) == len(layers)  # without the block: every pass expands every matrix
+        with expanded_weights(model):
+            got = [model(x)[0] for _ in range(3)]
+        assert len(calls) == 2 * len(layers)
+    assert all(layer.expanded is None for layer in layers)  # the fp32 copies are dropped afterwards
+    for logits in got:
+        torch.testing.assert_close(logits, expected)
+
+
+def test_lora_imports_no_later_stage():
+    """Training may build on the model stage, never on inference, evaluation or serving."""
+    import ast
+
+    import llmlab.train.lora
+
+    tree = ast.parse(Path(llmlab.train.lora.__file__).read_text(encoding="utf-8"))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.startswith(("llmlab.infer", "llmlab.eval", "llmlab.serve"))]

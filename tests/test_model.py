@@ -509,3 +509,14 @@ def test_wanda_scores_weights_by_their_inputs_row_by_row():
     assert stats["all"] == pytest.approx(0.5, abs=1e-3)
     assert ((qkv.weight == 0).sum(dim=1) == qkv.in_features // 2).all()  # half of every row
     assert (qkv.weight[:, 5] != 0).all()
+
+
+def test_moe_router_jitter_leaves_the_experts_input_alone():
+    """With a router that scores every expert equally, jittering its input cannot change the routing,
+    so the output must not change either: the noise is for the router only."""
+    torch.manual_seed(0)
+    config = preset("tiny", n_experts=4, experts_per_token=2, router_jitter=0.5)
+    moe = GPT(config).blocks[0].mlp.train()
+    torch.nn.init.zeros_(moe.router.weight)
+    x = torch.randn(1, 16, config.d_model)
+    torch.testing.assert_close(moe(x), moe.eval()(x))  # evaluation never jitters

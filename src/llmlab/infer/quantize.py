@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.errors import ConfigError
-from llmlab.model.frozen import frozen_linear
+from llmlab.model.nf4 import NF4Linear
 
 
 class Int8Linear(nn.Module):
@@ -77,58 +77,6 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-
-def normal_float_levels(bits: int = 4) -> torch.Tensor:
-    """The 2^bits NormalFloat levels in [-1, 1]: quantiles of N(0, 1) at evenly spaced probabilities,
-    2^(bits-1) on the positive side and one fewer on the negative, plus 0, each side scaled so that its
-    extreme is 1. The outermost probability (1 - delta) averages the two halves' choices of delta,
-    1/(2 * 15) and 1/(2 * 16) for 4 bits, so that the quantile stays finite."""
-    n = 2 ** (bits - 1)
-    delta = 0.5 * (1 / (2 * (2 * n - 1)) + 1 / (2 * 2 * n))
-    normal = torch.distributions.Normal(0.0, 1.0)
-    positive = normal.icdf(torch.linspace(1 - delta, 0.5, n + 1, dtype=torch.float64)[:-1])
-    negative = -normal.icdf(torch.linspace(1 - delta, 0.5, n, dtype=torch.float64)[:-1])
-    levels = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative])
-    return (levels / levels.abs().max()).sort().values.float()
-
-
-class NF4Linear(nn.Module):
-    """A frozen Linear layer stored as 4-bit NormalFloat codes with an fp32 absmax per block of 64
-    weights, dequantized for every forward pass and again for the backward one (the base of QLoRA), so
-    training keeps no fp32 copy of it. 4.5 bits per weight."""
-
-    def __init__(self, linear: nn.Linear, block_size: int = 64) -> None:
-        super().__init__()
-        out_f, in_f = linear.weight.shape
-        if (out_f * in_f) % block_size or block_size % 2:
-            raise ConfigError(f"NF4 needs the weight's size ({out_f} x {in_f}) divisible by an even block_size ({block_size})")
-        w = linear.weight.detach().float().reshape(-1, block_size)
-        absmax = w.abs().amax(dim=1).clamp(min=1e-12)
-        levels = normal_float_levels().to(w.device)
-        midpoints = (levels[1:] + levels[:-1]) / 2  # nearest level = how many midpoints lie below
-        codes = torch.bucketize(w / absmax[:, None], midpoints).to(torch.uint8).view(-1)
-        self.register_buffer("packed", codes[0::2] | (codes[1::2] << 4))
-        self.register_buffer("absmax", absmax)
-        self.register_buffer("levels", levels, persistent=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        self.in_features, self.out_features, self.block_size = in_f, out_f, block_size
-
-    def dequantize(self) -> torch.Tensor:
-        return self.expand(self.packed, self.absmax, self.levels)
-
-    def expand(self, packed: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-        """The fp32 weight from its codes, block absmax and levels: this layer's buffers, or the copies
-        autograd saved of them (`frozen_linear`)."""
-        # One lookup per byte in a 256-row table of (low code's level, high code's level): a row gather is
-        # ~3x quicker on a CPU than unpacking the two codes and indexing the levels with each.
-        pairs = torch.stack([levels.repeat(16), levels.repeat_interleave(16)], dim=-1)
-        w = F.embedding(packed.int(), pairs).view(-1, self.block_size).mul_(absmax[:, None])
-        return w.view(self.out_features, self.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = frozen_linear(x, self.packed, self.absmax, self.levels, expand=self.expand)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 QUANTIZED = {8: Int8Linear, 4: Int4Linear, "nf4": NF4Linear}

@@ -272,9 +272,10 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))
+        scored = flat  # jitter perturbs what the router sees, never what the experts compute on (Switch)
         if self.training and self.jitter > 0:
-            flat = flat * torch.empty_like(flat).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        probs = self.router(flat).float().softmax(dim=-1)  # (N, E)
+            scored = flat * torch.empty_like(flat).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        probs = self.router(scored).float().softmax(dim=-1)  # (N, E)
         weights, chosen = probs.topk(self.k, dim=-1)  # (N, k)
         weights = weights / weights.sum(dim=-1, keepdim=True)
         self.aux_loss = load_balancing_loss(probs, chosen, probs.size(-1)) if self.training else None

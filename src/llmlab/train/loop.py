@@ -36,6 +36,7 @@ import torch.nn as nn
 from llmlab.errors import ConfigError, LlmlabError
 from llmlab.files import write_text
 from llmlab.model import GPT
+from llmlab.model.nf4 import expanded_weights
 from llmlab.model.transformer import plain_head
 from llmlab.progress import Progress, read_metrics
 from llmlab.train import resume as ckpt
@@ -389,7 +390,8 @@ class Trainer:
     def _evaluate(self, step: int) -> dict[str, Any]:
         # Evaluation must not move the training RNG, or a resumed run would diverge from an uninterrupted one.
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), hardware.autocast(self.device, self.amp_dtype):
+        with (torch.random.fork_rng(devices=devices), torch.no_grad(), hardware.autocast(self.device, self.amp_dtype),
+              expanded_weights(self.gpt)):  # QLoRA: dequantize the NF4 base once per evaluation, not per pass
             self.gpt.eval()
             try:
                 return dict(self.evaluate_fn(self.gpt, step))

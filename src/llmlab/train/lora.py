@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.files import atomic_path, write_json
-from llmlab.infer.quantize import NF4Linear
+from llmlab.model.nf4 import NF4Linear
 from llmlab.model import GPT
 from llmlab.model.frozen import CastEmbedding, CastLinear
 
