@@ -145,24 +145,33 @@ def prune_checkpoint(
     return result
 
 
-def _plot(result: PruneResult, path: Path) -> None:
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, title: str) -> None:
+    """One line of perplexity (log scale) by amount pruned per method, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs, ys = zip(*result.curve)
-    ax.plot(xs, ys, marker="o")
-    ax.set_xlabel("fraction pruned" + (" (sparsity)" if result.method in UNSTRUCTURED else f" ({result.method})"))
+    for label, curve in curves.items():
+        xs, ys = zip(*curve)
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
-    ax.set_title(f"{result.method} pruning")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def _plot(result: PruneResult, path: Path) -> None:
+    xlabel = "fraction pruned" + (" (sparsity)" if result.method in UNSTRUCTURED else f" ({result.method})")
+    plot_curves({result.method: result.curve}, path, xlabel, f"{result.method} pruning")
 
 
 def _report(r: PruneResult, name: str) -> str:
