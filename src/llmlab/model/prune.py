@@ -7,6 +7,11 @@
 - `wanda_prune`: the same with each weight scored by |w| times the norm of the input feature it
   multiplies, measured on calibration text, and compared within its output row (Wanda, Sun et al.
   2023): a small weight on a large activation matters more than its size says.
+- `sparsegpt_prune`: the same per-row sparsity, but each matrix's surviving weights are corrected for
+  what was removed (SparseGPT, Frantar & Alistarh 2023): with H = X^T X of the layer's calibration
+  inputs, zeroing w_q and moving the rest by -w_q / [H^-1]_qq * [H^-1]_q,: (Optimal Brain Surgeon) keeps
+  the layer's output X W^T as close as a least-squares step can. Columns go left to right in blocks; the
+  mask of a block is chosen by w^2 / [H^-1]_qq^2 just before the block is processed.
 - `prune_neurons`: remove the same number of hidden units from every MLP (structured pruning), those
   whose output column is smallest, times their activation's norm on calibration text when given (else
   times the norm of their input weights). The result is a smaller model: `d_ff` shrinks, so the
@@ -16,9 +21,11 @@
   with grouped-query attention a key/value head goes with its whole group of query heads. `n_heads`
   (and `n_kv_heads`) shrink, `head_dim` stays.
 
+`hold_zeros` keeps an unstructured model's zeros exactly zero through a recovery fine-tune.
+
 Each returns what it did; the structured ones return a new model and leave the given one untouched.
-`input_norms` collects the calibration statistic: for every linear layer in the blocks, the L2 norm of
-each input feature over the calibration tokens. (Experts of a mixture are not linear layers: Wanda
+`input_norms` and `input_grams` collect the calibration statistics: for every linear layer in the
+blocks, the L2 norm of each input feature over the calibration tokens, or the whole X^T X. (Experts of a mixture are not linear layers: Wanda
 leaves them dense.)
 """
 
@@ -39,15 +46,15 @@ def block_matrices(model: GPT) -> list[tuple[str, torch.Tensor]]:
 
 
 @torch.no_grad()
-def input_norms(model: GPT, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """{"<layer>.attn.qkv": (in_features,), ...}: each input feature's L2 norm over the calibration
-    tokens, for every nn.Linear inside the blocks, from forward passes over `batches` of token ids."""
-    squares: dict[str, torch.Tensor] = {}
+def _sum_over_inputs(model: GPT, batches: Iterable[torch.Tensor], statistic) -> dict[str, torch.Tensor]:
+    """{"<layer>.attn.qkv": sum of statistic(x) over the batches}, x the (tokens, in_features) inputs of
+    every nn.Linear inside the blocks during forward passes over `batches` of token ids."""
+    totals: dict[str, torch.Tensor] = {}
 
     def record(name: str):
         def hook(module, inputs, output) -> None:
             x = inputs[0].detach().float().reshape(-1, inputs[0].size(-1))
-            squares[name] = squares.get(name, 0) + x.pow(2).sum(0)
+            totals[name] = totals.get(name, 0) + statistic(x)
         return hook
 
     hooks = [m.register_forward_hook(record(name)) for name, m in model.blocks.named_modules()
@@ -61,13 +68,25 @@ def input_norms(model: GPT, batches: Iterable[torch.Tensor]) -> dict[str, torch.
         for h in hooks:
             h.remove()
         model.train(training)
+    return totals
+
+
+def input_norms(model: GPT, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{"<layer>.attn.qkv": (in_features,), ...}: each input feature's L2 norm over the calibration
+    tokens, for every nn.Linear inside the blocks, from forward passes over `batches` of token ids."""
+    squares = _sum_over_inputs(model, batches, lambda x: x.pow(2).sum(0))
     return {name: total.sqrt() for name, total in squares.items()}
 
 
-@torch.no_grad()
-def wanda_prune(model: GPT, sparsity: float, norms: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Zero, in every output row of every linear layer in the blocks, the `sparsity` fraction of weights
-    with the smallest |w_ij| * ||x_j|| (Wanda); returns each matrix's sparsity (and "all")."""
+def input_grams(model: GPT, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{"<layer>.attn.qkv": (in_features, in_features), ...}: X^T X of each linear layer's calibration
+    inputs (the Hessian of its squared output error, up to a factor 2), for `sparsegpt_prune`."""
+    return _sum_over_inputs(model, batches, lambda x: x.T @ x)
+
+
+def _unstructured(model: GPT, sparsity: float, prune_matrix) -> dict[str, float]:
+    """Run `prune_matrix(name, weight)` (in place) on every linear layer in the blocks; each matrix's
+    resulting sparsity (and "all")."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity={sparsity} must lie in [0, 1)")
     out, zeros, total = {}, 0, 0
@@ -75,15 +94,81 @@ def wanda_prune(model: GPT, sparsity: float, norms: dict[str, torch.Tensor]) -> 
         if not isinstance(module, nn.Linear):
             continue
         w = module.weight
-        k = int(sparsity * w.size(1))
-        if k:
-            score = w.abs().float() * norms[name][None, :]
-            drop = score.topk(k, dim=1, largest=False).indices
-            w.scatter_(1, drop, 0.0)
+        prune_matrix(name, w)
         out[name + ".weight"] = (w == 0).float().mean().item()
         zeros, total = zeros + int((w == 0).sum()), total + w.numel()
     out["all"] = zeros / max(1, total)
     return out
+
+
+@torch.no_grad()
+def wanda_prune(model: GPT, sparsity: float, norms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Zero, in every output row of every linear layer in the blocks, the `sparsity` fraction of weights
+    with the smallest |w_ij| * ||x_j|| (Wanda); returns each matrix's sparsity (and "all")."""
+    def prune_matrix(name: str, w: torch.Tensor) -> None:
+        k = int(sparsity * w.size(1))
+        if k:
+            score = w.abs().float() * norms[name][None, :]
+            w.scatter_(1, score.topk(k, dim=1, largest=False).indices, 0.0)
+
+    return _unstructured(model, sparsity, prune_matrix)
+
+
+@torch.no_grad()
+def sparsegpt_matrix(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, block: int = 128,
+                     damp: float = 0.01) -> torch.Tensor:
+    """`weight` (out, in) with `sparsity` of every row zeroed and the rest updated to keep X W^T close,
+    given gram = X^T X (SparseGPT). `damp` times the mean diagonal is added to H for stability."""
+    W = weight.detach().float().clone()
+    H = gram.float().clone()
+    dead = H.diagonal() == 0  # inputs that were never nonzero: their weights cannot matter
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H.diagonal().add_(damp * H.diagonal().mean())
+    # The upper Cholesky factor of H^-1: row q holds the OBS update for column q given that the columns
+    # before it are already fixed, so one left-to-right sweep needs no re-inversion.
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    cols = W.size(1)
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        W1, Hinv1 = W[:, start:end], Hinv[start:end, start:end]
+        d = Hinv1.diagonal()
+        k = int(sparsity * (end - start))
+        mask = torch.zeros_like(W1, dtype=torch.bool)
+        if k:
+            loss = W1.pow(2) / d.pow(2)  # the OBS error of zeroing each weight
+            mask.scatter_(1, loss.topk(k, dim=1, largest=False).indices, True)
+        errors = torch.zeros_like(W1)
+        for i in range(end - start):
+            w = W1[:, i]
+            q = torch.where(mask[:, i], 0.0, w)
+            err = (w - q) / d[i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            W1[:, i] = q  # exactly zero where pruned, not w - err * d rounded
+            errors[:, i] = err
+        W[:, end:] -= errors @ Hinv[start:end, end:]
+    return W.to(weight.dtype)
+
+
+@torch.no_grad()
+def sparsegpt_prune(model: GPT, sparsity: float, grams: dict[str, torch.Tensor], block: int = 128) -> dict[str, float]:
+    """SparseGPT on every linear layer in the blocks, each from the dense model's calibration inputs
+    (`grams` from `input_grams`), in place; returns each matrix's sparsity (and "all")."""
+    return _unstructured(model, sparsity,
+                         lambda name, w: w.copy_(sparsegpt_matrix(w, grams[name], sparsity, block)))
+
+
+def hold_zeros(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Keep the exact zeros of the blocks' matrices zero through `optimizer`'s steps (a masked recovery
+    fine-tune of an unstructured-pruned model); returns the hook handle (`.remove()` ends it)."""
+    masks = [(p, p == 0) for _, p in block_matrices(model)]
+
+    @torch.no_grad()
+    def rezero(*_) -> None:
+        for p, zero in masks:
+            p.masked_fill_(zero, 0.0)
+
+    return optimizer.register_step_post_hook(rezero)
 
 
 @torch.no_grad()
