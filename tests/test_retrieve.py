@@ -45,6 +45,11 @@ def embedder() -> Embedder:
 
 
 @pytest.fixture(scope="module")
+def bf16_embedder() -> Embedder:
+    return Embedder(dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
 def index_dir(tmp_path_factory, embedder):
     out = tmp_path_factory.mktemp("index")
     build_index(DOCS, out, embedder=embedder, show_progress=False)
@@ -118,8 +123,8 @@ def test_embeddings_match_sentence_transformers(embedder):
     assert abs(ours - reference).max() < 1e-5
 
 
-def test_bfloat16_embeddings_agree_with_float32(embedder):
-    bf16 = Embedder(dtype="bfloat16")
+def test_bfloat16_embeddings_agree_with_float32(embedder, bf16_embedder):
+    bf16 = bf16_embedder
     assert str(next(bf16.model.parameters()).dtype) == "torch.bfloat16"
     texts = [d["text"] for d in DOCS] + ["How do I read a JSON file into a dict?", "word " * 400]
     ours, reference = bf16.embed(texts), embedder.embed(texts)
@@ -181,6 +186,19 @@ def test_an_index_chunked_by_words_is_refused(tmp_path, embedder):
     store.close()
     with pytest.raises(ConfigError, match="chunk_unit: None -> word pieces"):
         build_index(DOCS, tmp_path / "idx", embedder=embedder, show_progress=False)
+
+
+def test_the_embedding_dtype_is_recorded_and_never_mixed(tmp_path, index_dir, embedder, bf16_embedder):
+    assert Store(index_dir).meta["dtype"] == "float32"
+    with pytest.raises(ConfigError, match="dtype: float32 -> bfloat16"):
+        build_index(DOCS, index_dir, embedder=bf16_embedder, show_progress=False)
+    with pytest.raises(InputError, match="embedded in float32.*computes in bfloat16"):
+        Index.open(index_dir, embedder=bf16_embedder)
+    # Opened without an embedder, the index embeds its queries in the dtype it was built with.
+    built = build_index(DOCS[:2], tmp_path / "bf16", embedder=bf16_embedder, show_progress=False)
+    index = Index.open(tmp_path / "bf16")
+    assert built["dtype"] == index.embedder.dtype == "bfloat16"
+    assert index.search("compress files", k=1, mode="dense")[0].url.endswith("gzip.html")
 
 
 def test_documents_without_text_are_skipped_and_counted(tmp_path, embedder):
@@ -271,7 +289,7 @@ def test_index_and_search_commands(tmp_path, capsys, monkeypatch, embedder):
 
     dtypes = []
     monkeypatch.setattr(llmlab.retrieve, "Embedder", lambda dtype="auto": dtypes.append(dtype) or embedder)
-    monkeypatch.setattr(search, "Embedder", lambda: embedder)
+    monkeypatch.setattr(search, "Embedder", lambda dtype: dtypes.append(dtype) or embedder)
     parquet = write_parquet(tmp_path / "documents.parquet", DOCS)
     assert main(["index", str(parquet), "--out", str(tmp_path / "index"), "--dtype", "float32"]) == 0
     assert "4 chunks from 4 documents" in capsys.readouterr().out and dtypes == ["float32"]
@@ -280,6 +298,7 @@ def test_index_and_search_commands(tmp_path, capsys, monkeypatch, embedder):
     assert main(["index", str(parquet), "--out", str(tmp_path / "index"), "--chunk-tokens", "300"]) == 1
     assert "need 1 <= size <= 254" in capsys.readouterr().err and len(dtypes) == 1  # refused before loading
     assert main(["search", str(tmp_path / "index"), "turtle graphics pen", "-k", "2"]) == 0
+    assert dtypes == ["float32", "float32"]  # queries are embedded in the index's dtype
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("[1]") and "turtle.html" in out.splitlines()[0]
     assert main(["search", str(tmp_path / "missing"), "x"]) == 1
@@ -313,7 +332,7 @@ def test_chat_with_an_index_lists_the_sources(tmp_path, index_dir, embedder, mon
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "ckpt", GPT(preset("tiny", vocab_size=261, context_length=1024)),
                     tokenizer_file=tmp_path / "tok.json")
-    monkeypatch.setattr(search, "Embedder", lambda: embedder)
+    monkeypatch.setattr(search, "Embedder", lambda dtype: embedder)
     parser = argparse.ArgumentParser()
     chat_cli.add_arguments(parser)
     args = parser.parse_args([str(tmp_path / "ckpt"), "--index", str(index_dir), "--passages", "2",
