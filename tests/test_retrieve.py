@@ -12,6 +12,7 @@ from llmlab.cli import main
 from llmlab.errors import ConfigError, InputError
 from llmlab.retrieve import (Embedder, Index, Passage, build_index, chunk_document, chunk_text, cited_passages,
                              rag_messages, reciprocal_rank_fusion)
+from llmlab.retrieve.chunking import DEFAULT_PIECES, MAX_PIECES
 from llmlab.retrieve.prompt import INSTRUCTION
 from llmlab.retrieve.store import DB_FILE, Store
 
@@ -78,7 +79,7 @@ def test_chunks_fit_the_embedding_window_overlap_and_cover_the_text(embedder, mo
     # Prose, code with punctuation runs, accents, and a word longer than a whole chunk.
     text = " ".join(f"Call {i}: json.dumps(obj, indent={i}) returns naïve text {i * 7}." for i in range(120)) + \
         "\n\n" + "".join(f"x{i}_" for i in range(300)) + " tail words here"
-    chunks = chunk_text(text, embedder.word_pieces)
+    chunks = chunk_text(text, embedder.word_pieces, size=MAX_PIECES, overlap=64)
     assert len(chunks) > 3
     pieces = [len(model_tokenizer.encode(c).ids) for c in chunks]  # [CLS] and [SEP] included
     assert max(pieces) <= 256 and pieces[0] >= 240  # full, yet nothing past the window
@@ -91,6 +92,8 @@ def test_chunks_fit_the_embedding_window_overlap_and_cover_the_text(embedder, mo
         assert 0 < len(model_tokenizer.encode(shared, add_special_tokens=False).ids) <= 64
         position = start
     assert chunks[-1].endswith("tail words here") and all(c in text for c in chunks)  # exact slices
+    default = chunk_text(text, embedder.word_pieces)
+    assert len(default) > len(chunks) and max(len(model_tokenizer.encode(c).ids) for c in default) <= DEFAULT_PIECES + 2
     assert chunk_text("one two three", embedder.word_pieces) == ["one two three"]
     assert chunk_text("   ", embedder.word_pieces) == []
     small = chunk_text(text, embedder.word_pieces, size=30, overlap=0)
@@ -169,7 +172,7 @@ def test_incremental_index_embeds_only_new_chunks(tmp_path, embedder):
     assert (third["removed_chunks"], third["chunks"]) == (1, 2)
     index = Index.open(tmp_path / "idx", embedder=embedder)
     assert all(not p.url.endswith("gzip.html") for p in index.search("gzip compress", k=5))
-    with pytest.raises(ConfigError, match="other settings.*chunk_size: 254 -> 50"):
+    with pytest.raises(ConfigError, match="other settings.*chunk_size: 128 -> 50"):
         build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, chunk_overlap=10, show_progress=False)
     rebuilt = build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, chunk_overlap=10, rebuild=True,
                           show_progress=False)

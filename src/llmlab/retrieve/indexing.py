@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from llmlab.errors import InputError
 from llmlab.progress import Progress
 from llmlab.retrieve.bm25 import Bm25
-from llmlab.retrieve.chunking import DEFAULT_OVERLAP, MAX_PIECES, Chunk, check_chunking, chunk_document
+from llmlab.retrieve.chunking import DEFAULT_OVERLAP, DEFAULT_PIECES, Chunk, check_chunking, chunk_document
 from llmlab.retrieve.embeddings import Embedder
 from llmlab.retrieve.store import BM25_DIR, Store, replace_directory
 
@@ -70,7 +70,7 @@ def _chunks(documents: Iterable[Mapping[str, Any]], word_pieces: Any, size: int,
 
 
 def build_index(documents: Documents, out_dir: str | os.PathLike, embedder: Embedder | None = None,
-                chunk_size: int = MAX_PIECES, chunk_overlap: int = DEFAULT_OVERLAP, batch_size: int = 256,
+                chunk_size: int = DEFAULT_PIECES, chunk_overlap: int = DEFAULT_OVERLAP, batch_size: int = 256,
                 rebuild: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
     """Build or update the index in `out_dir` from a Parquet path or an iterable of {text, url, title} rows.
 
