@@ -13,7 +13,7 @@ documentation the quickstart crawls), indexes it with `build_index`, and measure
   rag      SmolLM2-135M-Instruct on held-out docstring questions, greedy, without and with the top
            passages in the prompt: exact match and chrF as the quickstart's `evaluate` computes them.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/retrieval.py index dtype recall latency rag --rag-questions 100
+    PYTHONPATH=src .venv/bin/python benchmarks/retrieval.py index dtype recall latency rag --rag-questions 100 --rag-variants 3:400,5:600 --rag-dtype bf16
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from llmlab.retrieve import Embedder, Index, build_index, rag_messages
-from llmlab.retrieve.chunking import DEFAULT_OVERLAP, MAX_PIECES
+from llmlab.retrieve.chunking import DEFAULT_OVERLAP, DEFAULT_PIECES
 from llmlab.retrieve.prompt import INSTRUCTION
 from llmlab.retrieve.store import Store
 
@@ -184,44 +184,61 @@ def bench_latency(index_dir: Path, work: Path, embedder: Embedder, target: int, 
 _CITATION = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
 
 
-def bench_rag(index: Index, held_out, n: int, k: int, budget: int, instruction: str, max_new_tokens: int = 48) -> dict:
+def _answer_all(engine, prompts: list[list[int]], params, refs: list[str]) -> tuple[dict, list[str]]:
     from llmlab.eval.text_metrics import chrf, exact_match
+
+    started = time.perf_counter()
+    answers = [c.text.strip() for c in engine.generate(prompts, params)]
+    seconds = time.perf_counter() - started
+    # The [n] markers are the citations the prompt asks for; the docstring reference has none.
+    plain = [_CITATION.sub("", a).strip() for a in answers]
+    return {
+        "exact_match": round(sum(exact_match(a, r) for a, r in zip(plain, refs)) / len(refs), 3),
+        "chrf": round(chrf(plain, refs), 2),
+        "chrf_with_markers": round(chrf(answers, refs), 2),
+        "seconds": round(seconds, 1),
+        "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts)),
+    }, answers
+
+
+def bench_rag(index: Index, held_out, n: int, variants: list[tuple[int, int]], instruction: str, dtype: str,
+              threads: int, max_new_tokens: int = 48) -> dict:
+    """chrF without passages, then with the top k passages within `budget` tokens for each (k, budget)."""
     from llmlab.infer import Engine, SamplingParams, load_model
+    from llmlab.infer.packed import pack_model, packing_available
     from llmlab.tokenizer.chat import render_chat
 
     qas = held_out[:n]
-    model, tok = load_model("smollm2-135m")
+    model, tok = load_model("smollm2-135m", dtype=torch.bfloat16 if dtype == "bf16" else None)
+    if dtype == "bf16" and packing_available():
+        pack_model(model)
+    torch.set_num_threads(threads)  # one thread: greedy answers do not depend on it, and it is steadier under load
     engine = Engine(model, tok)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     refs = [qa.answer for qa in qas]
-    out: dict = {"questions": len(qas), "passages": k, "passage_tokens": budget, "instruction": instruction}
-    samples = {}
-    for label in ("without", "with"):
+    limit = model.config.context_length - 1
+    out: dict = {"questions": len(qas), "model_dtype": dtype, "threads": threads, "instruction": instruction,
+                 "load_before": open("/proc/loadavg").read().split()[:3]}
+    plain = [render_chat([{"role": "user", "content": qa.question}], tok, add_generation_prompt=True,
+                         max_tokens=limit).ids for qa in qas]
+    out["without"], without = _answer_all(engine, plain, params, refs)
+    print(json.dumps({"without": out["without"]}), flush=True)
+    found = {qa.question: index.search(qa.question, k=max(k for k, _ in variants)) for qa in qas}
+    for k, budget in variants:
         prompts, used_counts = [], []
         for qa in qas:
-            messages = [{"role": "user", "content": qa.question}]
-            if label == "with":
-                messages, used = rag_messages(messages, index.search(qa.question, k=k), lambda s: len(tok.encode_ordinary(s)), budget,
-                                              instruction)
-                used_counts.append(len(used))
-            prompts.append(render_chat(messages, tok, add_generation_prompt=True, max_tokens=model.config.context_length - 1).ids)
-        started = time.perf_counter()
-        answers = [c.text.strip() for c in engine.generate(prompts, params)]
-        seconds = time.perf_counter() - started
-        # The [n] markers are the citations the prompt asks for; the docstring reference has none.
-        plain = [_CITATION.sub("", a).strip() for a in answers]
-        out[label] = {
-            "exact_match": round(sum(exact_match(a, r) for a, r in zip(plain, refs)) / len(refs), 3),
-            "chrf": round(chrf(plain, refs), 2),
-            "chrf_with_markers": round(chrf(answers, refs), 2),
-            "seconds": round(seconds, 1),
-            "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts)),
-        }
-        if used_counts:
-            out[label]["mean_passages_used"] = round(sum(used_counts) / len(used_counts), 2)
-        samples[label] = answers
-    out["samples"] = [{"question": qa.question, "reference": qa.answer, "without": a, "with": b}
-                      for qa, a, b in list(zip(qas, samples["without"], samples["with"]))[:6]]
+            messages, used = rag_messages([{"role": "user", "content": qa.question}], found[qa.question][:k],
+                                          lambda s: len(tok.encode_ordinary(s)), budget, instruction)
+            used_counts.append(len(used))
+            prompts.append(render_chat(messages, tok, add_generation_prompt=True, max_tokens=limit).ids)
+        row, answers = _answer_all(engine, prompts, params, refs)
+        row["mean_passages_used"] = round(sum(used_counts) / len(used_counts), 2)
+        row["chrf_gain"] = round(row["chrf"] - out["without"]["chrf"], 2)
+        out[f"with k={k} budget={budget}"] = row
+        print(json.dumps({f"with k={k} budget={budget}": row}), flush=True)
+    out["samples"] = [{"question": qa.question, "reference": qa.answer, "without": a, "with (last variant)": b}
+                      for qa, a, b in list(zip(qas, without, answers))[:6]]
+    out["load_after"] = open("/proc/loadavg").read().split()[:3]
     return out
 
 
@@ -230,26 +247,34 @@ def main() -> None:
     parser.add_argument("parts", nargs="+", choices=["index", "dtype", "recall", "latency", "rag"])
     parser.add_argument("--dtype", default="auto", help="embedding dtype for the index part (auto, float32, bfloat16)")
     parser.add_argument("--dtype-chunks", type=int, default=300)
-    parser.add_argument("--chunk-tokens", type=int, default=MAX_PIECES, help="word pieces per chunk (index part)")
+    parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_PIECES, help="word pieces per chunk (index part)")
     parser.add_argument("--overlap-tokens", type=int, default=DEFAULT_OVERLAP)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for embedding (index, recall)")
     parser.add_argument("--work", default="/tmp/llmlab-bench-retrieval")
     parser.add_argument("--recall-questions", type=int, default=400)
     parser.add_argument("--latency-chunks", type=int, default=100_000)
     parser.add_argument("--rag-questions", type=int, default=10)
-    parser.add_argument("--rag-passages", type=int, default=3)
-    parser.add_argument("--rag-tokens", type=int, default=400)
+    parser.add_argument("--rag-variants", default="3:400",
+                        help="comma-separated PASSAGES:TOKENS settings compared against one run without RAG")
+    parser.add_argument("--rag-dtype", choices=["fp32", "bf16"], default="fp32", help="SmolLM2's precision")
+    parser.add_argument("--rag-threads", type=int, default=1)
     parser.add_argument("--rag-instruction", default=INSTRUCTION)
     args = parser.parse_args()
     work = Path(args.work)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     documents = pydoc_corpus(work)
     index_dir = work / "index"
     embedder = Embedder(dtype=args.dtype)
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
                      "load": open("/proc/loadavg").read().split()[:3]}
     if "index" in args.parts or not (index_dir / "index.sqlite").exists():
-        results["index"] = bench_index(documents, index_dir, embedder, args.chunk_tokens, args.overlap_tokens)
-        print(json.dumps(results["index"], indent=1), flush=True)
+        report = results["index"] = bench_index(documents, index_dir, embedder, args.chunk_tokens, args.overlap_tokens)
+        print(json.dumps(report, indent=1), flush=True)
+        print(f"embedding: {report['embed_chunks_per_s']} chunks/s, "
+              f"{report['documents'] / report['embed_seconds']:.2f} docs/s ({report['new_chunks']} chunks of <= "
+              f"{args.chunk_tokens} pieces, {report['dtype']}, {torch.get_num_threads()} torch threads, "
+              f"load {' '.join(results['load'])} before, {' '.join(open('/proc/loadavg').read().split()[:3])} after)",
+              flush=True)
     if "dtype" in args.parts:
         results["dtype"] = bench_dtype(index_dir, args.dtype_chunks)
         print(json.dumps(results["dtype"], indent=1), flush=True)
@@ -264,8 +289,9 @@ def main() -> None:
         results["latency"] = bench_latency(index_dir, work, embedder, args.latency_chunks, queries)
         print(json.dumps(results["latency"], indent=1), flush=True)
     if "rag" in args.parts:
-        results["rag"] = bench_rag(index, held_out, args.rag_questions, args.rag_passages, args.rag_tokens,
-                                   args.rag_instruction)
+        variants = [tuple(int(x) for x in v.split(":")) for v in args.rag_variants.split(",")]
+        results["rag"] = bench_rag(index, held_out, args.rag_questions, variants, args.rag_instruction,
+                                   args.rag_dtype, args.rag_threads)
         print(json.dumps(results["rag"], indent=1), flush=True)
     (work / f"results-{'-'.join(args.parts)}.json").write_text(json.dumps(results, indent=1))
 

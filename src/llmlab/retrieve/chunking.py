@@ -1,7 +1,7 @@
 """Documents cut into overlapping passages that the embedding model reads whole.
 
 all-MiniLM-L6-v2 reads at most 256 word pieces, [CLS] and [SEP] included, and silently drops the rest,
-so a chunk is measured in that model's own word pieces: at most `size` (254 by default) of them. A
+so a chunk is measured in that model's own word pieces: at most `size` (128 by default, 254 at most). A
 chunk starts and ends at whitespace (a word longer than a whole chunk is cut between its pieces), and
 the next chunk starts at the first word within the last `overlap` pieces, so a sentence cut at one
 boundary is whole in the neighbouring chunk. BERT's tokenizer splits text at whitespace and
@@ -20,7 +20,10 @@ from typing import Any
 from llmlab.errors import ConfigError
 
 MAX_PIECES = 254  # all-MiniLM-L6-v2's 256-piece window less [CLS] and [SEP]
-DEFAULT_OVERLAP = 64
+# Half a window: SmolLM2-135M answered pydoc questions better from three short passages than from two
+# long ones in the same prompt budget (docs/retrieval.md), and a short chunk embeds in half the time.
+DEFAULT_PIECES = 128
+DEFAULT_OVERLAP = 32
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def check_chunking(size: int, overlap: int, limit: int = MAX_PIECES) -> None:
                           f"and 0 <= overlap < size")
 
 
-def chunk_text(text: str, word_pieces: Any, size: int = MAX_PIECES, overlap: int = DEFAULT_OVERLAP) -> list[str]:
+def chunk_text(text: str, word_pieces: Any, size: int = DEFAULT_PIECES, overlap: int = DEFAULT_OVERLAP) -> list[str]:
     """`text` as windows of at most `size` word pieces, each sharing up to `overlap` pieces with the one before.
 
     `word_pieces` is the embedding model's `tokenizers.Tokenizer` (`Embedder.word_pieces`), with no
@@ -87,7 +90,7 @@ def document_title(text: str, url: str, title: str | None = None) -> str:
     return url
 
 
-def chunk_document(text: str, url: str, word_pieces: Any, title: str | None = None, size: int = MAX_PIECES,
+def chunk_document(text: str, url: str, word_pieces: Any, title: str | None = None, size: int = DEFAULT_PIECES,
                    overlap: int = DEFAULT_OVERLAP) -> list[Chunk]:
     """One document's chunks, each carrying the document's URL and title."""
     title = document_title(text, url, title)

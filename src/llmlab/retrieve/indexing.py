@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from llmlab.errors import InputError
 from llmlab.progress import Progress
 from llmlab.retrieve.bm25 import Bm25
-from llmlab.retrieve.chunking import DEFAULT_OVERLAP, MAX_PIECES, Chunk, check_chunking, chunk_document
+from llmlab.retrieve.chunking import DEFAULT_OVERLAP, DEFAULT_PIECES, Chunk, check_chunking, chunk_document
 from llmlab.retrieve.embeddings import Embedder
 from llmlab.retrieve.store import BM25_DIR, Store, replace_directory
 
@@ -70,12 +70,13 @@ def _chunks(documents: Iterable[Mapping[str, Any]], word_pieces: Any, size: int,
 
 
 def build_index(documents: Documents, out_dir: str | os.PathLike, embedder: Embedder | None = None,
-                chunk_size: int = MAX_PIECES, chunk_overlap: int = DEFAULT_OVERLAP, batch_size: int = 256,
+                chunk_size: int = DEFAULT_PIECES, chunk_overlap: int = DEFAULT_OVERLAP, batch_size: int = 256,
                 rebuild: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
     """Build or update the index in `out_dir` from a Parquet path or an iterable of {text, url, title} rows.
 
     Chunks hold at most `chunk_size` of the embedding model's word pieces, `chunk_overlap` shared with
-    the one before. An index made with other settings is refused, or with `rebuild` made again.
+    the one before. An index made with other settings (chunking, model, embedding dtype) is refused, or
+    with `rebuild` made again.
     Returns the counts and speeds: documents, skipped_documents, chunks, new_chunks, removed_chunks,
     embed_seconds, embed_chunks_per_s, bm25_seconds, bm25_chunks_per_s.
     """
@@ -87,11 +88,15 @@ def build_index(documents: Documents, out_dir: str | os.PathLike, embedder: Embe
         raise InputError(f"no document has text to index ({skipped} without text)")
     store = Store(out_dir, create=True)
     try:
-        rebuilt = store.initialise({"model": embedder.name, "dim": embedder.dim, "chunk_unit": "word pieces",
-                          "chunk_size": chunk_size, "chunk_overlap": chunk_overlap}, rebuild=rebuild)
+        # The dtype is a setting too: vectors of one chunk differ slightly between float32 and bfloat16,
+        # so an index never mixes the two.
+        rebuilt = store.initialise({"model": embedder.name, "dim": embedder.dim, "dtype": embedder.dtype,
+                                    "chunk_unit": "word pieces", "chunk_size": chunk_size,
+                                    "chunk_overlap": chunk_overlap}, rebuild=rebuild)
         have = store.chunk_ids()
         wanted = {c.chunk_id for c in chunks}
-        new = [c for c in chunks if c.chunk_id not in have]
+        # Longest first, so each batch holds chunks of similar length and little compute goes to padding.
+        new = sorted((c for c in chunks if c.chunk_id not in have), key=lambda c: -len(c.text))
         started = time.perf_counter()
         with Progress(total=len(new), desc="embed chunks", unit="chunk", disable=None if show_progress is None else not show_progress) as bar:
             for start in range(0, len(new), batch_size):

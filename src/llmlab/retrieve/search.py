@@ -65,12 +65,16 @@ class Index:
         bm25 = Bm25.load(store.dir / BM25_DIR, store.generation) or Bm25.build(store.texts())
         if embedder is not None and str(embedder.dim) != store.meta.get("dim"):
             raise InputError(f"{path}: vectors have {store.meta.get('dim')} dimensions, the embedder gives {embedder.dim}")
+        indexed = store.meta.get("dtype")
+        if embedder is not None and indexed and embedder.dtype != indexed:
+            raise InputError(f"{path}: the chunks were embedded in {indexed}, the query embedder computes in "
+                             f"{embedder.dtype}", hint=f"give an Embedder(dtype='{indexed}')")
         return cls(store, bm25, embedder)
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = Embedder()
+        if self._embedder is None:  # queries are embedded as the chunks were (indexes before dtype was recorded: auto)
+            self._embedder = Embedder(dtype=self.store.meta.get("dtype", "auto"))
         return self._embedder
 
     def nearest(self, query: str, k: int) -> list[tuple[int, float]]:

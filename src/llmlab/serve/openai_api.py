@@ -226,6 +226,8 @@ class TokenizeRequest(BaseModel):
     # As in a chat request, so /tokenize counts the prompt the chat route would render.
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    rag: RagOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)  # the answer's room, which bounds the passages as in a chat request
 
 
 class DetokenizeRequest(BaseModel):
@@ -593,6 +595,9 @@ async def tokenize(req: TokenizeRequest, request: Request) -> dict[str, Any]:
         tok, context = loaded.tokenizer, loaded.context_length
         if req.messages is not None:
             messages = [m.flat() for m in req.messages]
+            rag = options_for(req.model, req.rag, registry)
+            if rag is not None:  # the passages the chat route would put in, so the count is the real prompt's
+                messages, _ = await retrieve(registry, loaded, messages, rag, req.max_tokens)
             plan = plan_tools(req.tools, req.tool_choice, messages, tok, req.model)
             ids = chat_prompt_ids(gen, loaded, messages, plan)
         else:

@@ -131,8 +131,8 @@ def render_chat(
 
     With `max_tokens` (the context window), the oldest turns (a user message with its answers) after the
     system message are dropped until the conversation fits; if even the last turn does not fit, tokens
-    are cut: from the left for a generation prompt (the model needs the end), from the right for
-    training data.
+    are cut: for a generation prompt from the left of what follows the system message (the model needs
+    the end, and the system turn may list its tools), for training data from the right.
     """
     _check(messages)
     fmt = chat_format(tokenizer)
@@ -167,8 +167,14 @@ def render_chat(
     ids += tail
     mask += [0] * len(tail)
     truncated = max_tokens is not None and len(ids) > max_tokens
-    if truncated:
-        cut = slice(len(ids) - max_tokens, None) if add_generation_prompt else slice(0, max_tokens)
-        ids, mask = ids[cut], mask[cut]
+    if truncated and add_generation_prompt:
+        # The system turn (which lists the tools, if any) stays whole when it fits; the tokens after it
+        # are cut from the left, since the model needs the end of the conversation.
+        head = len(prefix) + (len(per_message[0][0]) if keep[0] == 0 and messages[0]["role"] == "system" else 0)
+        head = head if head < max_tokens else 0
+        tail_start = len(ids) - (max_tokens - head)
+        ids, mask = ids[:head] + ids[tail_start:], mask[:head] + mask[tail_start:]
+    elif truncated:
+        ids, mask = ids[:max_tokens], mask[:max_tokens]
     return RenderedChat(ids, mask, dropped, truncated, segments)
 
