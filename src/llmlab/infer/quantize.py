@@ -54,9 +54,9 @@ class Int8Linear(nn.Module):
     runs FBGEMM's dynamic int8 linear instead: each call quantizes the activations to uint8 (one scale
     and zero point per call, from their min and max) and multiplies integers with VNNI/AVX2, reading a
     quarter of fp32's weight bytes. That is faster than fp32 `F.linear` at 1 and at 256 rows for
-    SmolLM2-135M's shapes (docs/inference.md), at the price of rounding the activations too (~0.5%
-    relative error per product). PyTorch's weight-only `_weight_int8pack_mm` measured 6-80x slower than
-    fp32 here, so it is not used.
+    SmolLM2-135M's block matrices, and at 1 row for its head (docs/inference.md), at the price of
+    rounding the activations too (~0.5% relative error per product; see `int8_input_fits`). PyTorch's
+    weight-only `_weight_int8pack_mm` measured 6-80x slower than fp32 there, so it is not used.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
