@@ -36,7 +36,7 @@ import time
 import torch
 
 from llmlab.infer import Engine, SamplingParams
-from llmlab.infer.quantize import model_bytes, perplexity, quantize_model
+from llmlab.infer.quantize import int8_input_fits, model_bytes, perplexity, quantize_model
 from llmlab.model import GPT, GPTConfig
 from llmlab.model.hf import to_transformers
 from machine import cpu_name  # noqa: E402
@@ -184,10 +184,14 @@ def quantization(args) -> dict:
         ids = torch.tensor([1] + sample.token_ids)
         source, window = "benchmark model (random, sharpened) on 512 of its own samples", 512
     out = {"source": source}
-    for name, bits in (("fp32", None), ("int8", 8), ("int4 (group 64)", 4)):
+    # "int8 + head" also quantizes a copy of a tied head, and "int8 decode" leaves the MLP's down
+    # projection in fp32 (`int8_input_fits`), as the CPU int8 decoding path does (cpu_decode.py).
+    variants = (("fp32", None, {}), ("int8", 8, {}), ("int8 + head", 8, {"tied_head": True}),
+                ("int8 decode", 8, {"tied_head": True, "only": int8_input_fits}), ("int4 (group 64)", 4, {}))
+    for name, bits, options in variants:
         model = fresh()
         if bits:
-            quantize_model(model, bits=bits, group_size=64)
+            quantize_model(model, bits=bits, group_size=64, **options)
         out[name] = {"bytes": model_bytes(model), "ppl": perplexity(model, ids, window)}
     return out
 
@@ -284,8 +288,9 @@ def main() -> None:
         base = q["fp32"]
         print(f"quantization: {q['source']}\n")
         print("| weights | stored MB | vs fp32 | perplexity | change |\n|---|---|---|---|---|")
-        for name in ("fp32", "int8", "int4 (group 64)"):
-            r = q[name]
+        for name, r in q.items():
+            if name == "source":
+                continue
             print(f"| {name} | {r['bytes'] / 1e6:.1f} | {base['bytes'] / r['bytes']:.2f}x smaller | {r['ppl']:.3f} | "
                   f"{100 * (r['ppl'] / base['ppl'] - 1):+.2f}% |")
     if "spec" not in args.skip and not args.quick:

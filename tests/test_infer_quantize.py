@@ -6,7 +6,9 @@ import torch.nn as nn
 
 from llmlab.errors import ConfigError
 from llmlab.infer import Engine, SamplingParams
-from llmlab.infer.quantize import Int4Linear, Int8Linear, model_bytes, perplexity, quantize_model
+from llmlab.infer.quantize import (
+    Int4Linear, Int8Linear, int8_kernel_available, model_bytes, perplexity, quantize_model,
+)
 from llmlab.model import GPT, preset
 
 
@@ -21,9 +23,45 @@ def test_int8_linear_matches_dequantized_weights_and_the_original():
     w = q.dequantize()
     assert q.weight_int8.dtype == torch.int8 and q.weight_int8.abs().max() == 127
     assert (w - linear.weight).abs().max() <= q.scale.max() / 2 + 1e-7  # rounding error at most half a step
-    torch.testing.assert_close(q(x), nn.functional.linear(x, w, linear.bias), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(q.reference(x), nn.functional.linear(x, w, linear.bias), rtol=1e-4, atol=1e-5)
     rel = (q(x) - linear(x)).norm() / linear(x).norm()
     assert rel < 0.01
+
+
+@pytest.mark.skipif(not int8_kernel_available(), reason="no FBGEMM int8 kernel on this CPU")
+@pytest.mark.parametrize("rows", [1, 256])
+def test_int8_kernel_matches_the_dequantized_reference(rows):
+    torch.manual_seed(rows)
+    q = Int8Linear(nn.Linear(192, 96))
+    x = torch.randn(rows, 192)
+    fast, ref = q(x), q.reference(x)
+    assert q.packed is not None  # the integer kernel ran, not the reference
+    # Only the activations' 8-bit rounding separates them: well under 1% of the output's size.
+    assert (fast - ref).norm() / ref.norm() < 0.01
+    assert (fast - ref).abs().max() < 0.02 * ref.abs().max()
+
+
+@pytest.mark.skipif(not int8_kernel_available(), reason="no FBGEMM int8 kernel on this CPU")
+def test_int8_loading_new_codes_repacks():
+    torch.manual_seed(2)
+    q, other = Int8Linear(nn.Linear(64, 32)), Int8Linear(nn.Linear(64, 32))
+    x = torch.randn(4, 64)
+    q(x)
+    q.load_state_dict(other.state_dict())
+    torch.testing.assert_close(q(x), other(x))
+
+
+def test_int8_refused_on_a_cpu_without_the_kernel(monkeypatch):
+    monkeypatch.setattr("llmlab.infer.quantize.int8_kernel_available", lambda: False)
+    with pytest.raises(ConfigError, match="slower than fp32"):
+        quantize_model(GPT(preset("tiny", vocab_size=100)), bits=8)
+    quantize_model(GPT(preset("tiny", vocab_size=100)), bits=4)  # int4 does not need it
+
+
+def test_tied_head_quantized_as_a_copy_on_request():
+    model = quantize_model(GPT(preset("tiny", vocab_size=100)).eval(), bits=8, tied_head=True)
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.tok_emb, nn.Embedding)
+    torch.testing.assert_close(model.lm_head.dequantize(), model.tok_emb.weight, atol=model.lm_head.scale.max(), rtol=0)
 
 
 def test_int4_packs_two_codes_per_byte_and_round_trips():

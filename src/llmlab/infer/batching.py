@@ -22,69 +22,14 @@ from typing import Any
 import torch
 
 from llmlab.errors import ConfigError, InputError
+from llmlab.infer.compiled import CompiledDecodeStep
 from llmlab.infer.constrained import allowed_tokens
 from llmlab.infer.head import DecodeHead
 from llmlab.infer.sampling import SamplingParams, sample_rows
 from llmlab.infer.sequence import SequenceState, StreamEvent, end_token_ids, new_sequence
+from llmlab.infer.slot_cache import SlotKVCache
 from llmlab.model.frozen import compute_dtype
 from llmlab.model.transformer import KVCache
-
-
-class SlotKVCache(KVCache):
-    """Keys and values of the running rows, one slot per row, each row at its own length.
-
-    Row r's keys fill columns [0, length_r) of slot r (left-aligned), so a slot is reused as soon as its
-    row retires and memory is bounded by rows x the longest sequence. The model knows one shared length,
-    so a decoding step presents the cache as W = longest row + 1 columns: the model writes every row's new
-    key/value into column W - 1 and attends over columns [0, W) under a mask that shows each row only its
-    own columns plus W - 1 (the model always lets a query see its own column). `commit` then moves the new
-    key of each shorter row from W - 1 to its own next column, where later steps will look for it.
-    """
-
-    def __init__(self, config: Any, max_rows: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.context_length, self.max_rows = config.context_length, max_rows
-        self.max_len = self.length = 0
-        # Allocated as rows and columns are needed (zeros: a masked value must still be finite).
-        shape = (config.n_layers, 0, config.n_kv_heads, 0, config.head_dim)
-        self.slots_k = torch.zeros(shape, device=device, dtype=dtype)
-        self.slots_v = torch.zeros(shape, device=device, dtype=dtype)
-        self.k, self.v = self.slots_k, self.slots_v
-
-    def grow(self, rows: int, width: int) -> None:
-        """Make room for `rows` slots of `width` columns, doubling (up to the limits) so growth is rare."""
-        have_rows = self.slots_k.size(1)
-        if rows <= have_rows and width <= self.max_len:
-            return
-        new_rows = have_rows if rows <= have_rows else min(self.max_rows, max(rows, 2 * have_rows))
-        new_len = self.max_len if width <= self.max_len else min(self.context_length, max(width, 2 * self.max_len))
-        for name in ("slots_k", "slots_v"):
-            old = getattr(self, name)
-            grown = old.new_zeros((old.size(0), new_rows, old.size(2), new_len, old.size(4)))
-            grown[:, :have_rows, :, : self.max_len] = old
-            setattr(self, name, grown)
-        self.max_len = new_len
-
-    def put(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Place a prefilled prompt's keys/values (n_layers, n_kv_heads, T, head_dim) in `slot`."""
-        self.slots_k[:, slot, :, : k.size(2)] = k
-        self.slots_v[:, slot, :, : v.size(2)] = v
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy the first `length` columns of row `src` into slot `dst` (keeps the running rows contiguous)."""
-        self.slots_k[:, dst, :, :length] = self.slots_k[:, src, :, :length]
-        self.slots_v[:, dst, :, :length] = self.slots_v[:, src, :, :length]
-
-    def select(self, rows: int, width: int) -> None:
-        """Show the model the first `rows` slots, `width` columns wide, with the new token going to width - 1."""
-        self.k, self.v = self.slots_k[:, :rows], self.slots_v[:, :rows]
-        self.length = width - 1
-
-    def commit(self, positions: torch.Tensor, width: int) -> None:
-        """After a ragged step: move each shorter row's new key/value from column width - 1 to `positions`."""
-        rows = torch.nonzero(positions < width - 1).flatten()
-        cols, last = positions[rows], torch.full_like(rows, width - 1)
-        for store in (self.slots_k, self.slots_v):
-            store[:, rows, :, cols] = store[:, rows, :, last]
 
 
 @dataclass(eq=False)
@@ -113,12 +58,16 @@ class Batcher:
 
     Not thread-safe: one thread submits, cancels and steps (the server funnels requests to that thread).
     `step_tokens` bounds the prompt tokens prefilled per step (None: the context window, no chunking).
+    `decode_step` (a `CompiledDecodeStep` for at least `max_rows` rows) decodes through a compiled graph
+    and its static cache instead of the eager model; one step serves one batcher at a time.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any = None, max_rows: int = 32,
-                 step_tokens: int | None = None) -> None:
+                 step_tokens: int | None = None, decode_step: CompiledDecodeStep | None = None) -> None:
         if max_rows < 1 or (step_tokens is not None and step_tokens < 1):
             raise ConfigError(f"max_rows ({max_rows}) and step_tokens ({step_tokens}) must be positive")
+        if decode_step is not None and decode_step.max_rows < max_rows:
+            raise ConfigError(f"the compiled step has {decode_step.max_rows} rows; this batch needs {max_rows}")
         self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
         self.config = model.config
         self.step_tokens = step_tokens or self.config.context_length
@@ -129,8 +78,12 @@ class Batcher:
         self.rows: list[SequenceState] = []  # row i lives in slot i
         self.owners: list[BatchRequest] = []
         self.held = 0  # rows promised to requests being prefilled
-        with torch.inference_mode():
-            self.cache = SlotKVCache(self.config, max_rows, self.device, self.dtype)
+        self.decode_step = decode_step
+        if decode_step is not None:
+            self.cache = decode_step.cache
+        else:
+            with torch.inference_mode():
+                self.cache = SlotKVCache(self.config, max_rows, self.device, self.dtype)
         self.head = DecodeHead(model.lm_head)
 
     def submit(self, prompt: list[int], params: SamplingParams) -> BatchRequest:
@@ -250,6 +203,9 @@ class Batcher:
         self.cache.grow(len(rows), width)
         self.cache.select(len(rows), width)
         tokens = torch.tensor([s.generated[-1] for s in rows], device=self.device)[:, None]
+        if self.decode_step is not None:
+            self._sample(logits=self.decode_step(tokens, torch.tensor(positions, device=self.device)), events=events)
+            return
         if min(positions) == width - 1:  # every row at the same length: the model's default positions, no mask
             x, _ = self.model.hidden_states(tokens, kv_cache=self.cache)
         else:

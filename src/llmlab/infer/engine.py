@@ -21,6 +21,7 @@ import torch
 
 from llmlab.errors import ConfigError, InputError
 from llmlab.infer.batching import Batcher
+from llmlab.infer.compiled import CompiledDecodeStep
 from llmlab.infer.sampling import SamplingParams
 from llmlab.infer.sequence import SequenceState, StreamEvent, end_token_ids, new_sequence, sample_seed
 from llmlab.model.frozen import compute_dtype
@@ -65,10 +66,12 @@ class Engine:
     `use_kv_cache=False` recomputes the whole sequence at every step (for teaching and for tests).
     The model runs in eval mode while generating and is handed back in the mode it was in.
     At most `max_batch_size` sequences decode together; the rest join as rows free up.
+    `compile` decodes through a compiled static-shape step (`llmlab.infer.compiled`): None chooses it on
+    CUDA only. The step is compiled once per engine and reused by its calls, one call at a time.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any = None, use_kv_cache: bool = True,
-                 max_batch_size: int = 32) -> None:
+                 max_batch_size: int = 32, compile: bool | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
@@ -77,6 +80,8 @@ class Engine:
         first = next(model.parameters())
         self.device, self.dtype = first.device, compute_dtype(model)
         self.end_ids = end_token_ids(tokenizer)
+        self.compile = self.device.type == "cuda" if compile is None else compile
+        self.decode_step: CompiledDecodeStep | None = None
 
     # ----- prompts -----------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -164,7 +169,10 @@ class Engine:
             return
         # A request's samples are consecutive rows 0..n-1: submit each prompt once, it prefills once.
         widest = max((p.n for _, p, _, _ in rows), default=1)
-        batcher = Batcher(self.model, self.tokenizer, max_rows=max(self.max_batch_size, widest))
+        max_rows = max(self.max_batch_size, widest)
+        if self.compile and (self.decode_step is None or self.decode_step.max_rows < max_rows):
+            self.decode_step = CompiledDecodeStep(self.model, max_rows, self.device, self.dtype)
+        batcher = Batcher(self.model, self.tokenizer, max_rows=max_rows, decode_step=self.decode_step)
         first_row = {batcher.submit(ids, p): r for r, (ids, p, _, index) in enumerate(rows) if index == 0}
         with eval_mode(self.model):
             while batcher.busy:

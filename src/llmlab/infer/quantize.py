@@ -9,13 +9,14 @@ NF4 (QLoRA, Dettmers et al. 2023), one absmax per block of 64 consecutive weight
     the 16 levels are quantiles of a standard normal scaled to [-1, 1] (with an exact zero), so each
     level is equally likely for normally distributed weights; q = the level nearest W / absmax.
 
-Activations stay in floating point; the weight is expanded back before (or, with PyTorch's int8 kernel,
-inside) the matmul. Memory shrinks ~4x (int8) or ~6x (int4, group 64) for the quantized matrices; the
+Activations stay in floating point; the weight is expanded back before the matmul (on an x86 CPU, int8
+multiplies integers instead: `Int8Linear`). Memory shrinks ~4x (int8) or ~6x (int4, group 64) for the quantized matrices; the
 price is a small rise in perplexity, measured by `perplexity` before and after (docs/inference.md).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -26,8 +27,37 @@ from llmlab.errors import ConfigError
 from llmlab.model.nf4 import NF4Linear
 
 
+def int8_kernel_available() -> bool:
+    """Whether this PyTorch build and CPU run FBGEMM's int8 linear (x86 with AVX2 or AVX-512)."""
+    return ("fbgemm" in torch.backends.quantized.supported_engines
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+
+
+def pack_int8_weight(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.ScriptObject:
+    """The int8 codes, per-row scales and bias prepacked once into FBGEMM's layout for `linear_dynamic`."""
+    zero_points = torch.zeros(weight_int8.size(0), dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensors are deprecated as values; the kernel is not
+        warnings.simplefilter("ignore", UserWarning)
+        codes = torch._make_per_channel_quantized_tensor(weight_int8, scale.double(), zero_points, 0)
+    engine = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "fbgemm"
+        return torch.ops.quantized.linear_prepack(codes, bias)
+    finally:
+        torch.backends.quantized.engine = engine
+
+
 class Int8Linear(nn.Module):
-    """A Linear layer whose weight is int8 with one fp32 scale per output row."""
+    """A Linear layer whose weight is int8 with one fp32 scale per output row.
+
+    `reference` is the definition: dequantize, then F.linear. On an x86 CPU with fp32 inputs `forward`
+    runs FBGEMM's dynamic int8 linear instead: each call quantizes the activations to uint8 (one scale
+    and zero point per call, from their min and max) and multiplies integers with VNNI/AVX2, reading a
+    quarter of fp32's weight bytes. That is faster than fp32 `F.linear` at 1 and at 256 rows for
+    SmolLM2-135M's block matrices, and at 1 row for its head (docs/inference.md), at the price of
+    rounding the activations too (~0.5% relative error per product; see `int8_input_fits`). PyTorch's
+    weight-only `_weight_int8pack_mm` measured 6-80x slower than fp32 there, so it is not used.
+    """
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -37,17 +67,24 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed: torch.ScriptObject | None = None  # made at the first CPU call; not part of the state
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.packed = None  # new codes: pack again at the next call
+        super()._load_from_state_dict(*args, **kwargs)
 
     def dequantize(self) -> torch.Tensor:
         return self.weight_int8.float() * self.scale[:, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and x.device.type == "cpu":
-            # PyTorch's fused CPU kernel multiplies by the int8 weight without materialising it in fp32.
-            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight_int8, self.scale)
-            y = y.view(*x.shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or not int8_kernel_available():
+            return self.reference(x)
+        if self.packed is None:
+            self.packed = pack_int8_weight(self.weight_int8, self.scale, self.bias)
+        return torch.ops.quantized.linear_dynamic(x, self.packed, False)
 
 
 class Int4Linear(nn.Module):
@@ -79,23 +116,39 @@ class Int4Linear(nn.Module):
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
+def int8_input_fits(name: str) -> bool:
+    """Whether the Linear layer `name` reads activations that 8 bits with one scale per call can hold.
+
+    The MLP's down projection reads the activation function's output, whose few huge channels
+    (the outliers of LLM.int8(), Dettmers et al. 2022) leave the rest of a row a handful of levels:
+    on SmolLM2-135M quantizing its input alone raised perplexity by 42%, every other layer together by
+    2% (docs/inference.md). Pass as `quantize_model(..., only=int8_input_fits)` for CPU int8."""
+    return not name.endswith("mlp.down")
+
+
 QUANTIZED = {8: Int8Linear, 4: Int4Linear, "nf4": NF4Linear}
 
 
 def quantize_model(
     model: nn.Module, bits: int | str = 8, group_size: int = 64, skip: Iterable[str] = (),
-    only: Callable[[str], bool] | None = None,
+    only: Callable[[str], bool] | None = None, tied_head: bool = False,
 ) -> nn.Module:
     """Replace every nn.Linear (except names in `skip`, those `only` rejects, and a head tied to the
-    embedding) in place: `bits` 8, 4 or "nf4".
+    embedding unless `tied_head`) in place: `bits` 8, 4 or "nf4".
 
-    The tied head shares its matrix with the token embedding, which is looked up, not multiplied,
-    so it stays in floating point; quantizing a copy would add memory, not save it.
+    The tied head shares its matrix with the token embedding, which is looked up, not multiplied, so by
+    default it stays in floating point: quantizing a copy adds memory. `tied_head=True` quantizes a copy
+    all the same, for speed: in int8 it is a quarter of the fp32 matrix that decoding reads every step.
+    int8 on the CPU needs FBGEMM's kernel (ConfigError without it: the fallback is slower than fp32).
     """
     if bits not in QUANTIZED:
         raise ConfigError(f"bits must be 4, 8 or nf4, got {bits}")
+    on_cpu = any(p.device.type == "cpu" for p in model.parameters())
+    if bits == 8 and on_cpu and not int8_kernel_available():
+        raise ConfigError("int8 on this CPU would be slower than fp32: PyTorch has no FBGEMM int8 kernel for it",
+                          hint="run in fp32, or bf16 on a CPU with bf16 support")
     skip = set(skip)
-    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    tied = set() if tied_head else {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name

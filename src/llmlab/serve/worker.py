@@ -21,6 +21,8 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from llmlab.infer import SamplingParams
 from llmlab.infer.batching import Batcher, BatchRequest
+from llmlab.infer.compiled import CompiledDecodeStep
+from llmlab.model.frozen import compute_dtype
 
 DONE = object()  # sentinel put on a job's queue after its last event
 
@@ -148,6 +150,10 @@ class BatchLoop:
     def __init__(self, worker: GenerationWorker, model: Any, tokenizer: Any) -> None:
         self.worker, self.model, self.tokenizer = worker, model, tokenizer
         model.eval()  # a served model only generates: no dropout, and no per-step mode switching
+        first = next(model.parameters())
+        # On CUDA the batch decodes through a compiled step, kept across batchers so it compiles once.
+        self.decode_step = (CompiledDecodeStep(model, worker.max_batch, first.device, compute_dtype(model))
+                            if first.device.type == "cuda" else None)
         self.batcher = self._new_batcher()
         self.queued = 0  # requests waiting for rows in the batcher, read by stats()
         self._inbox: list[tuple[Job, list[int], SamplingParams]] = []
@@ -157,7 +163,7 @@ class BatchLoop:
         threading.Thread(target=self._run, name="llmlab-batch", daemon=True).start()
 
     def _new_batcher(self) -> Batcher:
-        return Batcher(self.model, self.tokenizer, self.worker.max_batch, self.worker.step_tokens)
+        return Batcher(self.model, self.tokenizer, self.worker.max_batch, self.worker.step_tokens, self.decode_step)
 
     def add(self, job: Job, prompt: list[int], params: SamplingParams) -> None:
         with self._wake:
