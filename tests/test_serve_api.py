@@ -320,26 +320,3 @@ def test_fit_chat_drops_the_fewest_oldest_turns_by_the_tokenizers_count(http):
     huge = http.post("/api/fit_chat", json={"model": GPT_ID, "messages": [{"role": "user", "content": "x " * 400}]})
     assert huge.json()["fits"] is False and huge.json()["dropped"] == 0
     assert http.post("/api/fit_chat", json={"model": GPT_ID, "messages": system}).status_code == 400
-
-
-def test_sse_lines_of_events_already_waiting_go_out_in_one_write():
-    import asyncio
-
-    from llmlab.serve.openai_api import _guarded
-    from llmlab.serve.worker import Job
-
-    async def run() -> list[str]:
-        job = Job()
-        for i in range(3):  # three steps' events arrived before the stream read any of them
-            job.queue.put_nowait(i)
-
-        async def lines():
-            yield "data: first\n\n"
-            while not job.queue.empty():
-                yield f"data: {job.queue.get_nowait()}\n\n"
-
-        return [w async for w in _guarded(lines(), job)]
-
-    writes = asyncio.run(run())
-    # Held only while events were waiting, then sent together: one write, not four.
-    assert writes == ["data: first\n\ndata: 0\n\ndata: 1\n\ndata: 2\n\n", "data: [DONE]\n\n"]

@@ -291,26 +291,17 @@ def sse(obj: Any) -> str:
 
 
 async def _guarded(stream: AsyncIterator[str], job: Job) -> AsyncIterator[str]:
-    """Stream SSE lines; stop the generations when the client disconnects; end with [DONE] even after an error.
-
-    Lines made from events that were already waiting in the job's queue go out in one write with the
-    line after them: when the server falls behind the batch (many streams, few cores), each stream's
-    tokens of several steps then cost one send, not one each. A line is never held back waiting for an
-    event that has not arrived, so time to first token is unchanged."""
-    pending: list[str] = []
+    """Stream SSE lines; stop the generations when the client disconnects; end with [DONE] even after an error."""
     try:
         async for line in stream:
-            pending.append(line)
-            if job.queue.empty():
-                yield "".join(pending)
-                pending.clear()
+            yield line
     except APIError as e:
-        pending.append(sse(e.body()))
+        yield sse(e.body())
     except Exception as e:  # a generation failed mid-stream: the status line is already sent
-        pending.append(sse(error_body(500, f"generation failed: {e}")))
+        yield sse(error_body(500, f"generation failed: {e}"))
     finally:
         job.cancel.set()  # a no-op for a finished job; stops generating when the client went away
-    yield "".join(pending) + "data: [DONE]\n\n"
+    yield "data: [DONE]\n\n"
 
 
 async def _wait(request: Request, generator: Generator, job: Job, n: int) -> list[ChoiceResult]:
