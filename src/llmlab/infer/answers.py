@@ -20,4 +20,5 @@ def chat_answers(model, tokenizer, questions: Sequence[str | list[dict[str, str]
     conversations = [[{"role": "user", "content": q}] if isinstance(q, str) else q for q in questions]
     prompts = [render_chat(c, tokenizer, add_generation_prompt=True, max_tokens=limit).ids for c in conversations]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    return [c.text.strip() for c in Engine(model, tokenizer).generate(prompts, params)]
+    # One short-lived engine per call: compiling its decode step on CUDA would cost more than it saves.
+    return [c.text.strip() for c in Engine(model, tokenizer, compile=False).generate(prompts, params)]

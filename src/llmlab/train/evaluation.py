@@ -50,7 +50,7 @@ def sample_continuations(
         from llmlab.infer import Engine, SamplingParams
     except ImportError:
         return None
-    engine = Engine(model, tokenizer)
+    engine = Engine(model, tokenizer, compile=False)  # a few samples per evaluation: not worth a compile
     params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + i)
               for i in range(len(prompts))]  # one seed per prompt, the same at every evaluation
     return [(p, c.text) for p, c in zip(prompts, engine.generate(list(prompts), params))]

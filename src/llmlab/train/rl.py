@@ -218,7 +218,9 @@ class RolloutBatches:
         self.policy.eval()
         try:
             with hardware.autocast(self.device, self.amp_dtype):
-                completions = Engine(self.policy, tok).generate(prompts, params)
+                # A new engine each rollout, under autocast, with weights that change between rollouts:
+                # the eager step, not a compiled one recompiled or re-recorded every step on CUDA.
+                completions = Engine(self.policy, tok, compile=False).generate(prompts, params)
             answers = [c.text.strip() for c in completions]
             per_answer = [e for e in examples for _ in range(o.group_size)]
             scores = torch.tensor(self.reward_fn(per_answer, answers), dtype=torch.float32)
