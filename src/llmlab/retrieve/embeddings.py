@@ -20,9 +20,10 @@ from llmlab.errors import ConfigError, InputError
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length in its sentence-transformers config
 DTYPES = ("auto", "float32", "bfloat16")
-# Texts run through the model together: on CPU 32 beat 16, 64 and 128 (the activations of a batch of
-# 32 chunks of 128 pieces stay in cache; docs/retrieval.md).
-BATCH_SIZE = 32
+# Texts run through the model together. On the 2-core AMX CPU, over the pydoc index's first 4,096
+# chunks of <= 128 pieces, 16 embedded ~222 chunks/s against 24's ~203 and 32's ~182 (bf16, paired,
+# quiet; docs/retrieval.md): small batches keep the activations in cache.
+BATCH_SIZE = 16
 
 
 def resolve_dtype(dtype: str) -> str:
