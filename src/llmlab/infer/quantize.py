@@ -16,6 +16,7 @@ price is a small rise in perplexity, measured by `perplexity` before and after (
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, Iterable
 
@@ -27,6 +28,7 @@ from llmlab.errors import ConfigError
 from llmlab.model.nf4 import NF4Linear
 
 
+@functools.cache
 def int8_kernel_available() -> bool:
     """Whether this PyTorch build and CPU run FBGEMM's int8 linear (x86 with AVX2 or AVX-512)."""
     return ("fbgemm" in torch.backends.quantized.supported_engines
