@@ -10,7 +10,7 @@ documentation the quickstart crawls), indexes it with `build_index`, and measure
            (`build_instructions`), where a hit is any passage from the module's page;
   latency  query latency (median, p95) at ~100k chunks: the real chunks repeated with perturbed text
            and vectors (real vector + small noise, renormalised), written straight into a store;
-  rag      SmolLM2-135M-Instruct on held-out docstring questions, greedy, without and with the top
+  rag      SmolLM2-135M-Instruct on held-out (or, with --rag-split dev, training) docstring questions, greedy, without and with the top
            passages in the prompt: exact match and chrF as the quickstart's `evaluate` computes them.
 
     PYTHONPATH=src .venv/bin/python benchmarks/retrieval.py index dtype recall latency rag --rag-questions 100 --rag-variants 3:400,5:600 --rag-dtype bf16
@@ -75,6 +75,11 @@ def questions(documents: Path):
 
     modules = [u.split(":", 1)[1] for u in pq.read_table(documents, columns=["url"]).column("url").to_pylist()]
     return build_instructions(modules, seed=0)
+
+
+def dev_questions(train, n: int):
+    """`n` training questions drawn with a fixed seed: a dev split that never touches the held-out ones."""
+    return random.Random(1).sample(train, min(n, len(train)))
 
 
 def bench_index(documents: Path, index_dir: Path, embedder: Embedder, chunk_tokens: int, overlap_tokens: int) -> dict:
@@ -201,14 +206,14 @@ def _answer_all(engine, prompts: list[list[int]], params, refs: list[str]) -> tu
     }, answers
 
 
-def bench_rag(index: Index, held_out, n: int, variants: list[tuple[int, int]], instruction: str, dtype: str,
+def bench_rag(index: Index, questions, n: int, variants: list[tuple[int, int]], instruction: str, dtype: str,
               threads: int, max_new_tokens: int = 48) -> dict:
     """chrF without passages, then with the top k passages within `budget` tokens for each (k, budget)."""
     from llmlab.infer import Engine, SamplingParams, load_model
     from llmlab.infer.packed import pack_model, packing_available
     from llmlab.tokenizer.chat import render_chat
 
-    qas = held_out[:n]
+    qas = questions[:n]
     model, tok = load_model("smollm2-135m", dtype=torch.bfloat16 if dtype == "bf16" else None)
     if dtype == "bf16" and packing_available():
         pack_model(model)
@@ -254,6 +259,9 @@ def main() -> None:
     parser.add_argument("--recall-questions", type=int, default=400)
     parser.add_argument("--latency-chunks", type=int, default=100_000)
     parser.add_argument("--rag-questions", type=int, default=10)
+    parser.add_argument("--rag-split", choices=["held-out", "dev"], default="held-out",
+                        help="dev: questions drawn (seeded) from the training questions, to choose settings on "
+                             "before the held-out questions are answered once")
     parser.add_argument("--rag-variants", default="3:400",
                         help="comma-separated PASSAGES:TOKENS settings compared against one run without RAG")
     parser.add_argument("--rag-dtype", choices=["fp32", "bf16"], default="fp32", help="SmolLM2's precision")
@@ -290,8 +298,10 @@ def main() -> None:
         print(json.dumps(results["latency"], indent=1), flush=True)
     if "rag" in args.parts:
         variants = [tuple(int(x) for x in v.split(":")) for v in args.rag_variants.split(",")]
-        results["rag"] = bench_rag(index, held_out, args.rag_questions, variants, args.rag_instruction,
+        qas = held_out if args.rag_split == "held-out" else dev_questions(train, args.rag_questions)
+        results["rag"] = bench_rag(index, qas, args.rag_questions, variants, args.rag_instruction,
                                    args.rag_dtype, args.rag_threads)
+        results["rag"]["split"] = args.rag_split
         print(json.dumps(results["rag"], indent=1), flush=True)
     (work / f"results-{'-'.join(args.parts)}.json").write_text(json.dumps(results, indent=1))
 
