@@ -256,7 +256,7 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-def test_prompt_keeps_the_budget_and_drops_the_lowest_ranked_first():
+def test_prompt_keeps_the_budget_drops_the_lowest_ranked_first_and_puts_the_best_last():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Earlier?"},
                 {"role": "assistant", "content": "Yes."}, {"role": "user", "content": "What is p1?"}]
     passages = [passage(1, 50), passage(2, 50), passage(3, 50)]
@@ -271,6 +271,10 @@ def test_prompt_keeps_the_budget_and_drops_the_lowest_ranked_first():
     out, used = rag_messages(messages, passages, words, base + 90)  # two whole passages do not fit: the second is cut
     assert used == passages[:2] and "p2w0" in out[-1]["content"] and "p2w49" not in out[-1]["content"]
     assert "[1] T1 — u1" in out[-1]["content"] and "[2] T2 — u2" in out[-1]["content"]
+    out, used = rag_messages(messages, passages, words, 400)  # numbered by rank, the best listed last
+    content = out[-1]["content"]
+    assert content.index("[3] T3") < content.index("[2] T2") < content.index("[1] T1")
+    assert content.endswith("[1] T1 — u1\n" + passages[0].text + "\n\nQuestion: What is p1?")
     out, used = rag_messages(messages, passages, words, 5)  # nothing fits: the question goes alone
     assert used == [] and out == messages
     with pytest.raises(InputError):

@@ -3,7 +3,9 @@
 The passages go in front of the last user turn, not into a system message: SmolLM2-135M-Instruct
 follows its user turn far more than a system message (and a custom system message replaces the
 default one it was tuned with), so the sources sit next to the question it answers. Each passage is
-numbered `[n] title — url` so the model can cite it as [n]; `docs/retrieval.md` has the measurements.
+numbered by rank, `[n] title — url`, so the model can cite it as [n], and they are listed lowest-ranked
+first, so the best passage, [1], sits right before the question: a small model draws most on the
+text nearest the question. `docs/retrieval.md` has the measurements.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def rag_messages(messages: Sequence[Mapping[str, str]], passages: Sequence[Passa
 
     Passages are taken best first; the first that does not fit is trimmed to the room left (if enough
     remains) and the rest are dropped, so the lowest-ranked go first. Returns the new messages and the
-    passages used, numbered [1], [2], ... in that order. Without passages the messages are unchanged.
+    passages used, numbered [1], [2], ... in that order; the prompt lists them in reverse, so [1] is
+    nearest the question. Without passages the messages are unchanged.
     """
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
     if last_user is None:
@@ -53,8 +56,8 @@ def rag_messages(messages: Sequence[Mapping[str, str]], passages: Sequence[Passa
     question = messages[last_user]["content"]
     out = [dict(m) for m in messages]
 
-    def prompt(blocks: list[str]) -> str:
-        return f"{instruction}\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
+    def prompt(blocks: list[str]) -> str:  # `blocks` best first; the best goes last, next to the question
+        return f"{instruction}\n\n" + "\n\n".join(reversed(blocks)) + f"\n\nQuestion: {question}"
 
     def fits(blocks: list[str]) -> bool:  # the tokens added to the user turn stay within the budget
         return count_tokens(prompt(blocks)) - count_tokens(question) <= budget_tokens
