@@ -206,14 +206,15 @@ def _answer_all(engine, prompts: list[list[int]], params, refs: list[str]) -> tu
     }, answers
 
 
-def bench_rag(index: Index, questions, n: int, variants: list[tuple[int, int]], instruction: str, dtype: str,
+def bench_rag(index: Index, pool, n: int, variants: list[tuple[int, int]], instruction: str, dtype: str,
               threads: int, max_new_tokens: int = 48) -> dict:
-    """chrF without passages, then with the top k passages within `budget` tokens for each (k, budget)."""
+    """chrF on the first `n` questions of `pool` without passages, then with the top k passages within `budget`
+    tokens for each (k, budget)."""
     from llmlab.infer import Engine, SamplingParams, load_model
     from llmlab.infer.packed import pack_model, packing_available
     from llmlab.tokenizer.chat import render_chat
 
-    qas = questions[:n]
+    qas = pool[:n]
     model, tok = load_model("smollm2-135m", dtype=torch.bfloat16 if dtype == "bf16" else None)
     if dtype == "bf16" and packing_available():
         pack_model(model)
