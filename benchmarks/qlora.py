@@ -14,7 +14,7 @@ Printed: the bytes of the base as held in memory (NF4 matrices, bf16 embedding a
 LoRA: all fp32), held-out scores of the base, of the NF4-rounded base and after each fine-tune, and
 training tokens/s measured in paired, alternating forward + backward passes over the same batch.
 
-    .venv/bin/python benchmarks/qlora.py                 # ~15 minutes on 2 quiet cores
+    .venv/bin/python benchmarks/qlora.py                 # ~20 minutes on 2 quiet cores
     .venv/bin/python benchmarks/qlora.py --dev 101 --kinds lora --epochs 3 --lr 3e-4   # choosing settings
     .venv/bin/python benchmarks/qlora.py --steps 10 --questions 16    # a quick look
 """
@@ -104,7 +104,7 @@ def paired_tokens_per_second(models: dict, batch: dict, rounds: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="bench-data/qlora")
-    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training questions")
+    parser.add_argument("--epochs", type=float, default=2.0, help="passes over the training questions")
     parser.add_argument("--steps", type=int, help="optimizer steps instead of --epochs")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=8)
@@ -184,7 +184,8 @@ def main() -> int:
               f"base {base:.2f}, LoRA {lora['after']['chrf']:.2f} ({gain['lora']:+.2f}), "
               f"QLoRA {qlora['after']['chrf']:.2f} ({gain['qlora']:+.2f}; NF4 base before training "
               f"{qlora['before']['chrf']:.2f}); "
-              f"target: gains within 1 point -> {abs(gain['lora'] - gain['qlora']) <= 1}")
+              f"target: LoRA gains and QLoRA's gain is within 1 point of it -> "
+              f"{gain['lora'] > 0 and abs(gain['lora'] - gain['qlora']) <= 1}")
         print(f"training speed, paired: {json.dumps(results['speed'])}")
     else:
         print(f"held-out after {lora['steps']} steps: LoRA {lora['after']}, QLoRA {qlora['after']}")
