@@ -35,7 +35,7 @@ import torch
 
 from llmlab.infer import Engine, SamplingParams, load_model
 from llmlab.infer.packed import pack_model, packing_available
-from llmlab.infer.quantize import int8_input_fits, int8_kernel_available, quantize_model
+from llmlab.infer.quantize import int8_kernel_available, int8_per_token, quantize_model
 from llmlab.model.smollm2 import smollm2_gguf_path
 from machine import cpu_name  # noqa: E402
 
@@ -129,13 +129,14 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 def llmlab_variants() -> dict[str, torch.nn.Module]:
     """The llmlab models to time, by precision name: plain fp32 and bf16, bf16 with packed weights, and
-    int8 (every Linear whose input 8 bits hold, the tied head as a copy) where the CPU has the int8 kernel."""
+    int8 (every Linear, the tied head as a copy, the MLP's down projection rounding one token's input at a
+    time) where the CPU has the int8 kernel."""
     variants = {"fp32": load_model("smollm2-135m")[0], "bf16": load_model("smollm2-135m", dtype=torch.bfloat16)[0]}
     if packing_available():
         variants["bf16 packed"] = pack_model(load_model("smollm2-135m", dtype=torch.bfloat16)[0])
     if int8_kernel_available():
         variants["int8"] = quantize_model(load_model("smollm2-135m")[0], bits=8, tied_head=True,
-                                          only=int8_input_fits)
+                                          per_token=int8_per_token)
     return variants
 
 
