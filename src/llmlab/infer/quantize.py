@@ -94,7 +94,7 @@ class Int8Linear(nn.Module):
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or not int8_kernel_available():
+        if x.dtype != torch.float32 or not x.is_cpu or not int8_kernel_available():
             return self.reference(x)
         rows = x.numel() // x.size(-1)
         if self.per_token and rows > PER_TOKEN_KERNEL_ROWS:
