@@ -53,7 +53,7 @@ def pack_int8_weight(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch
 
 # Up to this many rows a `per_token` Int8Linear calls the kernel once per row: each call reads the int8
 # matrix once, where `reference` writes and reads an fp32 copy (about 8 int8 reads' worth).
-PER_TOKEN_KERNEL_ROWS = 4
+PER_TOKEN_KERNEL_ROWS = 8
 
 
 class Int8Linear(nn.Module):
