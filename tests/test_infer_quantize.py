@@ -7,7 +7,7 @@ import torch.nn as nn
 from llmlab.errors import ConfigError
 from llmlab.infer import Engine, SamplingParams
 from llmlab.infer.quantize import (
-    Int4Linear, Int8Linear, int8_kernel_available, model_bytes, perplexity, quantize_model,
+    PER_TOKEN_KERNEL_ROWS, Int4Linear, Int8Linear, int8_kernel_available, int8_per_token, model_bytes, perplexity, quantize_model,
 )
 from llmlab.model import GPT, preset
 
@@ -39,6 +39,29 @@ def test_int8_kernel_matches_the_dequantized_reference(rows):
     # Only the activations' 8-bit rounding separates them: well under 1% of the output's size.
     assert (fast - ref).norm() / ref.norm() < 0.01
     assert (fast - ref).abs().max() < 0.02 * ref.abs().max()
+
+
+@pytest.mark.skipif(not int8_kernel_available(), reason="no FBGEMM int8 kernel on this CPU")
+def test_per_token_int8_rounds_each_row_alone_and_a_prefill_through_the_reference():
+    torch.manual_seed(3)
+    q = Int8Linear(nn.Linear(96, 40), per_token=True)
+    rows = torch.randn(PER_TOKEN_KERNEL_ROWS + 2, 96)
+    rows[0, 5] = 300.0  # an outlier token: with one scale for all rows, the others would lose their precision
+    torch.testing.assert_close(q(rows), q.reference(rows))
+    assert q.packed is None  # a prefill's many rows never reached the kernel
+    few = rows[: PER_TOKEN_KERNEL_ROWS][None]
+    fast, ref = q(few), q.reference(few)
+    assert q.packed is not None and fast.shape == (1, PER_TOKEN_KERNEL_ROWS, 40)
+    for r in range(PER_TOKEN_KERNEL_ROWS):  # each row rounded as when it is alone
+        torch.testing.assert_close(fast[0, r], q(few[0, r : r + 1])[0])
+        if r > 0:  # so the outlier in row 0 costs the other rows nothing
+            assert (fast[0, r] - ref[0, r]).norm() / ref[0, r].norm() < 0.01
+
+
+def test_quantize_model_marks_only_the_layers_per_token_names():
+    model = quantize_model(GPT(preset("tiny-llama", vocab_size=100)).eval(), bits=8, per_token=int8_per_token)
+    assert model.blocks[0].mlp.down.per_token and not model.blocks[0].mlp.up.per_token
+    assert not model.blocks[0].attn.qkv.per_token
 
 
 @pytest.mark.skipif(not int8_kernel_available(), reason="no FBGEMM int8 kernel on this CPU")
@@ -120,3 +143,10 @@ def test_tied_head_stays_in_float_and_generation_still_works():
     assert len(out.token_ids) == 5
     with pytest.raises(ConfigError, match="bits"):
         quantize_model(model, bits=3)
+
+
+def test_perplexity_one_token_at_a_time_matches_the_whole_window_in_fp32():
+    model = sharp_model(1)
+    ids = torch.randint(0, 256, (40,), generator=torch.Generator().manual_seed(0))
+    whole = perplexity(model, ids, window=16)
+    assert perplexity(model, ids, window=16, one_token_at_a_time=True) == pytest.approx(whole, rel=1e-4)

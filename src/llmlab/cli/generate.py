@@ -60,12 +60,12 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Any, Any]:
 
     from llmlab.infer import load_model
     from llmlab.infer.packed import pack_model, packing_available
-    from llmlab.infer.quantize import int8_input_fits, quantize_model
+    from llmlab.infer.quantize import int8_per_token, quantize_model
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     model, tokenizer = load_model(args.model, device=args.device, dtype=dtype, tokenizer=args.tokenizer)
     if args.quantize == "int8":  # as benchmarks/cpu_decode.py measures it: the tied head too, in 8 bits
-        quantize_model(model, bits=8, tied_head=True, only=int8_input_fits)
+        quantize_model(model, bits=8, tied_head=True, per_token=int8_per_token)
     elif args.quantize:
         quantize_model(model, bits=4)
     if dtype is not None and torch.device(args.device).type == "cpu" and packing_available():

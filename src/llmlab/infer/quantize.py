@@ -25,7 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmlab.errors import ConfigError
+from llmlab.model.frozen import compute_dtype
 from llmlab.model.nf4 import NF4Linear
+from llmlab.model.transformer import KVCache
 
 
 @functools.cache
@@ -49,6 +51,11 @@ def pack_int8_weight(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch
         torch.backends.quantized.engine = engine
 
 
+# Up to this many rows a `per_token` Int8Linear calls the kernel once per row: each call reads the int8
+# matrix once, where `reference` writes and reads an fp32 copy (about 8 int8 reads' worth).
+PER_TOKEN_KERNEL_ROWS = 8
+
+
 class Int8Linear(nn.Module):
     """A Linear layer whose weight is int8 with one fp32 scale per output row.
 
@@ -57,12 +64,17 @@ class Int8Linear(nn.Module):
     and zero point per call, from their min and max) and multiplies integers with VNNI/AVX2, reading a
     quarter of fp32's weight bytes. That is faster than fp32 `F.linear` at 1 and at 256 rows for
     SmolLM2-135M's block matrices, and at 1 row for its head (docs/inference.md), at the price of
-    rounding the activations too (~0.5% relative error per product; see `int8_input_fits`). PyTorch's
+    rounding the activations too (~0.5% relative error per product; see `int8_per_token`). PyTorch's
     weight-only `_weight_int8pack_mm` measured 6-80x slower than fp32 there, so it is not used.
+
+    `per_token` layers give every row (token) its own activation scale: one call per row up to
+    `PER_TOKEN_KERNEL_ROWS` rows (decoding steps), and a prefill's many rows through `reference`. One scale
+    shared by many tokens is too coarse for an input with outlier tokens or channels (`int8_per_token`).
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, per_token: bool = False) -> None:
         super().__init__()
+        self.per_token = per_token
         w = linear.weight.detach().float()
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
@@ -82,10 +94,17 @@ class Int8Linear(nn.Module):
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or not int8_kernel_available():
+        if x.dtype != torch.float32 or not x.is_cpu or not int8_kernel_available():
+            return self.reference(x)
+        rows = x.numel() // x.size(-1)
+        if self.per_token and rows > PER_TOKEN_KERNEL_ROWS:
             return self.reference(x)
         if self.packed is None:
             self.packed = pack_int8_weight(self.weight_int8, self.scale, self.bias)
+        if self.per_token and rows > 1:
+            flat = x.reshape(rows, -1)
+            y = torch.cat([torch.ops.quantized.linear_dynamic(flat[r : r + 1], self.packed, False) for r in range(rows)])
+            return y.view(*x.shape[:-1], self.out_features)
         return torch.ops.quantized.linear_dynamic(x, self.packed, False)
 
 
@@ -118,14 +137,15 @@ class Int4Linear(nn.Module):
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-def int8_input_fits(name: str) -> bool:
-    """Whether the Linear layer `name` reads activations that 8 bits with one scale per call can hold.
+def int8_per_token(name: str) -> bool:
+    """Whether the Linear layer `name` needs its input rounded one token at a time (`Int8Linear.per_token`).
 
-    The MLP's down projection reads the activation function's output, whose few huge channels
-    (the outliers of LLM.int8(), Dettmers et al. 2022) leave the rest of a row a handful of levels:
-    on SmolLM2-135M quantizing its input alone raised perplexity by 42%, every other layer together by
-    2% (docs/inference.md). Pass as `quantize_model(..., only=int8_input_fits)` for CPU int8."""
-    return not name.endswith("mlp.down")
+    The MLP's down projection reads the activation function's output, whose few huge values (the
+    outliers of LLM.int8(), Dettmers et al. 2022) leave the rest a handful of levels when one scale
+    covers many tokens: on SmolLM2-135M rounding its input over 512-token windows raised perplexity by
+    42%, every other layer together by 2% (docs/inference.md). One token's own scale is finer.
+    Pass as `quantize_model(..., per_token=int8_per_token)` for CPU int8."""
+    return name.endswith("mlp.down")
 
 
 QUANTIZED = {8: Int8Linear, 4: Int4Linear, "nf4": NF4Linear}
@@ -134,6 +154,7 @@ QUANTIZED = {8: Int8Linear, 4: Int4Linear, "nf4": NF4Linear}
 def quantize_model(
     model: nn.Module, bits: int | str = 8, group_size: int = 64, skip: Iterable[str] = (),
     only: Callable[[str], bool] | None = None, tied_head: bool = False,
+    per_token: Callable[[str], bool] | None = None,
 ) -> nn.Module:
     """Replace every nn.Linear (except names in `skip`, those `only` rejects, and a head tied to the
     embedding unless `tied_head`) in place: `bits` 8, 4 or "nf4".
@@ -141,6 +162,7 @@ def quantize_model(
     The tied head shares its matrix with the token embedding, which is looked up, not multiplied, so by
     default it stays in floating point: quantizing a copy adds memory. `tied_head=True` quantizes a copy
     all the same, for speed: in int8 it is a quarter of the fp32 matrix that decoding reads every step.
+    int8 layers that `per_token` accepts round their input one token at a time (`Int8Linear.per_token`).
     int8 on the CPU needs FBGEMM's kernel (ConfigError without it: the fallback is slower than fp32).
     """
     if bits not in QUANTIZED:
@@ -158,7 +180,10 @@ def quantize_model(
                 continue
             if only is not None and not only(full):
                 continue
-            quantized = Int8Linear(child) if bits == 8 else QUANTIZED[bits](child, group_size)
+            if bits == 8:
+                quantized = Int8Linear(child, per_token=per_token is not None and per_token(full))
+            else:
+                quantized = QUANTIZED[bits](child, group_size)
             setattr(module, child_name, quantized.to(child.weight.device))
     return model
 
@@ -174,8 +199,11 @@ def model_bytes(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def perplexity(model: nn.Module, ids: torch.Tensor, window: int | None = None) -> float:
-    """exp(mean next-token cross-entropy) over `ids` (1-D), in non-overlapping windows of the context length."""
+def perplexity(model: nn.Module, ids: torch.Tensor, window: int | None = None, one_token_at_a_time: bool = False) -> float:
+    """exp(mean next-token cross-entropy) over `ids` (1-D), in non-overlapping windows of the context length.
+
+    `one_token_at_a_time` feeds each window token by token through a KV cache, as decoding does: a layer
+    that rounds its input per call (`Int8Linear`) then rounds one token's activations at a time."""
     window = window or model.config.context_length
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -183,7 +211,12 @@ def perplexity(model: nn.Module, ids: torch.Tensor, window: int | None = None) -
         chunk = ids[start : start + window + 1].to(device)
         if chunk.numel() < 2:
             break
-        _, loss = model(chunk[None, :-1], targets=chunk[None, 1:])
+        if one_token_at_a_time:
+            cache = KVCache(model.config, 1, chunk.numel() - 1, device, compute_dtype(model))
+            logits = torch.cat([model(chunk[None, i : i + 1], kv_cache=cache)[0][0] for i in range(chunk.numel() - 1)])
+            loss = F.cross_entropy(logits.float(), chunk[1:])
+        else:
+            _, loss = model(chunk[None, :-1], targets=chunk[None, 1:])
         total += float(loss) * (chunk.numel() - 1)
         count += chunk.numel() - 1
     return float(torch.exp(torch.tensor(total / count)))

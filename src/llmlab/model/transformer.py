@@ -33,7 +33,7 @@ FUSED_ON_CPU = True
 def use_fused(x: torch.Tensor) -> bool:
     """The hand-written kernels for `x`: on a CPU in eager mode only. A compiled graph fuses the plain
     expressions itself (and cannot trace the kernels' writes into strided buffers without breaking)."""
-    return FUSED_ON_CPU and x.device.type == "cpu" and not torch.compiler.is_compiling()
+    return FUSED_ON_CPU and not torch.compiler.is_compiling() and x.is_cpu
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
