@@ -18,7 +18,7 @@ from llmlab.tokenizer import train_bpe
 from llmlab.train.config import TrainConfig
 from llmlab.train.examples import IGNORE
 from llmlab.train.lora import LoRAConfig
-from llmlab.train.rl import RLOptions, prepare_rl, rl
+from llmlab.train.rl import GRPOLoss, RLOptions, prepare_rl, rl
 from llmlab.train.rl_losses import group_advantages, token_logprobs
 from test_sft import make_base, tiny, write_lines
 from test_train import _free_port
@@ -39,10 +39,10 @@ def options(**kw) -> RLOptions:
 
 def test_rollout_rows_hold_the_sampled_answers_and_their_log_probabilities(base, tmp_path):
     directory, tok = base
-    run = prepare_rl(tiny(directory, tmp_path, max_steps=2, micro_batch=16), options())
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=2, micro_batch=16), options(rollout_epochs=2))
     batches = run.trainer.batches
     batch = batches.next_batch()
-    assert batch["input_ids"].shape[0] == 16 and batches.steps_per_round == 1
+    assert batch["input_ids"].shape[0] == 16 and batches.steps_per_round == 2 and not batches.on_policy
     mask = batch["targets"] != IGNORE
     model = load_checkpoint(directory)
     logits, _ = model(batch["input_ids"])
@@ -57,6 +57,31 @@ def test_rollout_rows_hold_the_sampled_answers_and_their_log_probabilities(base,
     order = torch.from_numpy(batches.order[:16])
     torch.testing.assert_close(batch["advantages"], group_advantages(batches.buffer["scores"], 4)[order])
     assert mask.any(dim=1).all()
+
+
+def test_an_on_policy_grpo_rollout_takes_pi_old_from_the_training_step_itself(base, tmp_path, monkeypatch):
+    """One optimizer step per rollout: the rollout skips pi_old's forward, and the loss, its gradient and
+    the logged KL equal those computed with pi_old's log-probs taken at sampling time."""
+    directory, _ = base
+    monkeypatch.setattr("llmlab.train.rl.verifier_reward", digit_share)  # rewards that differ within groups
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=1, micro_batch=16), options())
+    batches, model = run.trainer.batches, run.trainer.gpt
+    batch = batches.next_batch()
+    assert batches.on_policy and "old_logps" not in batch
+    with torch.no_grad():
+        old = token_logprobs(model.eval()(batch["input_ids"])[0], batch["targets"])
+    model.train()
+    loss_fn, params = GRPOLoss(clip=0.2, beta=0.04, temperature=1.0), [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for rows in (batch, {**batch, "old_logps": old}):
+        loss, stats = loss_fn(model, rows)
+        results.append((loss, torch.autograd.grad(loss, params), stats["kl"]))
+    (loss_a, grads_a, kl_a), (loss_b, grads_b, kl_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    torch.testing.assert_close(kl_a, kl_b)
+    assert any(g.abs().sum() > 0 for g in grads_a)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b)
 
 
 def test_rollouts_decode_together_in_the_continuous_batcher_with_one_at_a_time_tokens(base, tmp_path, monkeypatch):

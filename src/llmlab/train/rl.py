@@ -164,6 +164,9 @@ class RolloutBatches:
                 f"micro_batch x grad_accum = {micro_batch} x {grad_accum} rows",
                 hint="make prompts_per_round x group_size x rollout_epochs a multiple of micro_batch x grad_accum")
         self.steps_per_round = served // (micro_batch * grad_accum)
+        # GRPO with one optimizer step per rollout trains the very weights that sampled it: pi_old is the
+        # policy's own log-probs, detached (TRL's shortcut with one iteration), and the rollout saves a forward.
+        self.on_policy = options.algo == "grpo" and self.steps_per_round == 1
         self.kl = AdaptiveKL(options.beta, options.target_kl, options.kl_horizon)
         self.round = 0  # rounds sampled so far
         self.position = 0  # rows of the current round's order served
@@ -234,13 +237,16 @@ class RolloutBatches:
                 targets[i, start : len(row) - 1] = torch.tensor(c.token_ids)
             ids, tgt = input_ids.to(self.device), targets.to(self.device)
             with hardware.autocast(self.device, self.amp_dtype):
-                old_logps, values = policy_outputs(self.policy, ids, tgt, o.temperature, o.algo == "ppo")
+                old_logps, values = (None, None) if self.on_policy else \
+                    policy_outputs(self.policy, ids, tgt, o.temperature, o.algo == "ppo")
                 ref_logps = self._reference_logps(ids, tgt)
         finally:
             self.policy.train(was_training)
         mask = (tgt != IGNORE).float()
         batch = {"input_ids": input_ids, "targets": targets, "scores": scores,
-                 "old_logps": old_logps.cpu(), "ref_logps": ref_logps.cpu()}
+                 "ref_logps": ref_logps.cpu()}
+        if old_logps is not None:
+            batch["old_logps"] = old_logps.cpu()
         if o.algo == "grpo":
             batch["advantages"] = group_advantages(scores, o.group_size)
         else:
@@ -293,11 +299,12 @@ def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature
     logits = out[0]
     mask = (batch["targets"] != IGNORE).float()
     logps = token_logprobs(logits, batch["targets"], temperature)
+    old_logps = batch["old_logps"] if "old_logps" in batch else logps.detach()  # an on-policy rollout: pi_old = pi
     with torch.no_grad():
         stats = {"entropy": masked_mean(token_entropy(logits, temperature), mask),
-                 "kl": masked_mean(batch["old_logps"] - batch["ref_logps"], mask),  # nats per answer token
+                 "kl": masked_mean(old_logps - batch["ref_logps"], mask),  # nats per answer token
                  "reward": batch["scores"].mean()}
-    return logps, (out[2].float() if values else None), mask, stats
+    return logps, old_logps, (out[2].float() if values else None), mask, stats
 
 
 class GRPOLoss:
@@ -307,8 +314,8 @@ class GRPOLoss:
         self.clip, self.beta, self.temperature = clip, beta, temperature
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        logps, _, mask, stats = _forward(model, batch, self.temperature, values=False)
-        loss, more = grpo_loss(logps, batch["old_logps"], batch["ref_logps"], batch["advantages"], mask,
+        logps, old_logps, _, mask, stats = _forward(model, batch, self.temperature, values=False)
+        loss, more = grpo_loss(logps, old_logps, batch["ref_logps"], batch["advantages"], mask,
                                self.clip, self.beta)
         return loss, {**stats, **more}
 
@@ -320,8 +327,8 @@ class PPOLoss:
         self.clip, self.clip_value, self.vf_coef, self.temperature = clip, clip_value, vf_coef, temperature
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        logps, values, mask, stats = _forward(model, batch, self.temperature, values=True)
-        loss, more = ppo_loss(logps, batch["old_logps"], batch["advantages"], values, batch["values"],
+        logps, old_logps, values, mask, stats = _forward(model, batch, self.temperature, values=True)
+        loss, more = ppo_loss(logps, old_logps, batch["advantages"], values, batch["values"],
                               batch["returns"], mask, self.clip, self.clip_value, self.vf_coef)
         return loss, {**stats, **more}
 
