@@ -7,7 +7,7 @@ import torch.nn as nn
 from llmlab.errors import ConfigError
 from llmlab.infer import Engine, SamplingParams
 from llmlab.infer.quantize import (
-    PER_TOKEN_KERNEL_ROWS, Int4Linear, Int8Linear, int8_kernel_available, int8_per_token, model_bytes, perplexity, quantize_model,
+    Int4Linear, Int8Linear, int8_kernel_available, int8_per_token, model_bytes, perplexity, quantize_model,
 )
 from llmlab.model import GPT, preset
 
@@ -42,20 +42,23 @@ def test_int8_kernel_matches_the_dequantized_reference(rows):
 
 
 @pytest.mark.skipif(not int8_kernel_available(), reason="no FBGEMM int8 kernel on this CPU")
-def test_per_token_int8_rounds_each_row_alone_and_a_prefill_through_the_reference():
+@pytest.mark.parametrize("bias", [True, False])
+def test_per_token_int8_rounds_each_row_on_its_own_scale_in_one_call(bias):
     torch.manual_seed(3)
-    q = Int8Linear(nn.Linear(96, 40), per_token=True)
-    rows = torch.randn(PER_TOKEN_KERNEL_ROWS + 2, 96)
-    rows[0, 5] = 300.0  # an outlier token: with one scale for all rows, the others would lose their precision
-    torch.testing.assert_close(q(rows), q.reference(rows))
-    assert q.packed is None  # a prefill's many rows never reached the kernel
-    few = rows[: PER_TOKEN_KERNEL_ROWS][None]
-    fast, ref = q(few), q.reference(few)
-    assert q.packed is not None and fast.shape == (1, PER_TOKEN_KERNEL_ROWS, 40)
-    for r in range(PER_TOKEN_KERNEL_ROWS):  # each row rounded as when it is alone
-        torch.testing.assert_close(fast[0, r], q(few[0, r : r + 1])[0])
-        if r > 0:  # so the outlier in row 0 costs the other rows nothing
+    q = Int8Linear(nn.Linear(96, 40, bias=bias), per_token=True)
+    rows = torch.randn(1, 12, 96)
+    rows[0, 0, 5] = 300.0  # an outlier token: with one scale for all rows, the others would lose their precision
+    fast, ref = q(rows), q.reference(rows)
+    assert fast.shape == (1, 12, 40)
+    for r in range(12):  # each row rounded exactly the same whichever rows share its call
+        torch.testing.assert_close(fast[0, r], q(rows[:, [r, (r + 5) % 12]])[0, 0], rtol=0, atol=0)
+        if r > 0:  # and the outlier in row 0 costs the other rows nothing, in a batch as alone
             assert (fast[0, r] - ref[0, r]).norm() / ref[0, r].norm() < 0.01
+            assert (q(rows[0, r : r + 1])[0] - ref[0, r]).norm() / ref[0, r].norm() < 0.01
+    plain = Int8Linear(nn.Linear(96, 40, bias=bias))
+    plain.load_state_dict(q.state_dict())
+    shared = plain(rows)  # one scale for all twelve rows: the outlier row leaves the others a few levels
+    assert (shared[0, 1:] - ref[0, 1:]).norm() > 5 * (fast[0, 1:] - ref[0, 1:]).norm()
 
 
 def test_quantize_model_marks_only_the_layers_per_token_names():

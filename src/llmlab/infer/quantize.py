@@ -51,11 +51,6 @@ def pack_int8_weight(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch
         torch.backends.quantized.engine = engine
 
 
-# Up to this many rows a `per_token` Int8Linear calls the kernel once per row: each call reads the int8
-# matrix once, where `reference` writes and reads an fp32 copy (about 8 int8 reads' worth).
-PER_TOKEN_KERNEL_ROWS = 8
-
-
 class Int8Linear(nn.Module):
     """A Linear layer whose weight is int8 with one fp32 scale per output row.
 
@@ -67,9 +62,12 @@ class Int8Linear(nn.Module):
     rounding the activations too (~0.5% relative error per product; see `int8_per_token`). PyTorch's
     weight-only `_weight_int8pack_mm` measured 6-80x slower than fp32 there, so it is not used.
 
-    `per_token` layers give every row (token) its own activation scale: one call per row up to
-    `PER_TOKEN_KERNEL_ROWS` rows (decoding steps), and a prefill's many rows through `reference`. One scale
-    shared by many tokens is too coarse for an input with outlier tokens or channels (`int8_per_token`).
+    `per_token` layers give every row (token) its own activation scale, in one kernel call: a single row
+    (a decoding step at batch 1) is the kernel's own per-call range; several rows are each divided by
+    their largest magnitude, a pinning row (1, -1, 0, ...) fixes the call's range at [-1, 1], and the
+    outputs are multiplied back (the layer is linear in each row), so a row is rounded the same whichever
+    rows share its call. One scale shared by many tokens is too coarse for an input with outlier tokens
+    or channels (`int8_per_token`).
     """
 
     def __init__(self, linear: nn.Linear, per_token: bool = False) -> None:
@@ -96,16 +94,21 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or not x.is_cpu or not int8_kernel_available():
             return self.reference(x)
-        rows = x.numel() // x.size(-1)
-        if self.per_token and rows > PER_TOKEN_KERNEL_ROWS:
-            return self.reference(x)
-        if self.packed is None:
-            self.packed = pack_int8_weight(self.weight_int8, self.scale, self.bias)
-        if self.per_token and rows > 1:
-            flat = x.reshape(rows, -1)
-            y = torch.cat([torch.ops.quantized.linear_dynamic(flat[r : r + 1], self.packed, False) for r in range(rows)])
-            return y.view(*x.shape[:-1], self.out_features)
-        return torch.ops.quantized.linear_dynamic(x, self.packed, False)
+        if self.packed is None:  # a per-token layer adds its bias after scaling back, outside the kernel
+            self.packed = pack_int8_weight(self.weight_int8, self.scale, None if self.per_token else self.bias)
+        if not self.per_token:
+            return torch.ops.quantized.linear_dynamic(x, self.packed, False)
+        flat = x.reshape(-1, x.size(-1))
+        if flat.size(0) == 1:  # fewest ops on the batch-1 decoding path
+            y = torch.ops.quantized.linear_dynamic(flat, self.packed, False)
+        else:
+            peak = flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+            pin = torch.zeros(1, flat.size(1), dtype=flat.dtype)
+            pin[0, 0], pin[0, -1] = 1.0, -1.0
+            y = torch.ops.quantized.linear_dynamic(torch.cat([flat / peak, pin]), self.packed, False)[:-1] * peak
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 class Int4Linear(nn.Module):
