@@ -80,6 +80,7 @@ class Int8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed: torch.ScriptObject | None = None  # made at the first CPU call; not part of the state
+        self.pin: torch.Tensor | None = None  # per_token: the row (1, -1, 0, ...) that fixes the range, made once
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self.packed = None  # new codes: pack again at the next call
@@ -102,10 +103,11 @@ class Int8Linear(nn.Module):
         if flat.size(0) == 1:  # fewest ops on the batch-1 decoding path
             y = torch.ops.quantized.linear_dynamic(flat, self.packed, False)
         else:
+            if self.pin is None:
+                self.pin = torch.zeros(1, self.in_features)
+                self.pin[0, 0], self.pin[0, -1] = 1.0, -1.0
             peak = flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
-            pin = torch.zeros(1, flat.size(1), dtype=flat.dtype)
-            pin[0, 0], pin[0, -1] = 1.0, -1.0
-            y = torch.ops.quantized.linear_dynamic(torch.cat([flat / peak, pin]), self.packed, False)[:-1] * peak
+            y = torch.ops.quantized.linear_dynamic(torch.cat([flat / peak, self.pin]), self.packed, False)[:-1] * peak
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
