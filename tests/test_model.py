@@ -380,6 +380,26 @@ def test_moe_counts_active_parameters_and_adds_the_balancing_loss_only_in_traini
     assert torch.allclose(train_loss, eval_loss + 0.5 * balance, atol=1e-5)
 
 
+def test_moe_with_every_expert_chosen_equals_the_dense_mlp_of_their_joint_width():
+    """2 experts, both always chosen, the router split evenly: by default (routed output times k) the
+    layer is exactly a dense MLP whose hidden units are the two experts' side by side, not half of it."""
+    from llmlab.model.transformer import MLP
+
+    torch.manual_seed(0)
+    config = preset("tiny", bias=False, n_experts=2, experts_per_token=2)
+    moe = GPT(config).blocks[0].mlp.eval()
+    torch.nn.init.zeros_(moe.router.weight)
+    dense = MLP(config, d_ff=2 * config.d_ff)
+    with torch.no_grad():
+        dense.up.weight.copy_(moe.experts_up.flatten(0, 1))
+        dense.down.weight.copy_(torch.cat(list(moe.experts_down), dim=1))
+    x = torch.randn(1, 16, config.d_model)
+    torch.testing.assert_close(moe(x), dense(x))
+    mixtral = GPT(config.replace(routed_scale=1.0)).blocks[0].mlp.eval()  # Mixtral's plain sum: half
+    mixtral.load_state_dict(moe.state_dict())
+    torch.testing.assert_close(mixtral(x), dense(x) / 2)
+
+
 def test_moe_balancing_loss_equals_transformers_switch_loss():
     pytest.importorskip("transformers")
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func

@@ -40,6 +40,10 @@ class GPTConfig:
     n_experts: int = 0  # routed expert MLPs per layer
     experts_per_token: int = 2  # top-k: how many experts each token goes through
     n_shared_experts: int = 0  # experts every token also goes through (DeepSeekMoE), as one wider MLP
+    # Scale on the routed experts' weighted sum. None: experts_per_token, so that with the router split evenly
+    # a token gets what a dense MLP k experts wide would give (DeepSeek-V3 scales its routed output too);
+    # 1.0 is Mixtral's plain renormalised sum.
+    routed_scale: float | None = None
     router_aux_loss: float = 0.01  # weight of the load-balancing loss added to the training loss
     router_jitter: float = 0.0  # training-time multiplicative noise on the router's input (Switch, Mixtral)
     capacity_factor: float = 0.0  # 0: no token is dropped; else an expert takes at most factor * k * tokens / E
@@ -77,12 +81,19 @@ class GPTConfig:
                 raise ValueError(f"experts_per_token={self.experts_per_token} must lie in [1, n_experts={self.n_experts}]")
             if self.router_aux_loss < 0 or self.router_jitter < 0 or self.capacity_factor < 0:
                 raise ValueError("router_aux_loss, router_jitter and capacity_factor must not be negative")
+            if self.routed_scale is not None and not self.routed_scale > 0:
+                raise ValueError(f"routed_scale={self.routed_scale} must be positive (None: experts_per_token)")
 
     def _rule_d_ff(self) -> int:
         if self.activation == "swiglu":
             # Llama: 2/3 of 4d so that three matrices cost what two 4d ones would, rounded up to 256.
             return 256 * math.ceil(int(8 * self.d_model / 3) / 256)
         return 4 * self.d_model
+
+    @property
+    def routed_output_scale(self) -> float:
+        """What the routed experts' weighted sum is multiplied by (`routed_scale`, None meaning k)."""
+        return float(self.experts_per_token) if self.routed_scale is None else self.routed_scale
 
     @property
     def expert_params(self) -> int:
@@ -152,7 +163,8 @@ PRESETS: dict[str, GPTConfig] = {
                            d_model=16384, d_ff=53248, rope_theta=500000.0),
     # Mixtral 8x7B (Jiang et al. 2024): 8 experts per layer, 2 per token.
     "mixtral-8x7b": _llama(vocab_size=32000, context_length=32768, n_layers=32, n_heads=32, n_kv_heads=8,
-                           d_model=4096, d_ff=14336, rope_theta=1e6, n_experts=8, experts_per_token=2),
+                           d_model=4096, d_ff=14336, rope_theta=1e6, n_experts=8, experts_per_token=2,
+                           routed_scale=1.0),
     "llama-small": _llama(vocab_size=32000, context_length=1024, n_layers=12, n_heads=12, n_kv_heads=4, d_model=768),
     "tiny": GPTConfig(vocab_size=512, context_length=128, n_layers=2, n_heads=4, d_model=64),
     "tiny-llama": _llama(vocab_size=512, context_length=128, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64),

@@ -115,7 +115,8 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
         if window and window < hf.get("max_position_embeddings", 2048):
             raise ConfigError(f"Mixtral's sliding-window attention ({window} positions) is not supported")
         moe = dict(n_experts=hf["num_local_experts"], experts_per_token=hf["num_experts_per_tok"],
-                   router_aux_loss=hf.get("router_aux_loss_coef", 0.001), router_jitter=hf.get("router_jitter_noise", 0.0))
+                   router_aux_loss=hf.get("router_aux_loss_coef", 0.001), router_jitter=hf.get("router_jitter_noise", 0.0),
+                   routed_scale=1.0)
     return GPTConfig(
         vocab_size=hf["vocab_size"], context_length=hf.get("max_position_embeddings", 2048),
         n_layers=hf["num_hidden_layers"], n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
@@ -273,6 +274,8 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[
     out = {}
     for ours, parts, transposed in tensor_layout(config, family_of(config)):
         tensor = state[ours].t() if transposed else state[ours]
+        if ours.endswith("experts_down"):  # Mixtral sums its experts unscaled: the scale goes into w2
+            tensor = tensor * config.routed_output_scale
         tensor = tensor.flatten(0, 1) if ours.endswith(EXPERT_TENSORS) else tensor
         pieces = tensor.split([rows for _, rows in parts]) if len(parts) > 1 else [tensor]
         out.update({name: piece.contiguous() for (name, _), piece in zip(parts, pieces)})

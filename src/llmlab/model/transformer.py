@@ -252,8 +252,10 @@ def load_balancing_loss(probs: torch.Tensor, chosen: torch.Tensor, n_experts: in
 class MoE(nn.Module):
     """A mixture of experts in place of the MLP (Shazeer et al. 2017; Mixtral, Jiang et al. 2024): a
     linear router scores the E experts for each token, the token goes through the k best, and their
-    outputs are summed with the router's softmax probabilities renormalised over those k. Shared
-    experts (DeepSeekMoE) are one dense MLP every token also passes through.
+    outputs are summed with the router's softmax probabilities renormalised over those k, times
+    `routed_output_scale` (k by default: 1 is Mixtral's sum, which halves a top-2 layer's output against a
+    dense MLP as wide as the two experts, and trains worse). Shared experts (DeepSeekMoE) are one dense
+    MLP every token also passes through.
 
     Training adds the load-balancing loss (`aux_loss`, read by `GPT.forward`), may jitter the router's
     input and, with `capacity_factor`, drops a token's visit to an expert that is full (the residual
@@ -264,6 +266,7 @@ class MoE(nn.Module):
         E, d, f = config.n_experts, config.d_model, config.d_ff
         self.activation, self.k = config.activation, config.experts_per_token
         self.jitter, self.capacity_factor = config.router_jitter, config.capacity_factor
+        self.scale = config.routed_output_scale
         self.router = nn.Linear(d, E, bias=False)
         self.experts_up = nn.Parameter(torch.empty(E, 2 * f if config.activation == "swiglu" else f, d))
         self.experts_down = nn.Parameter(torch.empty(E, d, f))
@@ -278,6 +281,8 @@ class MoE(nn.Module):
         probs = self.router(scored).float().softmax(dim=-1)  # (N, E)
         weights, chosen = probs.topk(self.k, dim=-1)  # (N, k)
         weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.scale != 1.0:
+            weights = weights * self.scale
         self.aux_loss = load_balancing_loss(probs, chosen, probs.size(-1)) if self.training else None
         capacity = None
         if self.training and self.capacity_factor > 0:
