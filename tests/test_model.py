@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmlab.model import GPT, KVCache, from_depth, preset, suggested_lr
+from llmlab.model import GPT, GPTConfig, KVCache, from_depth, preset, suggested_lr
 from llmlab.model import fused, transformer
 from llmlab.model.fused import cross_entropy, linear_cross_entropy, rms_norm, split_heads, swiglu
 from llmlab.model.transformer import RMSNorm, apply_rope, rope_tables, sinusoidal_table
@@ -398,6 +398,9 @@ def test_moe_with_every_expert_chosen_equals_the_dense_mlp_of_their_joint_width(
     mixtral = GPT(config.replace(routed_scale=1.0)).blocks[0].mlp.eval()  # Mixtral's plain sum: half
     mixtral.load_state_dict(moe.state_dict())
     torch.testing.assert_close(mixtral(x), dense(x) / 2)
+    saved_before_the_field = {k: v for k, v in config.to_dict().items() if k != "routed_scale"}
+    assert GPTConfig.from_dict(saved_before_the_field).routed_output_scale == 1.0  # old checkpoints keep theirs
+    assert GPTConfig.from_dict(config.to_dict()).routed_output_scale == 2.0
 
 
 def test_moe_balancing_loss_equals_transformers_switch_loss():

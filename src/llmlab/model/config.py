@@ -121,6 +121,8 @@ class GPTConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        if d.get("n_experts") and "routed_scale" not in d:  # saved before the field existed: a plain sum
+            d = {**d, "routed_scale": 1.0}
         return cls(**d)
 
     def replace(self, **changes: Any) -> "GPTConfig":
