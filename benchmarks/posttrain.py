@@ -25,9 +25,9 @@ OUT/results.json and OUT/results.md and are printed with the machine they ran on
 
 `--grpo-base smollm2-135m` runs another pipeline instead, from a base that can add some of the time: SFT
 of SmolLM2-135M-Instruct (LoRA, then merged) on the arithmetic family's training sums, then GRPO from it
-(a fresh LoRA adapter, so the reference is the SFT model), SFT and GRPO scored on the 65 held-out sums;
-60 training sums are kept out of both as the dev split that GRPO's evaluations report. Results go to
-OUT/smollm2/results.json.
+(a fresh LoRA adapter, so the reference is the SFT model), every prompt with an empty system message;
+60 training sums are kept out of both as the dev split, scored every few GRPO steps; SFT and the best GRPO
+step on dev are scored on the 65 held-out sums. Results go to OUT/smollm2/results.json.
 """
 
 from __future__ import annotations
