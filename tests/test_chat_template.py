@@ -11,7 +11,7 @@ from llmlab.errors import ConfigError, InputError
 from llmlab.tokenizer.base import default_special_tokens
 from llmlab.tokenizer.bpe import Tokenizer
 from llmlab.tokenizer.bytelevel import text_to_bytes
-from llmlab.tokenizer.chat import end_of_turn_id, render_chat
+from llmlab.tokenizer.chat import end_of_turn_id, render_chat, with_system
 
 TOK = Tokenizer({bytes([i]): i for i in range(256)}, special_tokens=default_special_tokens(256))
 SP = TOK.special_tokens
@@ -54,6 +54,15 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(messages, system):
     expected = [t for m in messages if m["role"] == "assistant" for t in (*TOK.encode_ordinary(m["content"]), END)]
     assert [t for t, m in zip(r.ids, r.loss_mask) if m] == expected
     assert r.labels()[: len(r.ids)] == [t if m else -100 for t, m in zip(r.ids, r.loss_mask)]
+
+
+def test_with_system_adds_a_system_message_only_where_asked_and_missing():
+    user = [{"role": "user", "content": "Hi"}]
+    assert with_system(user, None) == user
+    assert with_system(user, "") == [{"role": "system", "content": ""}, *user]
+    own = [{"role": "system", "content": "Be terse."}, *user]
+    assert with_system(own, "") == own
+    assert render_chat(with_system(user, ""), TOK).ids == [EOT, SYS, END, USER, *b("Hi"), END]
 
 
 def test_content_cannot_forge_special_tokens():

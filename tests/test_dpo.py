@@ -103,6 +103,12 @@ def test_beta_must_be_positive():
         DPOLoss(0.0)
 
 
+def test_a_system_message_option_is_refused_where_preference_pairs_would_ignore_it(base, tmp_path):
+    directory, _ = base
+    with pytest.raises(ConfigError, match="SFT and RL only"):
+        prepare_dpo(tiny(directory, tmp_path), DPOOptions(data="tasks", system=""))
+
+
 def test_dpo_widens_the_held_out_reward_margin(base, tmp_path):
     directory, _ = base
     cfg = tiny(directory, tmp_path, max_steps=24, eval_every=24, checkpoint_every=24, lr=3e-3)

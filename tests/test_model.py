@@ -156,6 +156,21 @@ def test_kv_cache_matches_full_forward(name):
     assert cache.length == 20
 
 
+def test_logits_at_selected_positions_equal_the_full_logits_there():
+    torch.manual_seed(0)
+    model = GPT(preset("tiny-llama"))
+    x = torch.randint(0, 512, (3, 10))
+    picked = torch.zeros(3, 10, dtype=torch.bool)
+    picked[0, 7:], picked[2, 4] = True, True
+    full = model(x)[0]
+    sliced = model(x, logits_at=picked)[0]
+    assert sliced.shape == (4, model.config.vocab_size)
+    torch.testing.assert_close(sliced, full[picked])
+    grad_full = torch.autograd.grad(full[picked].logsumexp(-1).sum(), model.tok_emb.weight)[0]
+    grad_sliced = torch.autograd.grad(sliced.logsumexp(-1).sum(), model.tok_emb.weight)[0]
+    torch.testing.assert_close(grad_sliced, grad_full)
+
+
 @pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
 def test_left_padded_batch_matches_unpadded_rows(name):
     torch.manual_seed(0)

@@ -84,6 +84,19 @@ def test_an_on_policy_grpo_rollout_takes_pi_old_from_the_training_step_itself(ba
         torch.testing.assert_close(a, b)
 
 
+def test_a_system_message_option_reaches_the_rollouts_and_the_scored_prompts(base, tmp_path, monkeypatch):
+    directory, tok = base
+    asked = []
+    monkeypatch.setattr("llmlab.train.rl.chat_answers", lambda model, tok, prompts, n, system: asked.append(system)
+                        or ["0"] * len(prompts))
+    run = prepare_rl(tiny(directory, tmp_path, max_steps=1, micro_batch=16), options(system=""))
+    batch = run.trainer.batches.next_batch()
+    system, end = tok.special_tokens["<|system|>"], tok.special_tokens["<|end|>"]
+    assert (batch["input_ids"][:, 1] == system).all() and (batch["input_ids"][:, 2] == end).all()
+    run.trainer.evaluate_fn(run.trainer.gpt, 0)
+    assert asked == [""]
+
+
 def test_rollouts_decode_together_in_the_continuous_batcher_with_one_at_a_time_tokens(base, tmp_path, monkeypatch):
     """A rollout's answers come from the engine's continuous batcher, all of a round's rows decoding side by
     side, and are the very tokens each answer gets when decoded alone at the same seed."""

@@ -188,6 +188,18 @@ def test_epochs_set_the_number_of_steps(base, tmp_path):
     assert run.trainer.config.max_steps == int(np.ceil(2 * run.examples / 8))
 
 
+def test_a_system_message_option_reaches_every_training_example_and_the_scored_prompts(base, tmp_path, monkeypatch):
+    directory, tok = base
+    asked = []
+    monkeypatch.setattr("llmlab.train.posttrain.chat_answers", lambda model, tok, prompts, n, system: asked.append(system)
+                        or ["0"] * len(prompts))
+    run = prepare_sft(tiny(directory, tmp_path), PostTrainOptions(data="tasks", tasks_train=16, tasks_eval=2, system=""))
+    ids = run.trainer.batches.next_batch()["input_ids"]
+    assert (ids[:, 1] == tok.special_tokens["<|system|>"]).all() and (ids[:, 2] == tok.special_tokens["<|end|>"]).all()
+    run.trainer.evaluate_fn(run.trainer.gpt, 0)
+    assert asked == [""]
+
+
 @pytest.mark.parametrize("lora", [None, LoRAConfig(rank=4, alpha=8, dropout=0.1), LoRAConfig(rank=4, quantize="nf4")],
                          ids=["full", "lora", "qlora"])
 def test_sft_resumes_exactly_like_an_uninterrupted_run(base, tmp_path, lora):

@@ -37,6 +37,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, data_help: str, eval_h
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
 
 
+def add_system_argument(parser: argparse.ArgumentParser) -> None:
+    """--system: the system message of every conversation trained on, sampled or scored (SFT and RL)."""
+    parser.add_argument("--system", help="system message before every prompt, the same in training and scoring "
+                                         "(default: the chat template's own; \"\" for an empty one, the shortest)")
+
+
 def common_config(args: argparse.Namespace, default_out: str):
     """(TrainConfig, option values) from the shared arguments."""
     from llmlab.train.posttrain import lora_from_options, posttrain_config

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.cli.posttrain import add_common_arguments, common_config, launch
+from llmlab.cli.posttrain import add_common_arguments, add_system_argument, common_config, launch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-families", help="with --data tasks: comma-separated families to train and score on "
                                                 "(e.g. arithmetic; default all)")
     parser.add_argument("--max-new-tokens", type=int, default=24, help="longest answer sampled or scored")
+    add_system_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
                         eval_reward_model=args.eval_reward_model, prompts_per_round=args.prompts_per_round,
                         group_size=args.group_size, rollout_epochs=args.rollout_epochs, clip=args.clip,
                         beta=args.beta, target_kl=args.target_kl, temperature=args.temperature,
-                        max_new_tokens=args.max_new_tokens,
+                        max_new_tokens=args.max_new_tokens, system=args.system,
                         task_families=tuple(args.task_families.split(",")) if args.task_families else None)
     return launch(rl, config, options, args)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.cli.posttrain import add_common_arguments, common_config, launch
+from llmlab.cli.posttrain import add_common_arguments, add_system_argument, common_config, launch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         data_help='JSONL conversations ({"instruction","input"?,"response"} or {"messages": [...]}), or "tasks"',
         eval_help='JSONL of {"instruction", "response"} scored by exact match at each evaluation',
     )
+    add_system_argument(parser)
     parser.add_argument("--export-tasks", metavar="DIR",
                         help="write the built-in tasks (SFT and preference JSONL, train and held-out) to DIR and exit")
 
@@ -43,4 +44,4 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.train.sft import sft
 
     config, values = common_config(args, "sft")
-    return launch(sft, config, PostTrainOptions(**values), args)
+    return launch(sft, config, PostTrainOptions(**values, system=args.system), args)

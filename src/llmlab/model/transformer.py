@@ -446,6 +446,7 @@ class GPT(nn.Module):
         return_attention: bool = False,
         return_values: bool = False,
         detach_values: bool = False,
+        logits_at: torch.Tensor | None = None,
     ):
         """(logits, None): logits (B, T, V) for every position of `idx` (B, T); or, given `targets`,
         (None, loss): the mean next-token cross-entropy, computed without building the logits.
@@ -457,11 +458,13 @@ class GPT(nn.Module):
         With `return_values` (a model with a value head), the value head's (B, T) outputs come after the
         loss: (logits, loss, values[, weights]); `detach_values` stops the value loss's gradient at the
         head, so a critic sharing the trunk learns without moving the language model under it.
+        `logits_at`, a (B, T) bool mask, computes the logits at those positions only, as (N, V) in
+        row-major order: RL scores a few answer tokens, and the head is a large part of a small model's work.
         """
         x, weights = self.hidden_states(idx, kv_cache, position_ids, attention_mask, return_attention)
         logits = loss = None
         if targets is None:
-            logits = self.lm_head(x)
+            logits = self.lm_head(x if logits_at is None else x[logits_at])
         elif use_fused(x) and plain_head(self.lm_head):  # never build the (B, T, V) logits
             loss = fused.linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         else:  # mean -log p(target) over the targets that are not -100, from fp32 logits

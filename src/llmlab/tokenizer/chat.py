@@ -49,6 +49,16 @@ class RenderedChat:
         return [t if m else ignore_index for t, m in zip(self.ids, self.loss_mask)]
 
 
+def with_system(messages: Sequence[Mapping[str, Any]], system: str | None) -> list[Mapping[str, Any]]:
+    """`messages` with a system message in front, unless `system` is None or they already start with one.
+
+    An empty `system` is the shortest prompt ChatML allows: without a system message SmolLM2's template
+    writes its default one (20 tokens), which a short task prompt would otherwise spend half its tokens on."""
+    if system is None or (messages and messages[0].get("role") == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
+
+
 def chat_format(tokenizer: Any) -> str:
     """"chatml" or "llmlab", from the tokenizer's special tokens; ConfigError if it has neither."""
     specials = tokenizer.special_tokens

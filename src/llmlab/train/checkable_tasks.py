@@ -208,6 +208,7 @@ def score(examples: Sequence[Example], predictions: Sequence[str]) -> dict[str, 
     return out
 
 
-def evaluate(model, tokenizer, examples: Sequence[Example], max_new_tokens: int = 24) -> dict[str, float]:
-    """Exact match of the model's greedy answers on `examples`."""
-    return score(examples, chat_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens))
+def evaluate(model, tokenizer, examples: Sequence[Example], max_new_tokens: int = 24,
+             system: str | None = None) -> dict[str, float]:
+    """Exact match of the model's greedy answers on `examples` (`system`: see `chat_answers`)."""
+    return score(examples, chat_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens, system))

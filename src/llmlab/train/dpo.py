@@ -144,6 +144,8 @@ def preference_metrics(model: torch.nn.Module, batches: Sequence[dict[str, torch
 def prepare_dpo(config: TrainConfig, options: DPOOptions, resume: bool = False,
                 info: DistInfo | None = None) -> PostTraining:
     """Encode the pairs, score them with the frozen reference (the starting model) and build the trainer."""
+    if options.system is not None:
+        raise ConfigError("options.system is honoured by SFT and RL only; preference pairs keep the template's default")
     device, info = setup_process(config, info)
     loss_fn = DPOLoss(options.beta, options.nll_weight)
     start = load_start(config, options, resume)

@@ -51,6 +51,9 @@ class PostTrainOptions:
     tasks_train: int = 2000  # with data="tasks": training examples drawn
     tasks_eval: int = 100  # with data="tasks": held-out examples scored by exact match
     max_new_tokens: int = 24  # answer length for exact-match scoring
+    # A system message before every conversation trained on, sampled or scored; None keeps the chat
+    # template's own (SmolLM2's default system prompt), "" is the shortest (see `with_system`).
+    system: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs is not None and not self.epochs > 0:
@@ -176,14 +179,15 @@ class ExactMatchEval:
     """Greedy answers to held-out prompts, scored by exact match; a few kept as samples."""
 
     def __init__(self, tokenizer, examples: Sequence[checkable_tasks.Example], max_new_tokens: int,
-                 samples: int = 3) -> None:
+                 samples: int = 3, system: str | None = None) -> None:
         self.tokenizer, self.examples, self.max_new_tokens, self.samples = tokenizer, list(examples), max_new_tokens, samples
+        self.system = system
 
     def __call__(self, model: torch.nn.Module) -> dict[str, Any]:
         if not self.examples:
             return {}
         prompts = [e.prompt for e in self.examples]
-        answers = chat_answers(model, self.tokenizer, prompts, self.max_new_tokens)
+        answers = chat_answers(model, self.tokenizer, prompts, self.max_new_tokens, self.system)
         metrics: dict[str, Any] = checkable_tasks.score(self.examples, answers)
         metrics["samples"] = list(zip(prompts[: self.samples], answers[: self.samples]))
         return metrics

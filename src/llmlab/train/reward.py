@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from llmlab.errors import InputError
+from llmlab.errors import ConfigError, InputError
 from llmlab.train.config import TrainConfig
 from llmlab.train.distributed import DistInfo, setup_process
 from llmlab.train.examples import ExampleBatches, pad_id, split_validation
@@ -85,6 +85,8 @@ class RewardEval:
 def prepare_reward(config: TrainConfig, options: RewardOptions, resume: bool = False,
                    info: DistInfo | None = None) -> PostTraining:
     """Load the starting model, give it a value head, encode the pairs and build the trainer."""
+    if options.system is not None:
+        raise ConfigError("options.system is honoured by SFT and RL only; preference pairs keep the template's default")
     device, info = setup_process(config, info)
     start = load_start(config, options, resume)
     start.model.add_value_head()

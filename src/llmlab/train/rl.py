@@ -33,7 +33,7 @@ from llmlab.errors import CheckpointError, ConfigError, InputError
 from llmlab.infer.answers import chat_answers
 from llmlab.infer.engine import Engine
 from llmlab.infer.sampling import SamplingParams
-from llmlab.tokenizer.chat import render_chat
+from llmlab.tokenizer.chat import render_chat, with_system
 from llmlab.train import checkable_tasks, hardware
 from llmlab.train.config import TrainConfig
 from llmlab.train.distributed import DistInfo, setup_process
@@ -128,13 +128,26 @@ def model_reward(model: torch.nn.Module, tokenizer) -> RewardFn:
 
 # --- rollouts ----------------------------------------------------------------------------------------------
 
+def answer_outputs(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   values: bool, detach_values: bool = False):
+    """(per-token log-probs (B, T), the logits at the answer positions (N, V), per-token values or None).
+
+    The head runs at the answer positions only: an answer is a few tokens after a longer prompt, and a
+    large vocabulary makes the head a large share of a small model's forward."""
+    mask = targets != IGNORE
+    out = model(input_ids, return_values=values, detach_values=detach_values, logits_at=mask)
+    picked = token_logprobs(out[0], targets[mask], temperature)
+    logps = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
+    logps[mask] = picked
+    return logps, out[0], (out[2].float() if values else None)
+
+
 @torch.no_grad()
 def policy_outputs(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, temperature: float,
                    values: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(per-token log-probs, per-token values or None) of a batch, in eval mode."""
-    out = model(input_ids, return_values=values) if values else model(input_ids)
-    logps = token_logprobs(out[0], targets, temperature)
-    return logps, (out[2].float() if values else None)
+    logps, _, value = answer_outputs(model, input_ids, targets, temperature, values)
+    return logps, value
 
 
 class RolloutBatches:
@@ -209,8 +222,8 @@ class RolloutBatches:
         if limit < 2:
             raise ConfigError(f"max_new_tokens={o.max_new_tokens} leaves no room for a prompt in the "
                               f"{self.policy.config.context_length}-token context window")
-        prompts = [render_chat([{"role": "user", "content": e.prompt}], tok, add_generation_prompt=True,
-                               max_tokens=limit).ids for e in examples]
+        prompts = [render_chat(with_system([{"role": "user", "content": e.prompt}], o.system), tok,
+                               add_generation_prompt=True, max_tokens=limit).ids for e in examples]
         # A prompt's k answers use seeds s, s + 1, ..., s + k - 1, s drawn from (seed, round, the prompt's place
         # in the round over all processes): the same samples however many processes share the round.
         first = self.rank * len(prompts)
@@ -295,16 +308,15 @@ class RolloutBatches:
 def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float, values: bool):
     # PPO's value loss stops at the value head: through the shared trunk it pulled the policy off its
     # tasks (the benchmark's held-out sorting fell from 88% to 16% with it, to 46% without it).
-    out = model(batch["input_ids"], return_values=True, detach_values=True) if values else model(batch["input_ids"])
-    logits = out[0]
+    logps, answer_logits, value = answer_outputs(model, batch["input_ids"], batch["targets"], temperature, values,
+                                                 detach_values=True)
     mask = (batch["targets"] != IGNORE).float()
-    logps = token_logprobs(logits, batch["targets"], temperature)
     old_logps = batch["old_logps"] if "old_logps" in batch else logps.detach()  # an on-policy rollout: pi_old = pi
     with torch.no_grad():
-        stats = {"entropy": masked_mean(token_entropy(logits, temperature), mask),
+        stats = {"entropy": token_entropy(answer_logits, temperature).mean(),
                  "kl": masked_mean(old_logps - batch["ref_logps"], mask),  # nats per answer token
                  "reward": batch["scores"].mean()}
-    return logps, old_logps, (out[2].float() if values else None), mask, stats
+    return logps, old_logps, value, mask, stats
 
 
 class GRPOLoss:
@@ -340,15 +352,15 @@ class RLEval:
     separately trained reward model when there is one."""
 
     def __init__(self, tokenizer, examples: Sequence[checkable_tasks.Example], max_new_tokens: int,
-                 scorer: RewardFn | None = None, samples: int = 3) -> None:
+                 scorer: RewardFn | None = None, samples: int = 3, system: str | None = None) -> None:
         self.tokenizer, self.examples, self.max_new_tokens = tokenizer, list(examples), max_new_tokens
-        self.scorer, self.samples = scorer, samples
+        self.scorer, self.samples, self.system = scorer, samples, system
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
         if not self.examples:
             return {}
         prompts = [e.prompt for e in self.examples]
-        answers = chat_answers(model, self.tokenizer, prompts, self.max_new_tokens)
+        answers = chat_answers(model, self.tokenizer, prompts, self.max_new_tokens, self.system)
         metrics: dict[str, Any] = {}
         if all(e.answer for e in self.examples):
             metrics.update(checkable_tasks.score(self.examples, answers))
@@ -405,7 +417,7 @@ def prepare_rl(config: TrainConfig, options: RLOptions, resume: bool = False, in
         loss_fn: Any = GRPOLoss(options.clip, options.beta, options.temperature)
     else:
         loss_fn = PPOLoss(options.clip, options.clip_value, options.vf_coef, options.temperature)
-    evaluate = RLEval(start.tokenizer, held, options.max_new_tokens, scorer)
+    evaluate = RLEval(start.tokenizer, held, options.max_new_tokens, scorer, system=options.system)
     notes.append(f"{options.algo.upper()}: {options.prompts_per_round} prompts x {options.group_size} answers per "
                  f"rollout, {options.rollout_epochs} pass(es) = {batches.steps_per_round} optimizer step(s) each; "
                  "tokens/s counts the trained tokens over the whole step, sampling included")

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from llmlab.tokenizer.chat import with_system
 from llmlab.train import checkable_tasks
 from llmlab.train.config import TrainConfig
 from llmlab.train.distributed import DistInfo, setup_process
@@ -65,7 +66,8 @@ def prepare_sft(config: TrainConfig, options: PostTrainOptions, resume: bool = F
     device, info = setup_process(config, info)
     start = load_start(config, options, resume)
     limit = start.model.config.context_length + 1  # inputs are the ids but the last
-    encoded = [encode_conversation(c, start.tokenizer, limit) for c in conversations_for(options, config.seed)]
+    encoded = [encode_conversation(with_system(c, options.system), start.tokenizer, limit)
+               for c in conversations_for(options, config.seed)]
     usable = [e for e in encoded if e is not None]
     notes = list(start.notes)
     if len(usable) < len(encoded):
@@ -77,7 +79,8 @@ def prepare_sft(config: TrainConfig, options: PostTrainOptions, resume: bool = F
     batches = ExampleBatches(train, collate, config.micro_batch, config.grad_accum or 1, config.seed,
                              info.rank, info.world)
     val_batches = [collate(val[i : i + config.micro_batch]) for i in range(0, len(val), config.micro_batch)]
-    exact = ExactMatchEval(start.tokenizer, held_out_examples(options, config.seed), options.max_new_tokens)
+    exact = ExactMatchEval(start.tokenizer, held_out_examples(options, config.seed), options.max_new_tokens,
+                           system=options.system)
     evaluate = SFTEval(val_batches, device, exact)
     trainer = build_trainer(config, options, start, batches, lm_loss, evaluate if info.is_main else None,
                             "sft", resume, info, device)
